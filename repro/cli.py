@@ -1,0 +1,76 @@
+"""The `repro` command: a thin click group. Each subcommand lives in repro/commands/<name>.py."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from repro import __version__
+from repro.errors import EXIT_INTERRUPTED, ReproError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="repro")
+def cli() -> None:
+    """Reproduce, capture and shrink engine stalls in vLLM.
+
+    \b
+    serve    launch a real vLLM server with hidden-state extraction (and optional fault injection)
+    stress   sustained concurrent load with stall detection that does not trust health checks
+    capture  take the evidence of a stall: py-spy stacks of every vLLM process, metrics, logs, env
+    watch    production watchdog: detect a stall, capture first, then restart
+    bisect   shrink a rare hang to a small reproducer, with statistics for rare events
+    trial    one stress run for `git bisect run` (exit 0 good, 1 stall, 125 skip)
+    analyze  verdict and signature of trace bundles
+    issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
+
+    \b
+    Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
+    3 target could not be started or reached, 125 could not test, 130 interrupted.
+    """
+
+
+def _add_commands() -> None:
+    from repro.commands import options
+
+    names = ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]
+    pending = {"stress": "issue 3", "capture": "issue 4", "watch": "issue 5", "bisect": "issue 6",
+               "trial": "issue 6", "analyze": "issue 4", "issue": "issue 4"}
+    import importlib
+
+    for name in names:
+        try:
+            mod = importlib.import_module(f"repro.commands.{name}")
+            cli.add_command(mod.command, name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"repro.commands.{name}":
+                raise
+            cli.add_command(options.not_built(name, pending.get(name, "")), name)
+
+
+_add_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="repro", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ReproError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.help:
+            click.echo("\n" + exc.help.rstrip(), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
