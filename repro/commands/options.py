@@ -13,6 +13,17 @@ from repro.errors import UsageError
 from repro.scenario import ServerSettings
 from repro.vllm_plugins import faultspec
 
+INJECT_GRAMMAR = """\b
+Fault injection (--inject SPEC; several joined with ';'; times like 30, 30s, 5m, 1h):
+  stall-after=T            block the scheduler for good, T s after the engine first has work
+  stall-after=Nsteps       the same after N scheduler steps with work
+  stall-for=T[,after=A]    block the scheduler once for T s (a slow engine, not a dead one)
+  write-stall[=A]          hang inside the hidden-state file write (hung shared storage)
+  hazard=R,min_running=N[,seed=S]
+                           a permanent stall at random, R per hour while >= N requests run
+The plugin is loaded by vLLM from repro's entry point: repro must be installed beside vLLM.
+"""
+
 INJECT_HELP = (
     "Fault to inject inside vLLM (needs repro installed beside vLLM): "
     "stall-after=T | stall-after=Nsteps (block the scheduler for good, T s after the first request); "

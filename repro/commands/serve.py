@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from repro.commands.options import passthrough, server_options, server_settings
+from repro.commands.options import INJECT_GRAMMAR, passthrough, server_options, server_settings
 from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, ServerStartError
 from repro.rundir import new_run_dir
 from repro.target import tinymodel
@@ -26,7 +26,7 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signum)
 
 
-@click.command("serve", context_settings={"show_default": False})
+@click.command("serve", epilog=INJECT_GRAMMAR)
 @server_options
 @click.option("--out", default=None, metavar="DIR", help="Run directory for the server log (default ./repro-runs/serve-<time>).")
 @click.option("--build-tiny-model", "build_tiny", default=None, metavar="DIR",

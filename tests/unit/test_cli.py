@@ -1,0 +1,60 @@
+"""The `repro` command: every command listed, bad input answered with one line and exit 2."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+def repro(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_command_of_the_kit():
+    out = repro("--help").stdout
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]:
+        assert f"\n  {name} " in out
+
+
+def test_serve_help_documents_the_inject_grammar():
+    out = repro("serve", "--help").stdout
+    for word in ["stall-after", "stall-for", "write-stall", "hazard", "min_running"]:
+        assert word in out
+
+
+def one_line_error(r):
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["serve", "--inject", "stall-soon=3"], "unknown fault"),
+    (["serve", "--model", "/no/such/model"], "no such directory"),
+    (["serve", "--layers", "a,b"], "comma-separated"),
+])
+def test_bad_serve_input_is_one_clear_line_and_exit_2(args, words):
+    r = repro(*args)
+    assert r.returncode == 2
+    assert words in one_line_error(r)
+
+
+def test_storage_that_is_not_a_directory_is_refused(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 4}')
+    r = repro("serve", "--storage", str(f), "--model", str(tmp_path))
+    assert r.returncode == 2 and "not a directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_port_in_use_is_refused_before_vllm_starts(tmp_path):
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 4}')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = repro("serve", "--model", str(tmp_path), "--port", str(port), "--storage", str(tmp_path / "hs"),
+                  "--vllm-cmd", "false", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert "already in use" in one_line_error(r)

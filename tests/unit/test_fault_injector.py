@@ -1,0 +1,110 @@
+"""The injector's decisions inside vLLM, driven with a stand-in scheduler (no vLLM needed).
+
+Contract: a fault fires only at the point its spec says, blocks in a frame named after
+it, and a `release` written to the control file ends every stall.
+"""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from repro.vllm_plugins import fault, faultspec
+
+
+def sched(running: int, waiting: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(running=[object()] * running, waiting=[object()] * waiting)
+
+
+@pytest.fixture
+def control(tmp_path):
+    return tmp_path / "control"
+
+
+def run_in_thread(fn, *args):
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def release(control, inj):
+    control.write_text("release")
+
+
+def test_stall_after_steps_blocks_on_the_nth_step_with_work_until_released(control, tmp_path):
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("stall-after=3steps"), str(control), str(events))
+    inj.on_schedule(sched(0))  # no work: does not count
+    inj.on_schedule(sched(1))
+    inj.on_schedule(sched(1))
+    t = run_in_thread(inj.on_schedule, sched(2))
+    time.sleep(0.5)
+    assert t.is_alive(), "the third step with work must block"
+    control.write_text("release")
+    t.join(5)
+    assert not t.is_alive()
+    assert '"kind": "stall-after"' in events.read_text()
+
+
+def test_stall_for_returns_by_itself(control):
+    inj = fault.Injector(faultspec.parse("stall-for=0.4"), str(control), None)
+    t0 = time.monotonic()
+    inj.on_schedule(sched(1))
+    assert 0.35 <= time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    inj.on_schedule(sched(1))  # fires once only
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_hazard_never_fires_below_min_running(control):
+    inj = fault.Injector(faultspec.parse("hazard=1000000,min_running=4,seed=1"), str(control), None)
+    for _ in range(200):
+        inj.on_schedule(sched(3))
+        time.sleep(0.001)
+    assert not inj.fired
+
+
+def test_hazard_fires_at_or_above_min_running(control):
+    inj = fault.Injector(faultspec.parse("hazard=10000000,min_running=4,seed=1"), str(control), None)
+    inj.on_schedule(sched(4))
+    time.sleep(0.05)
+    t = run_in_thread(inj.on_schedule, sched(4))
+    time.sleep(0.5)
+    assert t.is_alive() and inj.fired
+    control.write_text("release")
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_control_file_arms_a_spec_at_run_time(control):
+    inj = fault.Injector(None, str(control), None)
+    inj.on_schedule(sched(5))
+    assert not inj.fired
+    control.write_text("stall-for=0.3")
+    t0 = time.monotonic()
+    inj.on_schedule(sched(5))
+    assert time.monotonic() - t0 >= 0.25
+
+
+def test_write_stall_blocks_in_the_write_until_released(control):
+    inj = fault.Injector(faultspec.parse("write-stall"), str(control), None)
+    t = run_in_thread(inj.on_write)
+    time.sleep(0.4)
+    assert t.is_alive()
+    control.write_text("release")
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_injected_frames_carry_names_that_say_what_happened():
+    names = {fault.repro_injected_scheduler_stall.__name__, fault.repro_injected_write_stall.__name__}
+    assert names == {"repro_injected_scheduler_stall", "repro_injected_write_stall"}
+
+
+def test_plugin_is_inert_without_its_environment(monkeypatch):
+    monkeypatch.delenv("REPRO_INJECT", raising=False)
+    monkeypatch.delenv("REPRO_INJECT_CONTROL", raising=False)
+    monkeypatch.setattr(fault, "_INJECTOR", None)
+    fault.register()
+    assert fault._INJECTOR is None

@@ -1,0 +1,47 @@
+"""The fault-injection spec grammar: what `--inject` accepts and how it refuses the rest."""
+
+import pytest
+
+from repro.vllm_plugins.faultspec import FaultSpecError, parse
+
+
+def test_stall_after_accepts_seconds_units_and_steps():
+    assert parse("stall-after=30").faults[0].seconds == 30
+    assert parse("stall-after=5m").faults[0].seconds == 300
+    f = parse("stall-after=200steps").faults[0]
+    assert f.steps == 200 and f.seconds is None
+
+
+def test_stall_for_takes_an_optional_start_offset():
+    f = parse("stall-for=10,after=1m").faults[0]
+    assert (f.kind, f.seconds, f.after) == ("stall-for", 10, 60)
+
+
+def test_hazard_carries_rate_threshold_and_seed():
+    f = parse("hazard=120,min_running=8,seed=3").faults[0]
+    assert (f.rate_per_hour, f.min_running, f.seed) == (120, 8, 3)
+
+
+def test_several_faults_join_with_semicolons():
+    spec = parse("stall-for=2 ; write-stall=30")
+    assert [f.kind for f in spec.faults] == ["stall-for", "write-stall"]
+    assert spec.of_kind("write-stall")[0].seconds == 30
+
+
+def test_release_is_a_spec_of_its_own():
+    assert parse("release").release
+
+
+@pytest.mark.parametrize("text, words", [
+    ("bogus=1", "unknown fault 'bogus'"),
+    ("stall-after", "needs a value"),
+    ("stall-after=soon", "not a time"),
+    ("stall-for=3,until=4", "unknown option"),
+    ("hazard=fast", "not a rate"),
+    ("hazard=3,min_running=-1", "must not be negative"),
+    ("", "empty"),
+    ("release=1", "takes no value"),
+])
+def test_bad_specs_are_refused_with_a_message_naming_the_part(text, words):
+    with pytest.raises(FaultSpecError, match=words):
+        parse(text)
