@@ -68,6 +68,8 @@ class LoadSettings:
     consume: str = "delete"  # delete | move:DIR | keep
     keep_budget: int = 1 << 30  # bytes kept at most with consume=keep
     model_name: str | None = None  # None: from /v1/models
+    vocab_size: int | None = None  # synthetic token ids are drawn below this; None: from the model's config
+    check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/4 in 4..32
 
     def validate(self) -> None:
         if self.concurrency < 1:
@@ -159,6 +161,7 @@ class Scenario:
         d = dict(d)
         d.pop("schema_version", None)
         d.pop("api_key", None)
+        d.pop("server_command", None)  # informational (stress writes the launched command beside the settings)
         load = dict(d.pop("load", {}))
         if "prompt_len" in load:
             load["prompt_len"] = tuple(load["prompt_len"])

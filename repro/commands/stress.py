@@ -1,0 +1,162 @@
+"""`repro stress`: sustained concurrent load with a stall detector that does not trust health checks.
+
+Only parses flags into a Scenario and calls :func:`repro.load.runner.run_stress`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from repro.commands.options import passthrough, server_options, server_settings
+from repro.errors import EXIT_TARGET, UsageError
+from repro.rundir import new_run_dir
+from repro.scenario import DetectSettings, LoadSettings, Scenario
+from repro.units import parse_duration, parse_size
+
+
+def _prompt_len(text: str) -> tuple[int, int]:
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+        else:
+            lo = hi = int(text)
+    except ValueError:
+        raise UsageError(f"--prompt-len {text!r}: use N or LO-HI, e.g. 128-2048") from None
+    return lo, hi
+
+
+def _duration(hours: float | None, minutes: float | None, duration: str | None) -> float | None:
+    given = [x for x in (hours, minutes, duration) if x is not None]
+    if len(given) > 1:
+        raise UsageError("give only one of --hours, --minutes, --duration")
+    if hours is not None:
+        secs = hours * 3600.0
+    elif minutes is not None:
+        secs = minutes * 60.0
+    elif duration is not None:
+        secs = parse_duration(duration, "--duration")
+    else:
+        return None
+    if secs <= 0:
+        raise UsageError("the duration must be positive")
+    return secs
+
+
+@click.command("stress", context_settings={"show_default": True})
+@server_options
+@click.option("--url", default=None, metavar="URL", help="Attach to a running server instead of launching one.")
+@click.option("--api-key", envvar="REPRO_API_KEY", default=None, show_envvar=True,
+              help="Bearer token for servers started with --api-key.")
+@click.option("--model-name", default=None, help="Model id to request. Default: the first of /v1/models.")
+@click.option("--log-file", default=None, metavar="FILE", help="Server log to follow when attaching (--url).")
+@click.option("--docker", default=None, metavar="NAME", help="Follow the log of this container (docker logs -f).")
+@click.option("--storage-path", default=None, metavar="DIR",
+              help="Hidden-state storage of an attached server (for capture).")
+@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|mixed:RATIO",
+              help="hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and consumed; "
+                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states.")
+@click.option("--concurrency", "-c", type=int, default=32, help="Requests in flight at most.")
+@click.option("--rate", type=float, default=None, help="Poisson arrivals per second (capped by --concurrency). "
+                                                        "Default: closed loop, always --concurrency in flight.")
+@click.option("--hours", type=float, default=None, help="Run this many hours.")
+@click.option("--minutes", type=float, default=None, help="Run this many minutes.")
+@click.option("--duration", default=None, metavar="DUR", help="Run this long: 90s, 30m, 6h, 1h30m.")
+@click.option("--requests", "n_requests", type=int, default=None, help="Stop after this many requests.")
+@click.option("--request-timeout", default="120", metavar="DUR",
+              help="Client timeout per attempt; a timeout aborts the request on the server.")
+@click.option("--retries", type=int, default=3, help="Retries per request, with 2^n s backoff.")
+@click.option("--seed", type=int, default=0, help="Seed for prompts, lengths, arrivals and the mixed workload.")
+@click.option("--prompt-len", default="128-2048", metavar="N|LO-HI", help="Synthetic prompt length in tokens.")
+@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl",
+              help="Prompts instead of synthetic ones: one JSON per line, {\"prompt\": text}, "
+                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}.")
+@click.option("--vocab-size", type=int, default=None, help="Synthetic token ids stay below this. "
+                                                           "Default: the model's config, else 500.")
+@click.option("--max-tokens", type=int, default=16, help="Tokens to generate per chat request.")
+@click.option("--consume", default="delete", metavar="delete|move:DIR|keep",
+              help="What to do with each verified hidden-state file.")
+@click.option("--keep-budget", default="1GB", metavar="SIZE", help="With --consume keep: keep at most this much.")
+@click.option("--poll-interval", type=float, default=1.0, help="Seconds between /metrics polls.")
+@click.option("--window", default="180", metavar="DUR", help="How long a bad state must last to be a stall.")
+@click.option("--min-bad", type=int, default=3, help="Consecutive bad polls needed as well as the window.")
+@click.option("--slow-floor", type=float, default=None, metavar="TOK/S",
+              help="Progress below this many tokens/s over a whole window is reported as `slow`.")
+@click.option("--startup-grace", default="60", metavar="DUR",
+              help="No stall (other than server-dead) is declared this early in the run.")
+@click.option("--on-stall", type=click.Choice(["capture", "exit", "restart"]), default="capture",
+              help="capture: hand the run to the capture stage, then exit 1; exit: exit 1 at once; "
+                   "restart: not supported by stress (use `repro watch`).")
+@click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
+@passthrough
+def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
+    """Drive sustained concurrent load at a vLLM server and detect the moment it stalls.
+
+    Launches a server with the `repro serve` options (or attaches with --url), sends the load,
+    polls /metrics and follows the log, and classifies what it sees: engine-stall, queue-stall,
+    client-stall, server-dead, slow. /health is never trusted. Writes scenario.json,
+    requests.jsonl, timeline.csv, events.jsonl and summary.json into the run directory.
+
+    \b
+    Exit codes: 0 no stall, 1 stall, 2 usage error, 3 target unreachable or failed to start,
+    130 interrupted (partial results and summary.json written).
+
+    \b
+      repro stress --concurrency 32 --hours 6
+      repro stress --url http://127.0.0.1:8000 --duration 30m --window 120
+      repro stress --inject stall-after=30 --window 20 --duration 5m
+    """
+    server = server_settings(kw, vllm_args)
+    if kw["concurrency"] < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {kw['concurrency']}")
+    if kw["on_stall"] == "restart":
+        raise UsageError("--on-stall restart is not supported by `repro stress`: it stops at the first stall "
+                         "(use capture or exit; `repro watch` restarts)")
+    url = kw["url"]
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url {url!r}: must start with http:// or https://")
+    elif kw["log_file"] or kw["docker"]:
+        pass  # allowed: following another log while repro launches its own server is odd but harmless
+    load = LoadSettings(
+        workload=kw["workload"], concurrency=kw["concurrency"], rate=kw["rate"],
+        duration=_duration(kw["hours"], kw["minutes"], kw["duration"]), requests=kw["n_requests"],
+        request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"), retries=kw["retries"],
+        seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
+        max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
+        model_name=kw["model_name"], vocab_size=kw["vocab_size"])
+    detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
+                            min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
+                            startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
+    scn = Scenario(server=server, load=load, detect=detect, url=url.rstrip("/") if url else None,
+                   log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
+                   on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"])
+    scn.validate()
+    if load.prompts_file:
+        from repro.load.prompts import load_prompts_file
+
+        load_prompts_file(load.prompts_file)
+    from repro.load.runner import run_stress
+
+    run_dir = new_run_dir("stress", kw["out"])
+    scn.out_dir = str(run_dir)
+    res = run_stress(scn, Path(run_dir))
+    err = click.get_text_stream("stderr")
+    if res.exit_code == EXIT_TARGET:
+        click.echo(f"error: {res.error}", err=True)
+        return res.exit_code
+    if res.error:
+        click.echo(f"error: {res.error}", err=True)
+    s = res.summary
+    fid = s.get("fidelity", {})
+    click.echo(f"{res.outcome}: {res.counts.get('ok', 0)} ok / {res.counts.get('total', 0)} requests in "
+               f"{res.load_s:.0f} s, files verified {res.files.get('verified', 0)} (bad {res.files.get('bad', 0)}), "
+               f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')}", file=err)
+    if res.stall is not None:
+        st = s.get("stall") or {}
+        click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "
+                   f"({'; '.join(res.stall.evidence.get('reasons', []))})", file=err)
+    click.echo(f"run directory: {run_dir}", file=err)
+    return res.exit_code

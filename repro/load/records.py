@@ -1,0 +1,203 @@
+"""Per-request records (streamed to requests.jsonl) and the run's counters, in bounded memory.
+
+Nothing here grows with the number of requests: records are written as they
+finish, counters are integers, and distributions are fixed-size log histograms.
+The summary's request counts and requests.jsonl come from the same call
+(:meth:`RunStats.finish`), so they always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+
+class _Histogram:
+    """Fixed bins, O(1) memory: exact count, mean, min and max; quantiles to the bin width."""
+
+    def __init__(self, n_bins: int) -> None:
+        self.n_bins = n_bins
+        self.counts = [0] * n_bins
+        self.n = 0
+        self.total = 0.0
+        self.max: float | None = None
+        self.min: float | None = None
+
+    def _index(self, x: float) -> int:
+        raise NotImplementedError
+
+    def _value(self, i: int) -> float:
+        raise NotImplementedError
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.total += x
+        self.max = x if self.max is None or x > self.max else self.max
+        self.min = x if self.min is None or x < self.min else self.min
+        self.counts[min(max(self._index(x), 0), self.n_bins - 1)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        if not self.n:
+            return None
+        target, acc = q * self.n, 0
+        for i, c in enumerate(self.counts):
+            acc += c
+            if acc >= target and c:
+                return min(max(self._value(i), self.min), self.max)  # type: ignore[type-var]
+        return self.max
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+
+class LogHistogram(_Histogram):
+    """Log-spaced bins (latencies, client work): quantiles to about 2% relative error."""
+
+    def __init__(self, lo: float = 1e-4, hi: float = 1e4, bins_per_decade: int = 50) -> None:
+        self.lo, self.k = lo, bins_per_decade
+        super().__init__(int(math.ceil(math.log10(hi / lo) * bins_per_decade)) + 2)
+
+    def _index(self, x: float) -> int:
+        return 0 if x <= self.lo else 1 + int(math.log10(x / self.lo) * self.k)
+
+    def _value(self, i: int) -> float:
+        return self.lo if i == 0 else self.lo * 10 ** ((i - 0.5) / self.k)
+
+    def summary(self, digits: int = 4) -> dict[str, float | None]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, digits)
+
+        return {"n": self.n, "mean": r(self.mean), "p50": r(self.quantile(0.5)), "p90": r(self.quantile(0.9)),
+                "p99": r(self.quantile(0.99)), "max": r(self.max)}
+
+
+class LinearHistogram(_Histogram):
+    """Equal bins over [0, hi] (the fidelity ratio): quantiles to hi/bins."""
+
+    def __init__(self, hi: float = 4.0, bins: int = 4000) -> None:
+        self.width = hi / bins
+        super().__init__(bins + 1)
+
+    def _index(self, x: float) -> int:
+        return int(x / self.width)
+
+    def _value(self, i: int) -> float:
+        return i * self.width
+
+
+@dataclass
+class RequestRecord:
+    seq: int
+    kind: str
+    t_start: float  # seconds since the start of the load
+    latency: float | None  # send to last byte of the final attempt (None: never answered)
+    status: str  # ok | error | timeout | cancelled
+    attempts: int
+    http_status: int | None = None
+    error: str | None = None  # kind of the last error
+    detail: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    file: dict[str, Any] | None = None  # check result: ok, error, bytes, shape, consumed, seconds, lock_wait
+    client_s: dict[str, float] = field(default_factory=dict)  # client-side work: prompt wait, file check
+
+    def to_json(self) -> str:
+        d = {k: v for k, v in self.__dict__.items() if v is not None}
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+
+class RunStats:
+    """Live counters of the client (read by the monitor and the display)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.in_flight = 0  # HTTP requests on the wire
+        self.in_check = 0  # file checks queued or running (hold no concurrency slot)
+        self.started = 0  # requests begun (first attempt)
+        self.finished = 0  # records written
+        self.ok = 0
+        self.failed = 0  # error after all retries
+        self.timeouts = 0  # client timeouts (each aborts the request on the server)
+        self.cancelled = 0
+        self.attempt_timeouts = 0  # timeouts of single attempts (retried or not)
+        self.retries = 0
+        self.completions = 0  # HTTP 200 responses (monitor's progress signal; counts before the file check)
+        self.last_completion: float | None = None  # monotonic
+        self.errors: Counter[str] = Counter()
+        self.files_ok = 0
+        self.files_bad = 0
+        self.file_errors: Counter[str] = Counter()
+        self.file_bytes = 0
+        self.consumed: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.latency = LogHistogram()
+        self.check_s = LogHistogram()
+        self.prompt_wait_s = LogHistogram()
+        self.bookkeeping_s = LogHistogram()
+        self.prep_s_total = 0.0
+        self.prep_n = 0
+        self.kinds: Counter[str] = Counter()
+
+    def finish(self, rec: RequestRecord, out: IO[str] | None) -> None:
+        """Count a finished request and write its record (one place, so summary == requests.jsonl)."""
+        t0 = time.perf_counter()
+        self.finished += 1
+        self.kinds[rec.kind] += 1
+        if rec.status == "ok":
+            self.ok += 1
+        elif rec.status == "timeout":
+            self.timeouts += 1
+        elif rec.status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        if rec.status != "ok" and rec.error:
+            self.errors[rec.error] += 1
+        if rec.latency is not None and rec.status == "ok":
+            self.latency.add(rec.latency)
+        self.prompt_tokens += rec.prompt_tokens or 0
+        self.completion_tokens += rec.completion_tokens or 0
+        f = rec.file
+        if f is not None:
+            if f.get("ok"):
+                self.files_ok += 1
+                self.consumed[f.get("consumed") or "?"] += 1
+            else:
+                self.files_bad += 1
+                self.file_errors[f.get("error") or "?"] += 1
+            self.file_bytes += f.get("bytes") or 0
+            if f.get("seconds") is not None:
+                self.check_s.add(f["seconds"])
+        if out is not None:
+            out.write(rec.to_json() + "\n")
+        self.bookkeeping_s.add(time.perf_counter() - t0)
+
+    def counts(self) -> dict[str, Any]:
+        return {"total": self.finished, "ok": self.ok, "failed": self.failed, "timeouts": self.timeouts,
+                "cancelled": self.cancelled, "retries": self.retries, "attempt_timeouts": self.attempt_timeouts,
+                "errors": dict(self.errors), "by_kind": dict(self.kinds)}
+
+    def files(self) -> dict[str, Any]:
+        return {"verified": self.files_ok, "bad": self.files_bad, "errors": dict(self.file_errors),
+                "bytes": self.file_bytes, "consumed": dict(self.consumed)}
+
+
+def count_records(path: Path) -> dict[str, int]:
+    """Recount requests.jsonl (tests and `summary` checks): totals by status and verified files."""
+    out: Counter[str] = Counter()
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            out["total"] += 1
+            out[r["status"]] += 1
+            fr = r.get("file")
+            if fr is not None:
+                out["files_ok" if fr.get("ok") else "files_bad"] += 1
+    return dict(out)

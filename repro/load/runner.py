@@ -1,0 +1,813 @@
+"""The stress run: load generator + monitor + detector, writing a run directory.
+
+:func:`run_stress` is the core entry point (``repro stress`` only parses flags
+into a :class:`~repro.scenario.Scenario` and calls it; bisect trials call it
+directly). It launches the server unless the scenario has a URL or a server is
+passed in, drives the load, polls /metrics and the log once per
+``detect.poll_interval``, feeds the :class:`~repro.monitor.detector.Detector`,
+and stops on the first stall, at the end of the duration/request budget, or on
+SIGINT/SIGTERM. Files in the run directory:
+
+``scenario.json``  ``Scenario.to_dict()`` plus ``server_command``
+``requests.jsonl`` one record per request, written as it finishes
+``timeline.csv``   one row per poll: client and server counters, the fidelity ratio
+``events.jsonl``   detector transitions, capture, stop reasons
+``summary.json``   ``{"schema": "repro.stress.summary", "version": 1, ...}``
+
+Load fidelity (issue 9): prompts are built ahead in a thread, hidden-state files
+are checked in a thread pool after the concurrency slot is released, the HTTP
+pool is sized to the concurrency, and nothing on the request path grows with the
+number of requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError, TargetError
+from repro.load.display import Progress
+from repro.load.feed import PromptFeed
+from repro.load.prompts import PromptSource, load_prompts_file
+from repro.load.records import LinearHistogram, RequestRecord, RunStats
+from repro.load.workloads import HIDDEN_STATES, FileChecker, PreparedRequest, Workload, read_response
+from repro.monitor.detector import REFUSED, STALLED, Assessment, ClientSnapshot, Detector, Observation
+from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
+from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
+from repro.scenario import Scenario
+from repro.target.launcher import VllmServer
+
+SUMMARY_SCHEMA = "repro.stress.summary"
+SUMMARY_VERSION = 1
+DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
+TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started", "finished", "ok", "failed",
+                   "timeouts", "server_running", "server_waiting", "server_in_system", "kv_usage",
+                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class"]
+
+
+@dataclass
+class StressResult:
+    """What a stress run ended with (also in summary.json)."""
+
+    exit_code: int  # 0 clean, 1 stall, 3 target unreachable/failed, 130 interrupted
+    outcome: str  # clean | stall | interrupted | target-error | aborted
+    stall: Assessment | None  # the detector's verdict when a stall was detected
+    exposure_s: float  # seconds of load before the stall began (or the whole load when clean)
+    load_s: float  # seconds the load ran
+    counts: dict[str, Any]
+    files: dict[str, Any]
+    run_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _vocab_from_dir(d: str | None) -> int | None:
+    if not d:
+        return None
+    cfg = Path(d).expanduser() / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    v = data.get("vocab_size") or (data.get("text_config") or {}).get("vocab_size")
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+class _Run:
+    """One stress run on one event loop."""
+
+    def __init__(self, scn: Scenario, run_dir: Path, server: VllmServer | None, url: str,
+                 progress: Progress | None) -> None:
+        self.scn = scn
+        self.L = scn.load
+        self.D = scn.detect
+        self.run_dir = run_dir
+        self.server = server
+        self.url = url.rstrip("/")
+        self.progress = progress or Progress()
+        self.stats = RunStats()
+        self.detector = Detector(self.D)
+        self.stop_event: asyncio.Event
+        self.stopping = False
+        self.stop_reason: str | None = None
+        self.interrupted = False
+        self.stall: Assessment | None = None
+        self.last: Assessment | None = None
+        self.load_t0: float | None = None  # monotonic
+        self.load_t1: float | None = None
+        self.wall_t0 = time.time()
+        self.issued = 0
+        self.fidelity = LinearHistogram()
+        self.client_fill = LinearHistogram()
+        self.model: str | None = None
+        self.last_metrics: MetricsSample | None = None
+        self._prev_tok: tuple[float, float, float] | None = None  # (t, prompt, gen) for the display
+        self._tps: tuple[float | None, float | None] = (None, None)
+        self.events_f: IO[str]
+        self.requests_f: IO[str]
+        self.timeline_f: IO[str]
+        self.timeline: Any = None
+        self.log: Any = None
+        self.warnings: list[str] = []
+        self.capture_info: dict[str, Any] | None = None
+        self.abort_error: str | None = None
+        self.consecutive_4xx = 0
+        self.feed: PromptFeed | None = None
+        headers = {"Content-Type": "application/json"}
+        if scn.api_key:
+            headers["Authorization"] = f"Bearer {scn.api_key}"
+        self.headers = headers
+
+    # -- files -------------------------------------------------------------------
+    def open_files(self) -> None:
+        self.requests_f = open(self.run_dir / "requests.jsonl", "a", buffering=1 << 16)
+        self.events_f = open(self.run_dir / "events.jsonl", "a", buffering=1)
+        self.timeline_f = open(self.run_dir / "timeline.csv", "w", newline="", buffering=1 << 14)
+        self.timeline = csv.writer(self.timeline_f)
+        self.timeline.writerow(TIMELINE_FIELDS)
+
+    def close_files(self) -> None:
+        for f in (getattr(self, "requests_f", None), getattr(self, "events_f", None),
+                  getattr(self, "timeline_f", None)):
+            if f is not None and not f.closed:
+                f.flush()
+                f.close()
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        now = time.time()
+        ev = {"t": round(self.rel(time.monotonic()), 3), "wall": _iso(now), "event": kind, **fields}
+        if getattr(self, "events_f", None) is not None and not self.events_f.closed:
+            self.events_f.write(json.dumps(ev, default=str) + "\n")
+        return ev
+
+    def rel(self, mono: float) -> float:
+        return mono - (self.load_t0 if self.load_t0 is not None else self.stats.t0)
+
+    # -- target ------------------------------------------------------------------
+    async def resolve_model(self, session: aiohttp.ClientSession) -> str:
+        if self.L.model_name:
+            return self.L.model_name
+        last = ""
+        for attempt in range(3):
+            try:
+                async with session.get(self.url + "/v1/models", headers=self.headers,
+                                       timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    if r.status in (401, 403):
+                        raise TargetError(f"{self.url}/v1/models answered {r.status}: the server needs an API key",
+                                          help="Pass --api-key or set REPRO_API_KEY.")
+                    if r.status == 200:
+                        data = await r.json(content_type=None)
+                        models = data.get("data") or []
+                        if models and models[0].get("id"):
+                            self._model_root = models[0].get("root")
+                            return str(models[0]["id"])
+                        last = "no model listed"
+                    else:
+                        last = f"HTTP {r.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            await asyncio.sleep(1.0 * (attempt + 1))
+        raise TargetError(f"cannot reach the server at {self.url} ({last})",
+                          help="Check --url (scheme, host, port) and that vLLM is running: "
+                               "curl URL/v1/models should answer 200.")
+
+    def vocab_size(self) -> int:
+        if self.L.vocab_size:
+            return self.L.vocab_size
+        if self.server is not None:
+            from repro.target.launcher import resolve_model
+
+            try:
+                model_dir = resolve_model(self.server.settings.model)[0]
+            except ReproError:
+                model_dir = None
+            v = _vocab_from_dir(model_dir)
+            if v:
+                return v
+        v = _vocab_from_dir(getattr(self, "_model_root", None))
+        return v or DEFAULT_VOCAB
+
+    # -- one request ----------------------------------------------------------------
+    async def one(self, session: aiohttp.ClientSession, prep: PreparedRequest, prompt_wait: float) -> None:
+        st = self.stats
+        assert self.load_t0 is not None
+        rec = RequestRecord(seq=prep.seq, kind=prep.kind, t_start=round(time.monotonic() - self.load_t0, 4),
+                            latency=None, status="error", attempts=0, prompt_tokens=prep.prompt_len)
+        rec.client_s["prompt_wait"] = prompt_wait
+        st.prompt_wait_s.add(prompt_wait)
+        st.started += 1
+        timeout = aiohttp.ClientTimeout(total=self.L.request_timeout)
+        body: bytes | None = None
+        try:
+            for attempt in range(self.L.retries + 1):
+                rec.attempts = attempt + 1
+                err = detail = None
+                status = None
+                st.in_flight += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(self.url + prep.path, data=prep.body, headers=self.headers,
+                                            timeout=timeout) as resp:
+                        status = resp.status
+                        body = await resp.read()
+                except asyncio.TimeoutError:
+                    err, detail = "timeout", f"no answer within {self.L.request_timeout:g} s (the server aborts it)"
+                    st.attempt_timeouts += 1
+                except aiohttp.ClientConnectorError as exc:
+                    refused = isinstance(exc.os_error, ConnectionRefusedError)
+                    err, detail = ("connection-refused" if refused else "connect"), str(exc)
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+                    err, detail = "disconnected", f"{type(exc).__name__}: {exc}"
+                except aiohttp.ClientError as exc:
+                    err, detail = "client-error", f"{type(exc).__name__}: {exc}"
+                finally:
+                    st.in_flight -= 1
+                rec.latency = round(time.perf_counter() - t0, 6)
+                rec.http_status = status
+                if status == 200:
+                    self.consecutive_4xx = 0
+                    st.completions += 1
+                    st.last_completion = time.monotonic()
+                    rec.status, rec.error, rec.detail = "ok", None, None
+                    break
+                if status is not None:
+                    err = f"http-{status}"
+                    detail = (body or b"")[:300].decode("utf-8", "replace")
+                    if "EngineDeadError" in detail or "EngineCore" in detail:
+                        err = "engine-dead"
+                rec.status = "timeout" if err == "timeout" else "error"
+                rec.error, rec.detail = err, detail
+                if status is not None and 400 <= status < 500 and status not in (408, 429):
+                    self.consecutive_4xx += 1
+                    if self.consecutive_4xx >= max(8, min(64, self.L.concurrency)) and st.ok == 0:
+                        self.abort_error = (f"every request is rejected with HTTP {status}: {detail.strip()[:200]}")
+                        self.request_stop("rejected")
+                    break  # the request itself is wrong: retrying cannot help
+                if self.stopping or attempt >= self.L.retries:
+                    break
+                st.retries += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), 2.0 ** attempt)
+            if rec.status == "ok":
+                self.handle_ok(prep, rec, body or b"")
+            else:
+                st.finish(rec, self.requests_f)
+        except asyncio.CancelledError:
+            rec.status, rec.error = "cancelled", rec.error or "cancelled"
+            st.finish(rec, self.requests_f)
+            raise
+
+    def handle_ok(self, prep: PreparedRequest, rec: RequestRecord, body: bytes) -> None:
+        st = self.stats
+        try:
+            info = read_response(json.loads(body))
+        except (ValueError, AttributeError, IndexError, TypeError) as exc:
+            rec.status, rec.error, rec.detail = "error", "bad-response", f"{type(exc).__name__}: {exc}"
+            st.finish(rec, self.requests_f)
+            return
+        rec.prompt_tokens = info.prompt_tokens if info.prompt_tokens is not None else rec.prompt_tokens
+        rec.completion_tokens = info.completion_tokens
+        if info.hs_path is None:
+            if prep.kind == HIDDEN_STATES:
+                rec.file = {"ok": False, "error": "no-path",
+                            "detail": "the response has no kv_transfer_params.hidden_states_path "
+                                      "(is hidden-state extraction on?)"}
+            st.finish(rec, self.requests_f)
+            return
+        expected = prep.prompt_tokens
+        if expected is not None and info.prompt_ids is not None and list(expected) != list(info.prompt_ids):
+            rec.file = {"ok": False, "error": "bad-tokens", "detail": "response prompt_token_ids differ from the prompt"}
+        if expected is None:
+            expected = tuple(info.prompt_ids) if info.prompt_ids is not None else None
+        # The check runs in the pool; the concurrency slot is already free when it starts.
+        st.in_check += 1
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.pool, self.checker.check, info.hs_path, expected, prep.kind == HIDDEN_STATES)
+
+        def done(f: "asyncio.Future[Any]") -> None:
+            st.in_check -= 1
+            self.check_slots.release()
+            if f.cancelled():
+                rec.file = {"ok": False, "error": "cancelled", "path": info.hs_path}
+            elif f.exception() is not None:
+                exc = f.exception()
+                rec.file = {"ok": False, "error": "check-crashed", "detail": f"{type(exc).__name__}: {exc}"}
+            else:
+                r = f.result()
+                prev_bad = rec.file
+                rec.file = {"ok": r.ok and prev_bad is None, "error": (prev_bad or {}).get("error") or r.error,
+                            "bytes": r.nbytes, "shape": list(r.shape) if r.shape else None,
+                            "consumed": r.consumed, "seconds": round(r.seconds, 6),
+                            "lock_wait": round(r.lock_wait, 6)}
+                if r.detail or prev_bad:
+                    rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
+                rec.file = {k: v for k, v in rec.file.items() if v is not None}
+                rec.client_s["check"] = round(r.seconds, 6)
+            st.finish(rec, self.requests_f)
+
+        fut.add_done_callback(done)
+
+    async def issue(self, session: aiohttp.ClientSession, feed: PromptFeed) -> PreparedRequest | None:
+        """The next prepared request, or None when the budget is spent or the run stops."""
+        if self.stopping:
+            return None
+        if self.L.requests is not None and self.issued >= self.L.requests:
+            return None
+        self.issued += 1
+        await self.check_slots.acquire()  # bounded backlog of file checks (back-pressure, normally free)
+        return await feed.get()
+
+    async def worker(self, session: aiohttp.ClientSession, feed: PromptFeed) -> None:
+        while True:
+            t0 = time.perf_counter()
+            prep = await self.issue(session, feed)
+            if prep is None:
+                return
+            await self.one(session, prep, time.perf_counter() - t0)
+
+    async def arrivals(self, session: aiohttp.ClientSession, feed: PromptFeed) -> None:
+        """Poisson arrivals at --rate, capped at --concurrency in flight."""
+        assert self.L.rate
+        rng = random.Random(self.L.seed + 1)
+        cap = asyncio.Semaphore(self.L.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        next_t = time.monotonic()
+        try:
+            while True:
+                next_t += rng.expovariate(self.L.rate)
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await cap.acquire()
+                t0 = time.perf_counter()
+                prep = await self.issue(session, feed)
+                if prep is None:
+                    cap.release()
+                    break
+                task = asyncio.ensure_future(self.one(session, prep, time.perf_counter() - t0))
+                tasks.add(task)
+
+                def _done(t: asyncio.Task[None]) -> None:
+                    tasks.discard(t)
+                    cap.release()
+
+                task.add_done_callback(_done)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for t in list(tasks):
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+            self.event("stop", reason=reason)
+        self.stop_event.set()
+
+    # -- monitor ---------------------------------------------------------------------
+    async def scrape(self, session: aiohttp.ClientSession) -> tuple[MetricsSample | None, str | None]:
+        try:
+            async with session.get(self.url + "/metrics", headers=self.headers,
+                                   timeout=aiohttp.ClientTimeout(total=max(2.0, 2 * self.D.poll_interval))) as r:
+                if r.status != 200:
+                    return None, f"http {r.status}"
+                text = await r.text()
+        except asyncio.TimeoutError:
+            return None, "timeout"
+        except aiohttp.ClientConnectorError as exc:
+            return None, REFUSED if isinstance(exc.os_error, ConnectionRefusedError) else "connect"
+        except aiohttp.ClientError as exc:
+            return None, REFUSED if isinstance(exc, aiohttp.ServerDisconnectedError) else type(exc).__name__
+        try:
+            return await asyncio.to_thread(parse_metrics, text), None
+        except MetricsParseError:
+            return None, "parse"
+
+    async def observe(self, session: aiohttp.ClientSession) -> Observation:
+        metrics, err = await self.scrape(session)
+        lines: list[str] = await asyncio.to_thread(self.log.read_lines) if self.log is not None else []
+        stats_lines, fatal = [], None
+        for ln in lines:
+            s = parse_stats_line(ln)
+            if s is not None:
+                stats_lines.append(s)
+                continue
+            fatal = fatal or fatal_marker(ln)
+            w = warning_marker(ln)
+            if w and w not in self.warnings:
+                self.warnings.append(w)
+                self.event("log-warning", message=w, line=ln[-300:])
+        alive = self.server.alive() if self.server is not None else None
+        st = self.stats
+        client = ClientSnapshot(in_flight=st.in_flight, completed=st.completions, failed=st.failed,
+                                aborted=st.timeouts)
+        return Observation(time.monotonic(), metrics, err, alive, tuple(stats_lines), fatal, client)
+
+    async def monitor(self, session: aiohttp.ClientSession) -> None:
+        poll = self.D.poll_interval
+        next_t = time.monotonic()
+        while True:
+            next_t += poll
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            ob = await self.observe(session)
+            a = self.detector.observe(ob)
+            self.last = a
+            if ob.metrics is not None:
+                self.last_metrics = ob.metrics
+            self.record_sample(ob, a)
+            if a.changed:
+                self.event("detector", state=a.state, **{"class": a.stall_class},
+                           since=None if a.since is None else round(self.rel(a.since), 3),
+                           evidence=a.evidence)
+            if a.state == STALLED and self.stall is None:
+                self.stall = a
+                self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
+                           detected=round(self.rel(a.t), 3), evidence=a.evidence)
+                self.request_stop("stall")
+
+    def record_sample(self, ob: Observation, a: Assessment) -> None:
+        m = ob.metrics
+        st = self.stats
+        running = m.running if m else None
+        waiting = m.waiting if m else None
+        in_sys = m.in_server if m else None
+        c = self.L.concurrency
+        fid = None if in_sys is None else in_sys / c
+        active = (self.load_t0 is not None and self.load_t1 is None and not self.stopping
+                  and ob.t - self.load_t0 >= 2 * self.D.poll_interval)
+        if active and fid is not None and not self.L.rate:
+            self.fidelity.add(fid)
+            self.client_fill.add(st.in_flight / c)
+        if m is not None and m.prompt_tokens is not None and m.generation_tokens is not None:
+            if self._prev_tok is not None and ob.t > self._prev_tok[0]:
+                dt = ob.t - self._prev_tok[0]
+                self._tps = ((m.prompt_tokens - self._prev_tok[1]) / dt, (m.generation_tokens - self._prev_tok[2]) / dt)
+            self._prev_tok = (ob.t, m.prompt_tokens, m.generation_tokens)
+        self.timeline.writerow([
+            round(self.rel(ob.t), 3), round(time.time(), 3), st.in_flight, st.in_check, st.started, st.finished,
+            st.ok, st.failed, st.timeouts, running, waiting, in_sys, None if m is None else m.kv_usage,
+            None if m is None else m.prompt_tokens, None if m is None else m.generation_tokens,
+            None if fid is None else round(fid, 4), ob.metrics_error or "", a.state, a.stall_class or ""])
+        self.timeline_f.flush()
+        self.requests_f.flush()
+        self.progress.update(self.snapshot(ob, a))
+
+    def snapshot(self, ob: Observation, a: Assessment) -> dict[str, Any]:
+        st = self.stats
+        elapsed = self.rel(ob.t) if self.load_t0 is not None else 0.0
+        dur = self.L.duration
+        m = ob.metrics
+        recent_fill = st.in_flight / self.L.concurrency
+        return {
+            "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed),
+            "req_s": st.ok / elapsed if elapsed > 0 else 0.0, "in_flight": st.in_flight,
+            "concurrency": self.L.concurrency, "in_check": st.in_check,
+            "running": None if m is None else m.running, "waiting": None if m is None else m.waiting,
+            "kv_pct": None if m is None or m.kv_usage is None else 100 * m.kv_usage,
+            "prompt_tps": self._tps[0], "gen_tps": self._tps[1], "ok": st.ok, "files_ok": st.files_ok,
+            "files_bad": st.files_bad, "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
+            "since_progress": None if self.detector.last_progress_t is None else ob.t - self.detector.last_progress_t,
+            "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
+            "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
+                               and recent_fill < 0.9),
+            "state": a.state, "class": a.stall_class,
+        }
+
+    # -- on a stall ------------------------------------------------------------------
+    async def on_stall(self) -> None:
+        a = self.stall
+        assert a is not None
+        detection = self.detection_dict()
+        (self.run_dir / "detection.json").write_text(json.dumps(detection, indent=2, default=str) + "\n")
+        self.progress.message(f"STALL detected: {a.stall_class} (bad for {a.evidence.get('bad_for')} s); "
+                              + "; ".join(a.evidence.get("reasons", [])))
+        if self.scn.on_stall != "capture":
+            self.capture_info = {"status": "skipped", "reason": f"--on-stall {self.scn.on_stall}"}
+            return
+        try:
+            from repro.capture import run as capture_run  # built by the capture issue
+        except ImportError as exc:
+            self.capture_info = {"status": "not-built", "detail": str(exc),
+                                 "evidence": str(self.run_dir / "detection.json")}
+            self.progress.message(f"capture is not built yet: detector evidence written to "
+                                  f"{self.run_dir / 'detection.json'}")
+            self.event("capture", status="not-built")
+            return
+        from repro.capture.request import CaptureRequest
+
+        log_path = (self.server.log_path if self.server is not None
+                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        events = []
+        with contextlib.suppress(OSError, ValueError):
+            self.events_f.flush()
+            events = [json.loads(x) for x in (self.run_dir / "events.jsonl").read_text().splitlines()[-200:]]
+        self.timeline_f.flush()
+        req = CaptureRequest(
+            out_dir=self.run_dir / "bundle-001", settings=self.scn.capture,
+            root_pid=self.server.pid if self.server is not None and self.server.alive() else None,
+            url=self.url, api_key=self.scn.api_key, log_path=log_path, docker=self.scn.docker,
+            storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
+            timeline_csv=self.run_dir / "timeline.csv", detection=detection,
+            server_command=self.server.command if self.server is not None else None,
+            server_env=self.server.env if self.server is not None else None, reason="stall")
+        self.progress.message(f"capturing into {req.out_dir} ...")
+        t0 = time.monotonic()
+        try:
+            bundle = await asyncio.to_thread(capture_run.capture, req)
+        except Exception as exc:  # the capture stage is another module: report, never crash the run
+            self.capture_info = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            self.progress.message(f"capture failed: {type(exc).__name__}: {exc}")
+        else:
+            self.capture_info = {"status": "done", "dir": str(getattr(bundle, "dir", req.out_dir)),
+                                 "tarball": str(getattr(bundle, "tarball", None)),
+                                 "errors": list(getattr(bundle, "errors", []) or [])}
+            self.progress.message(f"capture written: {self.capture_info['tarball'] or self.capture_info['dir']}")
+        self.capture_info["seconds"] = round(time.monotonic() - t0, 2)
+        self.event("capture", **self.capture_info)
+
+    def storage_path(self) -> str | None:
+        if self.scn.storage_path:
+            return self.scn.storage_path
+        if self.server is not None and self.server.settings.extract:
+            return self.server.settings.storage
+        return None
+
+    def scenario_dict(self) -> dict[str, Any]:
+        d = self.scn.to_dict()
+        d["server_command"] = self.server.command if self.server is not None else None
+        return d
+
+    def detection_dict(self) -> dict[str, Any] | None:
+        a = self.stall
+        if a is None:
+            return None
+        since = a.since if a.since is not None else a.t
+        wall_of = (lambda mono: time.time() - (time.monotonic() - mono))
+        d = {"class": a.stall_class, "state": a.state,
+             "since_s": round(self.rel(since), 3), "detected_s": round(self.rel(a.t), 3),
+             "since_wall": _iso(wall_of(since)), "detected_wall": _iso(wall_of(a.t)),
+             "detection_delay_s": round(a.t - since, 3), "window_s": self.D.window,
+             "evidence": a.evidence}
+        inj = self.injected()
+        if inj:
+            first = next((e for e in inj if e.get("event") in ("stall",)), None)
+            if first is not None:
+                d["injected_wall"] = _iso(first["t"])
+                d["detected_after_injection_s"] = round(wall_of(a.t) - first["t"], 3)
+        return d
+
+    def injected(self) -> list[dict[str, Any]]:
+        p = self.run_dir / "injected.jsonl"
+        if self.server is not None and self.server.env.get("REPRO_INJECT_EVENTS"):
+            p = Path(self.server.env["REPRO_INJECT_EVENTS"])
+        out = []
+        with contextlib.suppress(OSError):
+            for line in p.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    # -- the run ---------------------------------------------------------------------
+    async def main(self) -> None:
+        self.stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.on_signal, sig)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread: the caller handles signals
+        c = self.L.concurrency
+        threads = self.L.check_threads or min(32, max(4, c // 4))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="repro-check")
+        prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
+        self.check_slots = asyncio.Semaphore(max(64, 4 * c))
+        self.checker = FileChecker(self.L.consume, self.L.keep_budget,
+                                   lock_timeout=min(30.0, self.L.request_timeout))
+        connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
+        mon_connector = aiohttp.TCPConnector(limit=4)
+        tasks: list[asyncio.Task[Any]] = []
+        mon_task: asyncio.Task[Any] | None = None
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session, \
+                    aiohttp.ClientSession(connector=mon_connector) as mon_session:
+                self.model = await self.resolve_model(mon_session)
+                prompts = load_prompts_file(self.L.prompts_file) if self.L.prompts_file else None
+                source = PromptSource(self.L.seed, self.L.prompt_len, self.vocab_size(), prompts)
+                feed = PromptFeed(source, Workload.parse(self.L.workload), self.model, self.L.max_tokens,
+                                  self.L.seed, buffer=2 * c, executor=prep_pool)
+                self.feed = feed
+                await feed.start()
+                self.open_files()
+                self.open_log()
+                self.progress.start()
+                self.load_t0 = time.monotonic()
+                self.event("start", url=self.url, model=self.model, concurrency=c, duration=self.L.duration,
+                           requests=self.L.requests, workload=self.L.workload)
+                mon_task = asyncio.ensure_future(self.monitor(mon_session))
+                if self.L.rate:
+                    tasks = [asyncio.ensure_future(self.arrivals(session, feed))]
+                else:
+                    tasks = [asyncio.ensure_future(self.worker(session, feed)) for _ in range(c)]
+                load = asyncio.ensure_future(asyncio.gather(*tasks))
+                stopper = asyncio.ensure_future(self.stop_event.wait())
+                dur = self.L.duration
+                done, _ = await asyncio.wait({load, stopper, mon_task}, timeout=dur,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if mon_task in done:
+                    mon_task.result()  # a bug in the monitor: surface it
+                if not done:
+                    self.request_stop("duration")
+                elif load in done:
+                    self.request_stop("requests" if self.L.requests else "done")
+                self.load_t1 = time.monotonic()
+                if self.stall is not None:
+                    await self.on_stall()
+                if self.interrupted or self.stall is not None or self.stop_reason == "rejected":
+                    for t in tasks:
+                        t.cancel()
+                else:  # drain: let in-flight requests finish (bounded)
+                    drain = min(self.L.request_timeout, 60.0)
+                    _, pending = await asyncio.wait({load}, timeout=drain)
+                    if pending:
+                        self.event("drain-timeout", in_flight=self.stats.in_flight, seconds=drain)
+                        for t in tasks:
+                            t.cancel()
+                await asyncio.gather(load, return_exceptions=True)
+                stopper.cancel()
+                # file checks hold no slot: wait for them (bounded by their own timeouts)
+                deadline = time.monotonic() + 60.0
+                while self.stats.in_check > 0 and time.monotonic() < deadline and not self.interrupted:
+                    await asyncio.sleep(0.05)
+        finally:
+            if mon_task is not None:
+                mon_task.cancel()
+                await asyncio.gather(mon_task, return_exceptions=True)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            prep_pool.shutdown(wait=False, cancel_futures=True)
+            self.progress.stop()
+            if self.log is not None:
+                self.log.close()
+
+    @property
+    def prep_seconds(self) -> float:
+        return self.feed.prep_seconds if self.feed is not None else 0.0
+
+    def open_log(self) -> None:
+        if self.server is not None:
+            self.log = LogFollower(self.server.log_path)
+        elif self.scn.log_file:
+            self.log = LogFollower(self.scn.log_file)
+        elif self.scn.docker:
+            self.log = DockerLogFollower(self.scn.docker)
+
+    def on_signal(self, sig: int) -> None:
+        if self.interrupted:
+            return
+        self.interrupted = True
+        self.progress.message(f"{signal.Signals(sig).name}: stopping, flushing results ...")
+        self.request_stop(signal.Signals(sig).name)
+
+
+def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
+    st = run.stats
+    load_s = res.load_s
+    fid = run.fidelity
+    c = scn.load.concurrency
+    d: dict[str, Any] = {
+        "schema": SUMMARY_SCHEMA, "version": SUMMARY_VERSION,
+        "outcome": res.outcome, "exit_code": res.exit_code, "error": res.error,
+        "started_at": _iso(run.wall_t0), "ended_at": _iso(time.time()),
+        "stop_reason": run.stop_reason,
+        "load_seconds": round(load_s, 3), "exposure_seconds": round(res.exposure_s, 3),
+        "target": {"url": run.url, "model": run.model, "launched": run.server is not None and run.server.started_at is not None,
+                   "server_pid": run.server.pid if run.server is not None else None},
+        "requests": res.counts, "files": res.files,
+        "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens},
+        "throughput": {"requests_per_s": round(st.ok / load_s, 3) if load_s > 0 else None,
+                       "prompt_tokens_per_s": round(st.prompt_tokens / load_s, 1) if load_s > 0 else None},
+        "latency_s": st.latency.summary(),
+        "client_work_s": {"prompt_wait": st.prompt_wait_s.summary(6), "file_check": st.check_s.summary(6),
+                          "bookkeeping": st.bookkeeping_s.summary(6), "prompt_prep_total": round(run.prep_seconds, 3)},
+        "fidelity": {
+            "concurrency": c, "mode": "poisson" if scn.load.rate else "closed-loop",
+            "samples": fid.n,
+            "mean": None if fid.mean is None else round(fid.mean, 4),
+            "p5": None if fid.n == 0 else round(fid.quantile(0.05) or 0.0, 4),
+            "client_in_flight_mean": None if run.client_fill.mean is None else round(run.client_fill.mean * c, 3),
+            "client_fill_mean": None if run.client_fill.mean is None else round(run.client_fill.mean, 4),
+            "definition": "server vllm:num_requests_running + waiting divided by --concurrency, "
+                          "sampled every poll while the load runs (first 2 polls excluded)",
+        },
+        "detector": {"state": run.last.state if run.last else None,
+                     "class": run.last.stall_class if run.last else None,
+                     "settings": scn.to_dict()["detect"]},
+        "stall": run.detection_dict(),
+        "capture": run.capture_info,
+        "log_warnings": run.warnings,
+        "files_written": {k: str(v) for k, v in res.paths.items()},
+    }
+    return d
+
+
+def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = None,
+               progress: Progress | None = None) -> StressResult:
+    """Run one stress run into ``run_dir`` and return its result (also written to summary.json).
+
+    ``server``: a running server the caller owns (bisect); otherwise ``scenario.url`` is attached
+    to, or a server is launched from ``scenario.server`` and stopped at the end. Raises
+    UsageError for bad settings; a target that cannot be started or reached is exit code 3 in
+    the result (and summary.json), not an exception.
+    """
+    scenario.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress()
+    paths = {name: run_dir / name for name in ("scenario.json", "requests.jsonl", "timeline.csv",
+                                               "events.jsonl", "summary.json")}
+    if scenario.load.prompts_file:
+        load_prompts_file(scenario.load.prompts_file)  # bad line -> UsageError before anything starts
+    owned: VllmServer | None = None
+    if server is None and not scenario.url:
+        owned = server = VllmServer(scenario.server, run_dir)
+    url = scenario.url or (server.url if server is not None else "")
+    run = _Run(scenario, run_dir, server, url, progress)
+    result = StressResult(EXIT_OK, "clean", None, 0.0, 0.0, {}, {}, run_dir, paths)
+    try:
+        try:
+            if owned is not None:
+                owned.start()
+                (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+                progress.message(f"starting vLLM (log: {owned.log_path}) ...")
+                last = [0.0]
+
+                def waiting(elapsed: float) -> None:
+                    if elapsed - last[0] >= 15:
+                        last[0] = elapsed
+                        progress.message(f"  still starting after {elapsed:.0f} s ...")
+
+                owned.wait_ready(on_wait=waiting)
+                progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
+            (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+            asyncio_run(run.main())
+        except TargetError as exc:
+            result.exit_code, result.outcome, result.error = EXIT_TARGET, "target-error", exc.message
+        except KeyboardInterrupt:
+            run.interrupted = True
+        if result.outcome != "target-error":
+            if run.interrupted:
+                result.exit_code, result.outcome = EXIT_INTERRUPTED, "interrupted"
+            elif run.stall is not None:
+                result.exit_code, result.outcome = EXIT_STALL, "stall"
+            elif run.stop_reason == "rejected":
+                result.exit_code, result.outcome, result.error = EXIT_USAGE, "aborted", run.abort_error
+    finally:
+        if owned is not None:
+            owned.stop(grace=5.0 if run.stall is not None else 20.0)
+        run.close_files()
+    t0, t1 = run.load_t0, run.load_t1 or time.monotonic()
+    result.load_s = 0.0 if t0 is None else t1 - t0
+    result.exposure_s = result.load_s
+    if run.stall is not None and t0 is not None and run.stall.since is not None:
+        result.exposure_s = max(0.0, run.stall.since - t0)
+    result.stall = run.stall
+    result.counts = run.stats.counts()
+    result.files = run.stats.files()
+    result.summary = _summary(run, result, scenario)
+    paths["summary.json"].write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+    return result
+
+
+def asyncio_run(coro: Any) -> Any:
+    """Run on uvloop when it is installed (vLLM depends on it), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+__all__ = ["StressResult", "run_stress", "SUMMARY_SCHEMA", "SUMMARY_VERSION"]

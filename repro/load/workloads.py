@@ -1,0 +1,281 @@
+"""Workloads: how a prompt becomes an HTTP request, and how a hidden-state file is verified and consumed.
+
+``hidden-states``: ``/v1/completions`` with the prompt (token ids when synthetic), ``max_tokens=1``,
+``return_token_ids``; the response names a safetensors file (``kv_transfer_params.hidden_states_path``)
+holding ``hidden_states`` ``[prompt_tokens, layers, hidden]`` and ``token_ids`` ``[prompt_tokens]``.
+``chat``: ``/v1/chat/completions`` with ``--max-tokens``. With extraction on, vLLM writes a file
+for chat requests too; it is checked and consumed the same way, so storage never fills.
+``mixed:RATIO``: each request is hidden-states with probability RATIO (seeded), chat otherwise.
+
+:class:`FileChecker` runs in a thread pool, never on the event loop and never
+while a concurrency slot is held. It honours vLLM's ``.lock`` protocol (the
+writer holds ``flock(LOCK_EX)`` on ``<file>.lock``; readers take ``LOCK_SH``)
+and removes the lock file with the data file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from repro.errors import UsageError
+from repro.load.prompts import CHAT, Prompt
+
+HIDDEN_STATES, CHAT_WL = "hidden-states", "chat"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The parsed --workload: share of hidden-states requests (1.0, 0.0 or the mixed ratio)."""
+
+    hs_ratio: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Workload":
+        if text == HIDDEN_STATES:
+            return cls(1.0)
+        if text == CHAT_WL:
+            return cls(0.0)
+        if text.startswith("mixed:"):
+            try:
+                r = float(text.split(":", 1)[1])
+            except ValueError:
+                raise UsageError(f"--workload {text!r}: RATIO must be a number between 0 and 1") from None
+            if 0.0 <= r <= 1.0:
+                return cls(r)
+        raise UsageError(f"--workload {text!r}: use hidden-states, chat or mixed:RATIO (RATIO in 0..1)")
+
+    def pick(self, rng: random.Random) -> str:
+        if self.hs_ratio >= 1.0:
+            return HIDDEN_STATES
+        if self.hs_ratio <= 0.0:
+            return CHAT_WL
+        return HIDDEN_STATES if rng.random() < self.hs_ratio else CHAT_WL
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    seq: int
+    kind: str  # hidden-states | chat
+    path: str  # URL path
+    body: bytes
+    prompt_tokens: tuple[int, ...] | None  # what the file's token_ids must equal (None: take it from the response)
+    prompt_len: int | None
+
+
+def prepare(seq: int, prompt: Prompt, kind: str, model: str, max_tokens: int) -> PreparedRequest:
+    """Build the request body (JSON bytes) for one prompt."""
+    if kind == HIDDEN_STATES and prompt.kind != CHAT:
+        body: dict[str, object] = {"model": model, "max_tokens": 1, "return_token_ids": True}
+        if prompt.tokens is not None:
+            body["prompt"] = list(prompt.tokens)
+        else:
+            body["prompt"] = prompt.text
+        path = "/v1/completions"
+    else:
+        mt = 1 if kind == HIDDEN_STATES else max_tokens
+        body = {"model": model, "messages": prompt.as_messages(), "max_tokens": mt, "return_token_ids": True}
+        if kind != HIDDEN_STATES:
+            body["ignore_eos"] = True
+        path = "/v1/chat/completions"
+    n = len(prompt.tokens) if prompt.tokens is not None else None
+    return PreparedRequest(seq, kind, path, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+                           prompt.tokens, n)
+
+
+@dataclass(frozen=True)
+class ResponseInfo:
+    """What the event loop takes out of a response (cheap): the file to check and the prompt ids."""
+
+    hs_path: str | None
+    prompt_ids: list[int] | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def read_response(data: dict) -> ResponseInfo:
+    kv = data.get("kv_transfer_params") or {}
+    hs = kv.get("hidden_states_path") if isinstance(kv, dict) else None
+    ids = data.get("prompt_token_ids")
+    if ids is None:
+        choices = data.get("choices") or [{}]
+        ids = choices[0].get("prompt_token_ids")
+    usage = data.get("usage") or {}
+    return ResponseInfo(hs, ids, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    error: str | None = None  # file-missing | lock-timeout | bad-tokens | bad-shape | unreadable | consume-failed
+    detail: str | None = None
+    nbytes: int = 0
+    shape: tuple[int, ...] | None = None
+    consumed: str | None = None  # deleted | moved | kept
+    seconds: float = 0.0  # time spent in this check (client-side work)
+    lock_wait: float = 0.0
+
+
+class FileChecker:
+    """Verify and consume hidden-state files (thread-safe; run it in a thread pool)."""
+
+    def __init__(self, consume: str = "delete", keep_budget: int = 1 << 30, file_wait: float = 10.0,
+                 lock_timeout: float = 30.0, expected_layers: int | None = None) -> None:
+        self.consume = consume
+        self.move_dir: Path | None = None
+        if consume.startswith("move:"):
+            d = consume.split(":", 1)[1]
+            if not d:
+                raise UsageError("--consume move:DIR needs a directory")
+            self.move_dir = Path(d).expanduser()
+            try:
+                self.move_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"--consume {consume}: cannot create {d} ({exc.strerror})") from None
+        elif consume not in ("delete", "keep"):
+            raise UsageError(f"unknown --consume {consume!r}: use delete, keep or move:DIR")
+        self.keep_budget = keep_budget
+        self.file_wait = file_wait
+        self.lock_timeout = lock_timeout
+        self.expected_layers = expected_layers
+        self.kept_bytes = 0
+        self.over_budget = 0  # files deleted because keeping them would exceed the budget
+        self._lock = threading.Lock()
+
+    def _wait_exists(self, path: str) -> bool:
+        deadline = time.monotonic() + self.file_wait
+        while True:
+            if os.path.exists(path):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def _shared_lock(self, lock_path: str) -> tuple[int | None, float, bool]:
+        """(fd, seconds waited, timed_out); fd None when there is no lock file."""
+        try:
+            fd = os.open(lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None, 0.0, False
+        t0 = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return fd, time.monotonic() - t0, False
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+            if time.monotonic() - t0 > self.lock_timeout:
+                os.close(fd)
+                return None, time.monotonic() - t0, True
+            time.sleep(0.005)
+
+    def check(self, path: str, prompt_ids: tuple[int, ...] | list[int] | None, exact: bool = True) -> CheckResult:
+        """Verify the file against the prompt (exact: token_ids == prompt; else the prompt is a prefix)."""
+        t0 = time.perf_counter()
+        res = self._check(path, prompt_ids, exact)
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _check(self, path: str, prompt_ids: tuple[int, ...] | list[int] | None, exact: bool) -> CheckResult:
+        from safetensors.numpy import load_file
+
+        lock_path = path + ".lock"
+        if not self._wait_exists(path):
+            self._remove(lock_path)
+            return CheckResult(False, "file-missing", f"{path} did not appear within {self.file_wait:g} s")
+        try:
+            fd, waited, timed_out = self._shared_lock(lock_path)
+        except OSError as exc:
+            return CheckResult(False, "unreadable", f"lock {lock_path}: {exc}")
+        if timed_out:
+            return CheckResult(False, "lock-timeout", f"writer held {lock_path} for over {self.lock_timeout:g} s",
+                               lock_wait=waited)
+        try:
+            try:
+                nbytes = os.path.getsize(path)
+                data = load_file(path)
+            except Exception as exc:  # safetensors raises its own error types
+                self._consume_failed_file(path, lock_path)
+                return CheckResult(False, "unreadable", f"{type(exc).__name__}: {exc}", lock_wait=waited)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        hs, ids = data.get("hidden_states"), data.get("token_ids")
+        err = self._verify(hs, ids, prompt_ids, exact)
+        shape = tuple(hs.shape) if hs is not None else None
+        if err:
+            self._consume_failed_file(path, lock_path)
+            return CheckResult(False, err[0], err[1], nbytes, shape, lock_wait=waited)
+        try:
+            how = self._consume(path, lock_path, nbytes)
+        except OSError as exc:
+            return CheckResult(False, "consume-failed", f"{exc}", nbytes, shape, lock_wait=waited)
+        return CheckResult(True, None, None, nbytes, shape, how, lock_wait=waited)
+
+    def _verify(self, hs: np.ndarray | None, ids: np.ndarray | None, prompt: tuple[int, ...] | list[int] | None,
+                exact: bool) -> tuple[str, str] | None:
+        if hs is None or ids is None:
+            return "bad-shape", "the file lacks hidden_states or token_ids"
+        if hs.ndim != 3 or ids.ndim != 1 or hs.shape[0] != ids.shape[0] or hs.shape[0] == 0:
+            return "bad-shape", f"hidden_states {list(hs.shape)} vs token_ids {list(ids.shape)}: expected [T, layers, hidden] with T = len(token_ids)"
+        if self.expected_layers is not None and hs.shape[1] != self.expected_layers:
+            return "bad-shape", f"hidden_states has {hs.shape[1]} layers, expected {self.expected_layers}"
+        if not np.isfinite(hs).all():
+            return "bad-values", "hidden_states holds NaN or inf"
+        if prompt is not None:
+            p = np.asarray(prompt, dtype=np.int64)
+            got = ids.astype(np.int64, copy=False)
+            same = np.array_equal(got, p) if exact else (got.shape[0] >= p.shape[0] and np.array_equal(got[: p.shape[0]], p))
+            if not same:
+                return "bad-tokens", f"token_ids ({got.shape[0]} tokens) differ from the prompt ({p.shape[0]} tokens)"
+        return None
+
+    def _remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _consume_failed_file(self, path: str, lock_path: str) -> None:
+        """A file that failed its check is never kept: it would only fill storage."""
+        self._remove(path)
+        self._remove(lock_path)
+
+    def _consume(self, path: str, lock_path: str, nbytes: int) -> str:
+        if self.move_dir is not None:
+            dest = self.move_dir / os.path.basename(path)
+            try:
+                os.replace(path, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(path, dest)
+            self._remove(lock_path)
+            return "moved"
+        if self.consume == "keep":
+            with self._lock:
+                keep = self.kept_bytes + nbytes <= self.keep_budget
+                if keep:
+                    self.kept_bytes += nbytes
+                else:
+                    self.over_budget += 1
+            self._remove(lock_path)
+            if keep:
+                return "kept"
+            self._remove(path)
+            return "deleted"
+        self._remove(path)
+        self._remove(lock_path)
+        return "deleted"
