@@ -126,6 +126,12 @@ class CaptureSettings:
     pyspy_timeout: float = 10.0
     size_budget: int = 20 * 1000 * 1000
     redact_hosts: bool = False
+    pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
+    docker_pyspy: str = "auto"  # docker mode: "exec" (the image's py-spy), "host" (host py-spy, host pids), auto
+    stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
+    collect_env: bool = True  # run `python -m vllm.collect_env` with the server's Python
+    collect_env_timeout: float = 60.0  # runs in parallel with sampling; killed after this
+    log_tail_bytes: int = 4 * 1000 * 1000  # of the server log, before the size budget trims further
 
 
 @dataclass

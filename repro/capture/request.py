@@ -31,6 +31,7 @@ class CaptureRequest:
     server_command: list[str] | None = None
     server_env: dict[str, str] | None = field(default=None, repr=False)
     reason: str = "manual"  # stall | manual | watchdog
+    repro_command: list[str] | None = None  # the repro invocation that reproduces this (for ISSUE.md); redacted
 
 
 @dataclass

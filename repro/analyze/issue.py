@@ -1,0 +1,171 @@
+"""Render ISSUE.md from a bundle and the user-editable top-level ISSUE_TEMPLATE.md.
+
+The template uses ``{{ name }}`` placeholders (no logic). The first line that
+starts with ``title:`` becomes the title line of ISSUE.md (``# [Bug]: ...``)
+and an HTML comment at the top of the template is dropped. Unknown placeholders
+are left visible so a typo in an edited template shows instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from repro.analyze.stacks import analyze_bundle_dir
+from repro.errors import UsageError
+
+PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+MAX_STACK_CHARS = 12_000  # per process in ISSUE.md; the bundle has everything
+COLLECT_ENV_MAX = 30_000
+
+ROLE_ORDER = {"engine_core": 0, "worker": 1, "api_server": 2, "launcher": 3, "other": 4}
+
+
+def find_template(explicit: str | Path | None = None) -> Path:
+    """--template, else ./ISSUE_TEMPLATE.md, else the one at the top of the repro checkout."""
+    cands = [Path(explicit)] if explicit else [Path.cwd() / "ISSUE_TEMPLATE.md",
+                                               Path(__file__).resolve().parents[2] / "ISSUE_TEMPLATE.md"]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise UsageError(f"no issue template found (looked at {', '.join(map(str, cands))})",
+                     help="Pass --template PATH (copy ISSUE_TEMPLATE.md from the repro repository).")
+
+
+def _read(p: Path, default: str = "") -> str:
+    try:
+        return p.read_text(errors="replace")
+    except OSError:
+        return default
+
+
+def _fence(text: str, lang: str = "text") -> str:
+    """A fenced block that stays a block whatever backticks the text holds."""
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    f = "`" * max(3, longest + 1)
+    return f"{f}{lang}\n{text.rstrip()}\n{f}"
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details>\n<summary>{summary}</summary>\n\n{body}\n\n</details>"
+
+
+def _thread_block(thread: dict[str, Any]) -> str:
+    return f'Thread {thread["tid"]} "{thread["name"]}" ({thread["verdict"]}):\n' + \
+        "\n".join(f"    {f}" for f in thread["stack"])
+
+
+def _process_stack_text(bundle: Path, proc: dict[str, Any], rec: dict[str, Any] | None) -> str:
+    """The last native dump of the process if there is one, else its threads from the analysis."""
+    d = bundle / (rec or {}).get("stacks_dir", f"stacks/{proc['label']}-{proc['pid']}")
+    natives = sorted(d.glob("sample-*.native.txt"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    text = _read(natives[-1]) if natives else ""
+    if not text.strip() or text.startswith("(no output"):
+        text = "\n".join(_thread_block(t) for t in proc["threads"]) or "(no stacks could be taken)"
+    if len(text) > MAX_STACK_CHARS:
+        text = text[:MAX_STACK_CHARS] + "\n... (cut; the bundle has the full dump)"
+    return text
+
+
+def render_stacks(bundle: Path, analysis: dict[str, Any]) -> str:
+    procs = {p["pid"]: p for p in json.loads(_read(bundle / "processes.json", "[]"))}
+    blocks = []
+    for p in sorted(analysis.get("processes", []), key=lambda p: (ROLE_ORDER.get(p["role"], 9), p["pid"])):
+        main = next((t for t in p["threads"] if t["main"]), None)
+        where = f" in <code>{main['stuck_frame']}</code>" if main and main.get("stuck_frame") else ""
+        summary = f"{p['label']} (pid {p['pid']}): main thread {p['verdict']}{where}"
+        blocks.append(_details(summary, _fence(_process_stack_text(bundle, p, procs.get(p["pid"])))))
+    return "\n\n".join(blocks) if blocks else "(no stacks: see errors.txt in the bundle)"
+
+
+def _metrics_line(bundle: Path) -> str:
+    lines = _read(bundle / "context" / "metrics-samples.jsonl").splitlines()
+    if not lines:
+        return "not collected (no --url)"
+    try:
+        m = json.loads(lines[-1])
+    except ValueError:
+        return "unreadable"
+    return ", ".join(f"`{k}`={v:g}" for k, v in m.items() if k != "t")
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, r = divmod(s, 3600)
+    m, sec = divmod(r, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
+    man = json.loads(_read(bundle / "manifest.json", "{}"))
+    analysis = analyze_bundle_dir(bundle)
+    det = json.loads(_read(bundle / "context" / "detection.json", "null") or "null") or man.get("detection") or {}
+    stats = [ln for ln in _read(bundle / "context" / "stats-lines.txt").splitlines() if "throughput" in ln]
+    ce = _read(bundle / "context" / "collect-env.txt").strip() or "(collect-env was not collected)"
+    if len(ce) > COLLECT_ENV_MAX:
+        ce = ce[:COLLECT_ENV_MAX] + "\n... (cut)"
+    server_cmd = man.get("server_command") or _read(bundle / "context" / "server-command.txt").split()
+    repro_cmd = man.get("repro_command")
+    since = man.get("stall_since") or det.get("since")
+    tts = det.get("time_to_stall")
+    if tts is None and since and det.get("run_start"):
+        tts = float(since) - float(det["run_start"])
+    proc = analysis.get("stuck_process") or "the engine"
+    frame = analysis.get("stuck_frame")
+    cul = analysis.get("culprit") or {}
+    cfn = (cul.get("stuck_frame") or "").split(" (")[0]
+    if cul and cul.get("process") != proc:
+        title = f"{proc} stops making progress: {cul['process']} {cul['verdict']} in {cfn}"
+    elif cfn:
+        title = f"{proc} stops making progress ({cul.get('verdict')} in {cfn})"
+    else:
+        title = f"{proc} stops making progress ({analysis.get('verdict')})"
+    tar = tarball or (bundle.parent / f"{bundle.name}.tar.gz")
+    size = f"{tar.stat().st_size / 1e6:.2f} MB" if tar.exists() else "size unknown"
+    cls = det.get("class") or det.get("classification") or man.get("reason") or "unknown"
+    return {
+        "title_summary": title,
+        "collect_env": ce,
+        "server_command": shlex.join(server_cmd) if server_cmd else "(server command not recorded)",
+        "repro_command": shlex.join(repro_cmd) if repro_cmd else f"repro capture --pid <server pid> --url <url>",
+        "classification": str(cls),
+        "time_to_stall": _duration(float(tts)) if tts is not None else (
+            f"stalled since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(since)))}" if since
+            else "unknown"),
+        "last_stats_line": stats[-1].strip() if stats else "(no stats line in the log tail)",
+        "metrics": _metrics_line(bundle),
+        "verdict_line": f"py-spy shows {proc} **{analysis.get('verdict')}**" + (f" in `{frame}`" if frame else "")
+        + " across all samples" + (f", waiting for {cul['process']}, which is **{cul['verdict']}** in "
+                                   f"`{cul['stuck_frame']}`." if cul and cul.get("process") != proc else "."),
+        "stacks": render_stacks(bundle, analysis),
+        "signature": str(analysis.get("signature")),
+        "signature_lines": "\n".join(analysis.get("signature_lines") or ["(no stacks)"]),
+        "bundle_file": tar.name,
+        "bundle_size": size,
+        "vllm_version": str(man.get("vllm_version")),
+        "repro_version": str(man.get("repro_version")),
+        "captured_at": str(man.get("created")),
+        "errors": _read(bundle / "errors.txt").strip(),
+    }
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    text = re.sub(r"\A\s*<!--.*?-->\s*", "", template, flags=re.S)
+    out = PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+    lines = out.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("title:"):
+            title = ln[len("title:"):].strip()
+            if not title.startswith("[Bug]: "):
+                title = "[Bug]: " + title
+            lines[i] = f"# {title}"
+            break
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_issue(bundle: Path, template_path: Path, tarball: Path | None = None) -> str:
+    return render(template_path.read_text(), context_values(bundle, tarball))

@@ -1,0 +1,42 @@
+"""Open a bundle given as a directory or as its `.tar.gz`, with one clear error when it is not one."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from repro.capture.bundle import MANIFEST, unpack
+from repro.errors import UsageError
+
+
+def open_bundle(path: str | Path, scratch: Path | None = None) -> Path:
+    """The bundle directory for `path` (a tarball is unpacked into `scratch` or a temporary directory)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if p.is_file():
+        if not tarfile.is_tarfile(p):
+            raise UsageError(f"{path}: not a repro bundle (neither a bundle directory nor a .tar.gz)")
+        dest = scratch or Path(tempfile.mkdtemp(prefix="repro-bundle-"))
+        try:
+            d = unpack(p, dest)
+        except (ValueError, tarfile.TarError, OSError) as exc:
+            raise UsageError(f"{path}: not a repro bundle ({exc})") from None
+        p = d
+    manifest = p / MANIFEST
+    if not manifest.is_file():
+        raise UsageError(f"{path}: not a repro bundle (no {MANIFEST})")
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError:
+        raise UsageError(f"{path}: not a repro bundle ({MANIFEST} is not JSON)") from None
+    if not isinstance(data, dict) or data.get("kind") != "repro-bundle":
+        raise UsageError(f"{path}: not a repro bundle ({MANIFEST} was not written by repro)")
+    return p
+
+
+def manifest(bundle_dir: Path) -> dict[str, Any]:
+    return json.loads((bundle_dir / MANIFEST).read_text())

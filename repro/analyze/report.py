@@ -1,0 +1,175 @@
+"""Reporters: summary.md and the timeline plot. They read collected data; they never collect."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from repro.capture.request import CaptureRequest
+
+
+def _fmt_t(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
+
+
+def stall_since(req: CaptureRequest) -> float | None:
+    det = req.detection or {}
+    for k in ("since", "stalled_since", "t_since", "start"):
+        v = det.get(k)
+        if isinstance(v, (int, float)):
+            return float(v)
+    for e in req.events:
+        if e.get("event") in ("stall", "stalled") and isinstance(e.get("t"), (int, float)):
+            return float(e["t"])
+    return None
+
+
+def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks: dict[str, Any],
+               stats_lines: list[str], metrics: list[dict[str, Any]], storage: dict[str, Any] | None,
+               errors: list[dict[str, str]]) -> str:
+    det = req.detection or {}
+    since = stall_since(req)
+    lines = [f"# repro bundle {name}", ""]
+    lines.append(f"- **Reason**: {req.reason}; classification: {det.get('class') or det.get('classification') or 'n/a'}")
+    if since:
+        lines.append(f"- **Stalled since**: {_fmt_t(since)} ({time.time() - since:.0f} s before this summary)")
+    lines.append(f"- **Verdict**: {analysis.get('stuck_process') or '?'} is **{analysis.get('verdict')}**"
+                 + (f" in `{analysis['stuck_frame']}`" if analysis.get("stuck_frame") else ""))
+    lines.append(f"- **Signature**: `{analysis.get('signature') or 'none (no stacks)'}`")
+    lines.append(f"- **Stacks**: {stacks.get('samples', 0)} samples of {stacks.get('processes', 0)} processes in "
+                 f"{stacks.get('duration', 0):.1f} s")
+    if stats_lines:
+        lines.append(f"- **Last stats line**: `{stats_lines[-1].strip()}`")
+    if metrics:
+        m = metrics[-1]
+        lines.append("- **Metrics (last)**: " + ", ".join(f"{k.split(':', 1)[-1]}={v:g}" for k, v in m.items()
+                                                           if k != "t"))
+    if storage and "files_waiting" in storage:
+        lines.append(f"- **Storage** {storage['path']}: {storage['files_waiting']} files waiting "
+                     f"({storage['bytes_waiting']} bytes, oldest {storage.get('oldest_age_s')} s), "
+                     f"{storage.get('bytes_free')} bytes free, fs {((storage.get('mount') or {}).get('fs_type'))}")
+    lines += ["", "## Threads", "", "| process | thread | verdict | stuck frame | CPU s / window s | state | wchan |",
+              "|---|---|---|---|---|---|---|"]
+    for p in analysis.get("processes", []):
+        for t in p["threads"]:
+            if not t["main"] and t["verdict"] not in ("blocked", "busy"):
+                continue
+            lines.append(f"| {p['label']} ({p['pid']}) | {t['name']} | {t['verdict']} | `{t['stuck_frame']}` | "
+                         f"{t['cpu_seconds']} / {t['window_seconds']} | {t['state']} | {t['wchan']} |")
+    if errors:
+        lines += ["", "## Collector failures (see errors.txt)", ""]
+        lines += [f"- {e['what']}: {e['message']}" for e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _read_timeline_csv(path: Path) -> list[dict[str, float]]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[(k or "").strip().lower()] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
+
+
+def _col(rows: list[dict[str, float]], *names: str) -> tuple[str | None, list[float]]:
+    for n in names:
+        if rows and all(n in r for r in rows):
+            return n, [r[n] for r in rows]
+    return None, []
+
+
+def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Series for the plot: from the run's timeline CSV when given, else from the /metrics samples taken."""
+    if req.timeline_csv and Path(req.timeline_csv).exists():
+        rows = _read_timeline_csv(Path(req.timeline_csv))
+        _, t = _col(rows, "t", "time", "ts", "timestamp", "wall")
+        if t:
+            out: dict[str, Any] = {"t": t, "source": "timeline.csv"}
+            for key, names in (("running", ("running", "num_requests_running", "server_running")),
+                               ("waiting", ("waiting", "num_requests_waiting", "server_waiting")),
+                               ("gen_tps", ("gen_tps", "generation_tps", "gen_tokens_per_s", "generation_tokens_s")),
+                               ("prompt_tps", ("prompt_tps", "prompt_tokens_per_s", "prompt_tokens_s")),
+                               ("completed", ("completed", "completions", "client_completed", "ok"))):
+                _, vals = _col(rows, *names)
+                if vals:
+                    out[key] = vals
+            return out
+    ms = sorted((m for m in metrics if "t" in m), key=lambda m: m["t"])
+    out = {"t": [m["t"] for m in ms], "source": "/metrics samples taken during capture"}
+    out["running"] = [m.get("vllm:num_requests_running", 0.0) for m in ms]
+    out["waiting"] = [m.get("vllm:num_requests_waiting", 0.0) for m in ms]
+    gen, prm, done = [0.0], [0.0], [0.0]
+    for a, b in zip(ms, ms[1:]):
+        dt = max(1e-6, b["t"] - a["t"])
+        gen.append((b.get("vllm:generation_tokens_total", 0) - a.get("vllm:generation_tokens_total", 0)) / dt)
+        prm.append((b.get("vllm:prompt_tokens_total", 0) - a.get("vllm:prompt_tokens_total", 0)) / dt)
+        done.append(b.get("vllm:request_success_total", 0) - ms[0].get("vllm:request_success_total", 0))
+    out.update(gen_tps=gen[:len(ms)], prompt_tps=prm[:len(ms)], completed=done[:len(ms)])
+    return out
+
+
+def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: str) -> bytes | None:
+    t = series.get("t") or []
+    if len(t) < 1:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = t[0]
+    x = [v - t0 for v in t]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True, dpi=80)
+    panels = ((("running", "running"), ("waiting", "waiting")), (("gen_tps", "generation tok/s"),
+                                                                   ("prompt_tps", "prompt tok/s")))
+    for ax, keys, ylabel, step in zip(axes, panels, ("server requests", "tokens/s"), (True, False)):
+        for key, label in keys:
+            if key in series:
+                if step:
+                    ax.step(x, series[key], where="post", label=label)
+                else:
+                    ax.plot(x, series[key], marker=".", label=label)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper left", fontsize=8)
+    ax = axes[2]
+    if "completed" in series:
+        ax.plot(x, series["completed"], marker=".", label="client completions")
+    ax.set_ylabel("completed")
+    ax.set_xlabel(f"seconds since {_fmt_t(t0)}  (source: {series.get('source')})")
+    if stall_t is not None:
+        for a in axes:
+            a.axvline(stall_t - t0, color="red", linestyle="--", linewidth=1)
+        axes[0].annotate("stall", (stall_t - t0, 0), color="red", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_timeline(w: Any, req: CaptureRequest, metrics: list[dict[str, Any]], analysis: dict[str, Any]) -> bool:
+    t0 = time.monotonic()
+    try:
+        series = timeline_series(req, metrics)
+        png = render_timeline_png(series, stall_since(req), f"{w.dir.name}: {analysis.get('verdict')} "
+                                                            f"{analysis.get('stuck_process') or ''}")
+    except Exception as exc:  # noqa: BLE001 - a plot must not cost the bundle
+        w.error("timeline plot", f"could not draw the timeline: {exc!r}")
+        return False
+    if png is None:
+        w.record("timeline plot", command=None, exit_code=None, duration=time.monotonic() - t0, output=None,
+                 skipped="no timeline data (no --url and no timeline.csv)")
+        return False
+    w.write_bytes("timeline.png", png)
+    w.record("timeline plot", command=None, exit_code=0, duration=time.monotonic() - t0, output="timeline.png",
+             source=series.get("source"))
+    return True

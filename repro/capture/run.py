@@ -1,0 +1,445 @@
+"""`capture(CaptureRequest) -> Bundle`: the one entry point of the capture stage.
+
+Order of work (the stacks come first: they are the evidence that decays):
+
+1. find the server's processes (by title, from the root pid, a container, or the URL's port);
+2. start `vllm.collect_env` in the background (time-boxed, the slow part);
+3. /metrics "before";
+4. ``settings.samples`` rounds ``settings.interval`` s apart; in each round every
+   process is sampled at the same time (one thread per process): /proc CPU time,
+   state and wchan of each thread, py-spy ``--json`` (fallback ``--nonblocking``),
+   then py-spy ``--native``; every call under a hard timeout, the whole phase
+   inside ``settings.stacks_budget`` (15 s by default);
+5. /metrics "after", the log tail and last stats lines, command line and
+   environment (redacted), scenario, detector events, GPU and storage state;
+6. analysis (verdicts, signature), timeline plot, summary, manifest, tarball.
+
+Nothing here raises for a failing collector: failures go to errors.txt and the
+manifest, and the rest of the bundle is still written. It raises
+:class:`~repro.errors.UsageError` only when ``req.out_dir`` already holds a
+bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from repro.analyze.stacks import analyze_bundle_dir
+from repro.capture import context, docker as docker_mod, procfs, pyspy
+from repro.capture.bundle import MANIFEST, BundleWriter
+from repro.capture.redact import Redactor, secret_name
+from repro.capture.request import Bundle, CaptureRequest
+from repro.errors import UsageError
+from repro.target import procs as procs_mod
+
+
+def _known_secrets(req: CaptureRequest, env: dict[str, str] | None) -> list[str]:
+    """Exact secret values to scrub everywhere (the API key, secret-named env values)."""
+    vals = [req.api_key or ""]
+    for e in (env or {}, req.server_env or {}):
+        vals += [v for k, v in e.items() if secret_name(k) and len(v) >= 8 and not v.startswith("/")]
+    return [v for v in vals if v]
+
+
+def _discover(req: CaptureRequest, w: BundleWriter) -> tuple[list[procs_mod.VllmProcess], int | None]:
+    root = req.root_pid
+    if req.docker and root is None:
+        try:
+            root = docker_mod.container_pid(req.docker)
+        except Exception as exc:  # noqa: BLE001 - recorded, capture goes on
+            w.error("docker", str(exc))
+            return [], None
+    if root is None and req.url:
+        root = port_owner(req.url)
+    if root is not None:
+        try:
+            root = procs_mod.find_server_root(root)
+            return procs_mod.find_vllm_processes(root), root
+        except psutil.NoSuchProcess:
+            w.error("processes", f"process {root} does not exist (any more): no stacks could be taken",
+                    "Check the pid with `ps -ef | grep VLLM`; pass the server's root pid with --pid.")
+            return [], root
+    found = procs_mod.find_all_vllm_processes()
+    if not found:
+        w.error("processes", "no vLLM process found on this machine (by title VLLM::*)",
+                "Pass the server's pid with --pid, or its container with --docker.")
+    return found, None
+
+
+def port_owner(url: str) -> int | None:
+    """The pid listening on the URL's port on this machine, if any."""
+    from urllib.parse import urlparse
+
+    try:
+        port = urlparse(url).port or (443 if url.startswith("https") else 80)
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return c.pid
+    except (psutil.AccessDenied, ValueError, OSError):
+        return None
+    return None
+
+
+class _Sampler:
+    """Takes the stack samples of all processes, round by round, under one deadline."""
+
+    def __init__(self, req: CaptureRequest, w: BundleWriter, processes: list[procs_mod.VllmProcess]) -> None:
+        s = req.settings
+        self.req, self.w, self.processes = req, w, processes
+        self.samples = max(1, int(s.samples))
+        self.interval = max(0.0, float(s.interval))
+        self.budget = max(float(s.stacks_budget), (self.samples - 1) * self.interval + 3.0)
+        exe = pyspy.find_pyspy(s.pyspy)
+        use_exec = bool(req.docker) and (s.docker_pyspy == "exec" or (s.docker_pyspy == "auto" and os.geteuid() != 0))
+        self.spy = pyspy.PySpy(exe=exe, docker=req.docker if use_exec else None)
+        self.failures: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+        self.metric_samples: list[dict[str, Any]] = []
+
+    def _fail(self, kind: str, msg: str) -> None:
+        with self.lock:
+            self.failures.setdefault(kind, []).append(msg)
+
+    def _pid_for_spy(self, p: procs_mod.VllmProcess) -> int:
+        if self.spy.docker:
+            return procfs.nspid(p.pid) or p.pid
+        return p.pid
+
+    def _one(self, k: int, p: procs_mod.VllmProcess, deadline: float) -> None:
+        rel = f"stacks/{p.label}-{p.pid}"
+        s = self.req.settings
+        sample: dict[str, Any] = {"k": k, "pid": p.pid, "label": p.label, "t": time.time()}
+        sample["procfs"] = procfs.threads(p.pid)
+        if "error" in sample["procfs"]:
+            self._fail("gone", f"{p.label} (pid {p.pid}): {sample['procfs']['error']}")
+        if not self.spy.available:
+            sample["error"] = "py-spy not found"
+            self._fail("missing", "py-spy not found")
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0.5:
+                sample["error"] = "skipped: the stack budget was used up"
+                self._fail("budget", f"{p.label} sample {k}: skipped (stack budget of {self.budget:.0f} s used up)")
+            else:
+                threads, calls = self.spy.dump_json(self._pid_for_spy(p), min(s.pyspy_timeout, left))
+                sample["threads"] = threads
+                sample["mode"] = calls[-1].mode if threads is not None else None
+                for c in calls:
+                    self.w.record(f"py-spy {c.mode} {p.label} #{k}", command=c.command, exit_code=c.exit_code,
+                                  duration=c.duration, timed_out=c.timed_out,
+                                  output=f"{rel}/sample-{k}.json" if c is calls[-1] else None, error=c.error,
+                                  process=p.label, pid=p.pid, sample=k)
+                    if c.error:
+                        self._fail(c.kind or "failed", f"{p.label} (pid {p.pid}) sample {k}, {c.mode}: {c.error}")
+                if threads is None:
+                    sample["error"] = calls[-1].error
+                left = deadline - time.monotonic()
+                if s.native and threads is not None and left > 0.5:
+                    c = self.spy.dump_native(self._pid_for_spy(p), min(s.pyspy_timeout, left))
+                    out = f"{rel}/sample-{k}.native.txt"
+                    self.w.write_text(out, c.stdout if c.stdout.strip() else f"(no output: {c.error})\n")
+                    self.w.record(f"py-spy native {p.label} #{k}", command=c.command, exit_code=c.exit_code,
+                                  duration=c.duration, timed_out=c.timed_out, output=out, error=c.error,
+                                  process=p.label, pid=p.pid, sample=k)
+                    if c.error:
+                        self._fail("native", f"{p.label} (pid {p.pid}) sample {k}, native: {c.error}")
+        sample["t_done"] = time.time()
+        self.w.write_json(f"{rel}/sample-{k}.json", sample)
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        deadline = t0 + self.budget
+        with ThreadPoolExecutor(max_workers=max(1, len(self.processes)) + 1) as pool:
+            for k in range(self.samples):
+                wait = t0 + k * self.interval - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                if time.monotonic() >= deadline:
+                    break
+                futs = [pool.submit(self._one, k, p, deadline) for p in self.processes]
+                if self.req.url and k > 0:
+                    futs.append(pool.submit(self._metrics_point))
+                for f in futs:
+                    f.result()
+        return {"duration": round(time.monotonic() - t0, 3), "budget": self.budget, "samples": self.samples,
+                "interval": self.interval, "processes": len(self.processes),
+                "pyspy": self.spy.exe if not self.spy.docker else f"docker exec {self.spy.docker} py-spy"}
+
+    def _metrics_point(self) -> None:
+        assert self.req.url
+        f = context.fetch_metrics(self.req.url, self.req.api_key, timeout=3)
+        if f.ok:
+            with self.lock:
+                self.metric_samples.append({"t": time.time(), **context.key_metrics(f.text)})
+
+
+def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] | None) -> dict[str, Any]:
+    python = context.server_python(root, req.server_command)
+    s = req.settings
+    res: dict[str, Any] = {"python": python}
+    if python and s.collect_env:
+        ce = context.collect_env(python, s.collect_env_timeout, env)
+        res["collect_env"] = ce
+        if ce["ok"]:
+            return res
+    res["fallback"] = context.fallback_env(python, min(30.0, s.collect_env_timeout))
+    return res
+
+
+def capture(req: CaptureRequest) -> Bundle:
+    """Take the evidence of a stall and write the bundle `req.out_dir` (+ `<name>.tar.gz` beside it)."""
+    t_start = time.monotonic()
+    out = Path(req.out_dir)
+    if out.exists() and (out / MANIFEST).exists():
+        raise UsageError(f"{out} already holds a bundle: choose another --out")
+    s = req.settings
+
+    # The server's environment is read first: its secret values are scrubbed from every file.
+    root_guess = req.root_pid
+    env_read, env_err = (context.proc_environ(root_guess) if root_guess else (None, None))
+    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read))
+    w = BundleWriter(out, redactor, s.size_budget)
+
+    processes, root = _discover(req, w)
+    if root is not None and root != root_guess:
+        env_read, env_err = context.proc_environ(root)
+        redactor._extra = sorted({*redactor._extra, *_known_secrets(req, env_read)}, key=len, reverse=True)
+    server_env = req.server_env or env_read
+
+    env_result: dict[str, Any] = {}
+    env_thread = threading.Thread(target=lambda: env_result.update(_collect_env_job(req, root, server_env)),
+                                  name="repro-collect-env", daemon=True)
+    env_thread.start()
+
+    metric_samples: list[dict[str, Any]] = []
+    _metrics_snapshot(w, req, "before", metric_samples)
+
+    sampler = _Sampler(req, w, processes)
+    stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+    metric_samples += sampler.metric_samples
+    _report_stack_failures(w, sampler)
+
+    _metrics_snapshot(w, req, "after", metric_samples)
+    if metric_samples:
+        w.write_text("context/metrics-samples.jsonl", "".join(json.dumps(m) + "\n" for m in metric_samples))
+
+    proc_records = _write_processes(w, processes)
+    server_cmd = _write_server(w, req, root, server_env, env_err)
+    stats_lines = _write_log(w, req)
+    _write_run_context(w, req)
+    storage = _write_storage(w, req)
+    _write_gpu(w)
+
+    remaining = max(0.0, s.collect_env_timeout + 35.0 - (time.monotonic() - t_start))
+    env_thread.join(remaining)
+    _write_env(w, env_result, env_thread.is_alive())
+
+    analysis = analyze_bundle_dir_safe(w, proc_records)
+    from repro.analyze import report  # late: matplotlib is imported only when a bundle is finished
+
+    plot_ok = report.write_timeline(w, req, metric_samples, analysis)
+    total = round(time.monotonic() - t_start, 3)
+    extra = {
+        "reason": req.reason,
+        "repro_command": w.redactor.argv(req.repro_command) if req.repro_command else None,
+        "server_command": w.redactor.argv(server_cmd) if server_cmd else None,
+        "stall_since": report.stall_since(req),
+        "target": {"root_pid": root, "url": req.url, "docker": req.docker, "log_path": str(req.log_path)
+                   if req.log_path else None, "storage_path": _storage_path(req)},
+        "settings": {k: v for k, v in vars(s).items()},
+        "stacks": stacks_info,
+        "duration": total,
+        "detection": req.detection,
+        "analysis": {k: analysis.get(k) for k in ("verdict", "stuck_process", "stuck_frame", "signature")},
+        "stats_lines": len(stats_lines),
+        "storage": {k: storage.get(k) for k in ("files_waiting", "bytes_waiting", "oldest_age_s")} if storage else None,
+        "timeline_png": "timeline.png" if plot_ok else None,
+    }
+    w.write_text("summary.md", report.summary_md(w.dir.name, req, analysis, stacks_info, stats_lines,
+                                                 metric_samples, storage, w.errors))
+    manifest, tar = w.finish(extra)
+    return Bundle(dir=w.dir, tarball=tar, manifest=manifest, verdict=analysis,
+                  errors=[f"{e['what']}: {e['message']}" for e in w.errors])
+
+
+def _metrics_snapshot(w: BundleWriter, req: CaptureRequest, when: str, samples: list[dict[str, Any]]) -> None:
+    """GET /metrics into context/metrics-<when>.txt; its key values join `samples` (for the plot and summary)."""
+    if not req.url:
+        return
+    f = context.fetch_metrics(req.url, req.api_key)
+    rel = f"context/metrics-{when}.txt"
+    w.write_text(rel, f.text or f"(failed: {f.error})\n")
+    w.record(f"metrics {when}", command=f"GET {req.url}/metrics", exit_code=f.status, duration=f.duration,
+             output=rel, error=f.error)
+    if f.ok:
+        samples.append({"t": time.time(), **context.key_metrics(f.text)})
+    else:
+        w.error(f"metrics {when}", f.error or "failed", "Check --url: /metrics must be reachable from here.")
+
+
+def analyze_bundle_dir_safe(w: BundleWriter, proc_records: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        analysis = analyze_bundle_dir(w.dir)
+    except Exception as exc:  # noqa: BLE001 - analysis must not cost us the bundle
+        w.error("analysis", f"analysis failed: {exc!r}")
+        analysis = {"verdict": "unknown", "signature": None, "processes": [], "stuck_threads": []}
+    w.write_json("analysis.json", analysis)
+    return analysis
+
+
+def _report_stack_failures(w: BundleWriter, sampler: _Sampler) -> None:
+    f = sampler.failures
+    if "missing" in f:
+        w.error("py-spy", "py-spy not found: no stacks were taken", pyspy.PYSPY_MISSING_HELP)
+    if "ptrace" in f:
+        w.error("py-spy", f"ptrace refused for {len(f['ptrace'])} dump(s), e.g. {f['ptrace'][0]}",
+                pyspy.ptrace_help())
+    for kind, help_text in (("gone", "The process exited while it was sampled: the server may have died; see "
+                                     "context/server.log.tail."),
+                            ("timeout", "py-spy hung and was killed; the non-blocking fallback was tried. "
+                                        "A process stuck in the kernel (state D) can cause this."),
+                            ("failed", ""), ("native", "Native stacks are optional; the Python stacks were taken."),
+                            ("budget", "Raise --samples/--interval less, or the stack budget (stacks_budget).")):
+        for msg in f.get(kind, [])[:20]:
+            w.error(f"py-spy ({kind})", msg, help_text)
+            help_text = ""
+
+
+def _write_processes(w: BundleWriter, processes: list[procs_mod.VllmProcess]) -> list[dict[str, Any]]:
+    recs = []
+    for p in processes:
+        d = p.to_dict()
+        d["title"] = " ".join(w.redactor.argv(p.title.split()))
+        d["stacks_dir"] = f"stacks/{p.label}-{p.pid}"
+        try:
+            pp = psutil.Process(p.pid)
+            d["status"] = pp.status()
+            d["create_time"] = pp.create_time()
+            d["num_threads"] = pp.num_threads()
+            d["rss_bytes"] = pp.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            d["status"] = "gone"
+        recs.append(d)
+    w.write_json("processes.json", recs)
+    return recs
+
+
+def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: dict[str, str] | None,
+                  env_err: str | None) -> list[str] | None:
+    cmd = req.server_command or (context.proc_cmdline(root) if root else None)
+    if cmd:
+        w.write_text("context/server-command.txt", " ".join(w.redactor.argv(cmd)) + "\n")
+        w.record("server command", command=None, exit_code=0, duration=0.0, output="context/server-command.txt",
+                 source="request" if req.server_command else f"/proc/{root}/cmdline")
+    if env is not None:
+        w.write_json("context/server-env.json", dict(sorted(w.redactor.env(env).items())))
+        w.record("server environment", command=None, exit_code=0, duration=0.0, output="context/server-env.json",
+                 source="request" if req.server_env else f"/proc/{root}/environ")
+    elif env_err:
+        w.error("server environment", env_err, "Run repro as the server's user or as root.")
+    return cmd
+
+
+def _write_log(w: BundleWriter, req: CaptureRequest) -> list[str]:
+    if not req.log_path:
+        return []
+    t0 = time.monotonic()
+    try:
+        tail, stats, info = context.read_log_tail(Path(req.log_path), req.settings.log_tail_bytes)
+    except OSError as exc:
+        w.error("server log", f"cannot read {req.log_path}: {exc.strerror or exc}")
+        return []
+    w.write_text("context/server.log.tail", tail)
+    w.write_text("context/stats-lines.txt", "\n".join(stats) + ("\n" if stats else "(no stats line in the log)\n"))
+    w.record("server log tail", command=f"tail {req.log_path}", exit_code=0, duration=time.monotonic() - t0,
+             output="context/server.log.tail", **info)
+    return [w.redactor.text(s) for s in stats]
+
+
+def _write_run_context(w: BundleWriter, req: CaptureRequest) -> None:
+    if req.scenario is not None:
+        w.write_json("context/scenario.json", req.scenario)
+    if req.events:
+        w.write_text("context/events.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in req.events))
+    if req.detection is not None:
+        w.write_json("context/detection.json", req.detection)
+
+
+def _storage_path(req: CaptureRequest) -> str | None:
+    if req.storage_path:
+        return req.storage_path
+    server = (req.scenario or {}).get("server") or {}
+    if (req.scenario or {}).get("storage_path"):
+        return str(req.scenario["storage_path"])  # type: ignore[index]
+    if server.get("extract") and server.get("storage"):
+        return str(server["storage"])
+    return None
+
+
+def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
+    path = _storage_path(req)
+    if not path:
+        return None
+    t0 = time.monotonic()
+    info = context.storage_census(path)
+    w.write_json("context/storage.json", info)
+    w.record("storage census", command=f"statvfs+walk {path}", exit_code=0 if "error" not in info else 1,
+             duration=time.monotonic() - t0, output="context/storage.json", error=info.get("error"))
+    if "error" in info:
+        w.error("storage", info["error"])
+    return info
+
+
+def _write_gpu(w: BundleWriter) -> None:
+    t0 = time.monotonic()
+    g = context.nvidia(timeout=20.0)
+    if not g["present"]:
+        w.record("nvidia", command=None, exit_code=None, duration=time.monotonic() - t0, output=None,
+                 skipped="no NVIDIA GPU on this machine")
+        return
+    if "smi" in g:
+        sm = g["smi"]
+        w.write_text("context/nvidia-smi.txt", sm["text"])
+        w.record("nvidia-smi", command=sm["command"], exit_code=sm["exit_code"], duration=sm["duration"],
+                 timed_out=sm["timed_out"], output="context/nvidia-smi.txt")
+    if "xid" in g:
+        x = g["xid"]
+        w.write_text("context/xid.txt", "\n".join(x["lines"]) + "\n" if x["lines"] else "(no NVRM Xid lines)\n")
+        w.record("kernel Xid lines", command=x["command"], exit_code=x["exit_code"], duration=x["duration"],
+                 timed_out=x["timed_out"], output="context/xid.txt", error=x["error"])
+
+
+def _write_env(w: BundleWriter, res: dict[str, Any], still_running: bool) -> None:
+    if still_running or not res:
+        w.error("collect-env", "collect-env did not finish in time", "Raise collect_env_timeout.")
+        return
+    ce = res.get("collect_env")
+    if ce:
+        w.write_text("context/collect-env.txt", ce["text"])
+        w.record("collect-env", command=ce["command"], exit_code=ce["exit_code"], duration=ce["duration"],
+                 timed_out=ce["timed_out"], output="context/collect-env.txt",
+                 error=None if ce["ok"] else (ce["stderr"].strip().splitlines() or ["failed"])[-1])
+        if not ce["ok"]:
+            w.error("collect-env", f"`{' '.join(ce['command'])}` failed or timed out "
+                                   f"({'timed out' if ce['timed_out'] else 'exit ' + str(ce['exit_code'])}); "
+                                   "platform, versions and pip freeze were collected instead")
+    elif not res.get("python"):
+        w.error("collect-env", "could not find the server's Python; platform and pip freeze of this Python used")
+    fb = res.get("fallback")
+    if fb:
+        text = fb["text"]
+        if not ce:
+            w.write_text("context/collect-env.txt", text)
+        else:
+            w.write_text("context/versions.txt", text)
+        w.write_text("context/pip-freeze.txt", fb["freeze"] or "(pip freeze failed)\n")
+        w.record("versions + pip freeze", command=fb["commands"][1], exit_code=fb["exit_codes"][1],
+                 duration=fb["duration"], timed_out=fb["timed_out"], output="context/pip-freeze.txt")

@@ -1,0 +1,182 @@
+"""`repro capture`: take the evidence of a stall now, from a running vLLM server."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import psutil
+
+from repro.capture.request import CaptureRequest
+from repro.errors import TargetError, UsageError
+from repro.scenario import CaptureSettings
+from repro.units import parse_size
+
+
+def _resolve_pid(pid: int) -> int:
+    from repro.target import procs
+
+    if not psutil.pid_exists(pid):
+        raise TargetError(f"--pid {pid}: no such process")
+    try:
+        root = procs.find_server_root(pid)
+        found = procs.find_vllm_processes(root)
+    except psutil.NoSuchProcess:
+        raise TargetError(f"--pid {pid}: the process exited") from None
+    if not found:
+        try:
+            what = " ".join(psutil.Process(pid).cmdline())[:80]
+        except psutil.Error:
+            what = "?"
+        raise UsageError(f"--pid {pid} ({what}) is not a vLLM server and has no vLLM child processes")
+    return root
+
+
+def _from_run_dir(run_dir: Path) -> dict[str, Any]:
+    """What a stress/watch run directory tells us: scenario, log, storage, timeline, events, server pid."""
+    if not run_dir.is_dir() or not (run_dir / "scenario.json").is_file():
+        raise UsageError(f"{run_dir}: not a repro run directory (no scenario.json)")
+    try:
+        scen = json.loads((run_dir / "scenario.json").read_text())
+    except ValueError:
+        raise UsageError(f"{run_dir}/scenario.json is not JSON") from None
+    out: dict[str, Any] = {"scenario": scen}
+    server = scen.get("server") or {}
+    out["url"] = scen.get("url") or f"http://{server.get('host', '127.0.0.1')}:{server.get('port', 8000)}"
+    for name in ("server.log", "vllm.log"):
+        if (run_dir / name).is_file():
+            out["log_path"] = run_dir / name
+            break
+    if scen.get("log_file"):
+        out["log_path"] = Path(scen["log_file"])
+    for name in ("timeline.csv",):
+        if (run_dir / name).is_file():
+            out["timeline_csv"] = run_dir / name
+    events = []
+    for name in ("events.jsonl", "injected.jsonl"):
+        p = run_dir / name
+        if p.is_file():
+            for line in p.read_text().splitlines():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+    out["events"] = events
+    for name in ("server.json", "server.pid"):
+        p = run_dir / name
+        if p.is_file():
+            try:
+                txt = p.read_text().strip()
+                out["pid"] = int(json.loads(txt)["pid"]) if name.endswith(".json") else int(txt)
+            except (ValueError, KeyError, TypeError):
+                pass
+    return out
+
+
+def _next_bundle_dir(base: Path) -> Path:
+    n = 1
+    while (base / f"bundle-{n:03d}").exists() or (base / f"bundle-{n:03d}.tar.gz").exists():
+        n += 1
+    return base / f"bundle-{n:03d}"
+
+
+@click.command("capture")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--url", default=None, help="The server's base URL (for /metrics before and after sampling).")
+@click.option("--pid", type=int, default=None, help="Pid of the server's root process (any vLLM process works).")
+@click.option("--docker", "docker", default=None, metavar="NAME", help="The container the server runs in.")
+@click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True,
+              help="Stack dumps per process.")
+@click.option("--interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds between dumps.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Bundle directory to create (the .tar.gz goes beside it). Default: RUN_DIR/bundle-NNN, "
+                   "else ./repro-runs/capture-<time>/bundle-001.")
+@click.option("--log-file", type=click.Path(path_type=Path), default=None, help="The server's log file.")
+@click.option("--storage", default=None, metavar="DIR", help="The hidden-state storage directory to census.")
+@click.option("--api-key", default=None, envvar="REPRO_API_KEY", help="API key for /metrics (env REPRO_API_KEY).")
+@click.option("--py-spy", "pyspy", default=None, metavar="PATH", help="py-spy to use (default: beside repro, else PATH).")
+@click.option("--native/--no-native", default=True, show_default=True, help="Also take py-spy --native dumps.")
+@click.option("--collect-env/--no-collect-env", default=True, show_default=True,
+              help="Run vLLM's collect_env with the server's Python (slow; runs during sampling).")
+@click.option("--redact-hosts", is_flag=True, help="Replace hostnames and IPs by stable aliases.")
+@click.option("--size-budget", default="20MB", show_default=True, help="Largest bundle size (logs trimmed first).")
+def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, samples: int,
+            interval: float, out: str | None, log_file: Path | None, storage: str | None, api_key: str | None,
+            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str) -> int:
+    """Take the evidence of a stall from a running vLLM server, into a bundle.
+
+    \b
+    Target: --pid PID (and --url URL for metrics), --docker NAME, --url URL alone
+    (the pid listening on its port), or RUN_DIR of a stress run.
+
+    \b
+    The bundle holds py-spy stacks of every vLLM process (--samples dumps,
+    --interval s apart), per-thread CPU time, /metrics before and after, the log
+    tail, command line and environment (secrets redacted), collect-env, storage
+    state, a timeline plot, summary.md and manifest.json; the .tar.gz beside it
+    fits a GitHub issue. Then: `repro analyze BUNDLE`, `repro issue BUNDLE`.
+    """
+    from repro.capture.run import capture
+
+    if not (run_dir or url or pid or docker):
+        raise UsageError("say what to capture: --pid PID [--url URL], --docker NAME, --url URL, or a RUN_DIR")
+    if pid is not None and docker:
+        raise UsageError("give either --pid or --docker, not both")
+    info: dict[str, Any] = _from_run_dir(run_dir) if run_dir else {}
+    url = url or info.get("url")
+    if docker:
+        from repro.capture import docker as docker_mod
+
+        docker_mod.container_pid(docker)  # one clear line when docker is missing or the container is not running
+    pid = pid or info.get("pid")
+    root = _resolve_pid(pid) if pid is not None else None
+    if root is None and not docker and url:
+        from repro.capture.run import port_owner
+
+        owner = port_owner(url)
+        if owner is None:
+            raise TargetError(f"no process on this machine listens on the port of {url}: pass --pid "
+                              "(or --docker for a container)")
+        root = _resolve_pid(owner)
+    settings = CaptureSettings(samples=samples, interval=interval, native=native, redact_hosts=redact_hosts,
+                               size_budget=parse_size(size_budget, "--size-budget"), pyspy=pyspy,
+                               collect_env=collect_env)
+    if out:
+        out_dir = Path(out).expanduser()
+        if (out_dir / "manifest.json").exists():
+            raise UsageError(f"--out {out}: already holds a bundle")
+    elif run_dir:
+        out_dir = _next_bundle_dir(run_dir)
+    else:
+        out_dir = _next_bundle_dir(Path("repro-runs") / f"capture-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot create it ({exc.strerror})") from None
+    scenario = info.get("scenario")
+    req = CaptureRequest(out_dir=out_dir, settings=settings, root_pid=root, url=url, api_key=api_key,
+                         log_path=log_file or info.get("log_path"), docker=docker,
+                         storage_path=storage, scenario=scenario, events=info.get("events") or [],
+                         timeline_csv=info.get("timeline_csv"), reason="manual",
+                         repro_command=["repro", *sys.argv[1:]] if sys.argv else None)
+    click.echo(f"capturing {samples} samples, {interval:g} s apart ...", err=True)
+    b = capture(req)
+    v = b.verdict or {}
+    click.echo(f"bundle: {b.dir}")
+    if b.tarball:
+        click.echo(f"tarball: {b.tarball} ({os.path.getsize(b.tarball) / 1e6:.2f} MB)")
+    click.echo(f"verdict: {v.get('stuck_process') or '?'} {v.get('verdict')}"
+               + (f" in {v['stuck_frame']}" if v.get("stuck_frame") else ""))
+    click.echo(f"signature: {v.get('signature')}")
+    click.echo(f"stacks took {b.manifest['stacks'].get('duration', 0):.1f} s; capture {b.manifest['duration']:.1f} s")
+    if b.errors:
+        click.echo(f"{len(b.errors)} collector(s) failed; see {b.dir / 'errors.txt'}:", err=True)
+        for e in b.errors[:5]:
+            click.echo(f"  {e}", err=True)
+    return 0

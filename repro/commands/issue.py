@@ -1,0 +1,38 @@
+"""`repro issue BUNDLE`: write ISSUE.md for vLLM's bug tracker from a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from repro.analyze.issue import find_template, render_issue
+from repro.analyze.load import open_bundle
+
+
+@click.command("issue")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--template", default=None, metavar="PATH",
+              help="Template to render (default ./ISSUE_TEMPLATE.md, else the repro checkout's).")
+@click.option("--out", default=None, metavar="FILE",
+              help="Where to write (default: ISSUE.md inside the bundle directory, or <name>.ISSUE.md beside "
+                   "a tarball). '-' prints to stdout.")
+def command(bundle: Path, template: str | None, out: str | None) -> int:
+    """Render ISSUE.md (vLLM's bug-report shape) from BUNDLE (directory or .tar.gz).
+
+    Title `[Bug]: ...`, "Your current environment" with collect-env in <details>,
+    "🐛 Describe the bug" with the reproducer commands, what was observed, the stuck
+    stacks (EngineCore first, collapsed) and the signature. Attach the bundle's .tar.gz.
+    """
+    tpl = find_template(template)
+    is_tar = bundle.is_file()
+    bdir = open_bundle(bundle)
+    tarball = bundle if is_tar else None
+    text = render_issue(bdir, tpl, tarball)
+    if out == "-":
+        click.echo(text, nl=False)
+        return 0
+    dest = Path(out) if out else (bundle.parent / f"{bdir.name}.ISSUE.md" if is_tar else bdir / "ISSUE.md")
+    dest.write_text(text)
+    click.echo(str(dest))
+    return 0
