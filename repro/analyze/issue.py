@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repro.analyze.report import time_to_stall
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.errors import UsageError
 
@@ -110,10 +111,8 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
         ce = ce[:COLLECT_ENV_MAX] + "\n... (cut)"
     server_cmd = man.get("server_command") or _read(bundle / "context" / "server-command.txt").split()
     repro_cmd = man.get("repro_command")
-    since = man.get("stall_since") or det.get("since")
-    tts = det.get("time_to_stall")
-    if tts is None and since and det.get("run_start"):
-        tts = float(since) - float(det["run_start"])
+    since = man.get("stall_since")
+    tts = time_to_stall(det)
     proc = analysis.get("stuck_process") or "the engine"
     frame = analysis.get("stuck_frame")
     cul = analysis.get("culprit") or {}

@@ -15,15 +15,42 @@ def _fmt_t(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "?"
 
 
+def _epoch(v: Any) -> float | None:
+    """Wall time from a number (epoch seconds) or an ISO-8601 UTC string (stress writes `...Z`)."""
+    if isinstance(v, (int, float)) and v > 1e9:
+        return float(v)
+    if isinstance(v, str) and v:
+        import datetime as dt
+
+        try:
+            return dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
 def stall_since(req: CaptureRequest) -> float | None:
+    """When the stall began (wall time): the detector's verdict, else the first injected/detected stall event."""
     det = req.detection or {}
-    for k in ("since", "stalled_since", "t_since", "start"):
+    for k in ("since_wall", "since", "stalled_since", "injected_wall"):
+        t = _epoch(det.get(k))
+        if t is not None:
+            return t
+    for e in req.events:
+        if e.get("event") in ("stall", "stalled"):
+            t = _epoch(e.get("wall")) or _epoch(e.get("t"))
+            if t is not None:
+                return t
+    return None
+
+
+def time_to_stall(detection: dict[str, Any] | None) -> float | None:
+    """Seconds of load before the stall began (stress records it as `since_s`)."""
+    det = detection or {}
+    for k in ("time_to_stall", "since_s"):
         v = det.get(k)
         if isinstance(v, (int, float)):
             return float(v)
-    for e in req.events:
-        if e.get("event") in ("stall", "stalled") and isinstance(e.get("t"), (int, float)):
-            return float(e["t"])
     return None
 
 
@@ -36,6 +63,9 @@ def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks:
     lines.append(f"- **Reason**: {req.reason}; classification: {det.get('class') or det.get('classification') or 'n/a'}")
     if since:
         lines.append(f"- **Stalled since**: {_fmt_t(since)} ({time.time() - since:.0f} s before this summary)")
+    tts = time_to_stall(req.detection)
+    if tts is not None:
+        lines.append(f"- **Time to stall**: {tts:.0f} s of load")
     lines.append(f"- **Verdict**: {analysis.get('stuck_process') or '?'} is **{analysis.get('verdict')}**"
                  + (f" in `{analysis['stuck_frame']}`" if analysis.get("stuck_frame") else ""))
     lines.append(f"- **Signature**: `{analysis.get('signature') or 'none (no stacks)'}`")
@@ -79,40 +109,55 @@ def _read_timeline_csv(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _col(rows: list[dict[str, float]], *names: str) -> tuple[str | None, list[float]]:
+def _first_col(rows: list[dict[str, float]], *names: str) -> str | None:
     for n in names:
-        if rows and all(n in r for r in rows):
-            return n, [r[n] for r in rows]
-    return None, []
+        if any(n in r for r in rows):
+            return n
+    return None
+
+
+def _rates(t: list[float], totals: list[float]) -> list[float]:
+    out = [float("nan")]
+    for i in range(1, len(t)):
+        dt = t[i] - t[i - 1]
+        out.append((totals[i] - totals[i - 1]) / dt if dt > 0 else float("nan"))
+    return out
 
 
 def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Series for the plot: from the run's timeline CSV when given, else from the /metrics samples taken."""
+    """Series for the plot: from the run's timeline CSV when given, else from the /metrics samples taken.
+
+    Stress's timeline.csv has `wall` (epoch s), `server_running`, `server_waiting`, `prompt_tokens_total`,
+    `generation_tokens_total` and `ok` (client completions); other spellings are accepted too.
+    """
+    nan = float("nan")
     if req.timeline_csv and Path(req.timeline_csv).exists():
         rows = _read_timeline_csv(Path(req.timeline_csv))
-        _, t = _col(rows, "t", "time", "ts", "timestamp", "wall")
-        if t:
+        tcol = _first_col(rows, "wall", "timestamp", "ts", "time", "t")
+        if tcol:
+            rows = [r for r in rows if tcol in r]
+            t = [r[tcol] for r in rows]
             out: dict[str, Any] = {"t": t, "source": "timeline.csv"}
-            for key, names in (("running", ("running", "num_requests_running", "server_running")),
-                               ("waiting", ("waiting", "num_requests_waiting", "server_waiting")),
-                               ("gen_tps", ("gen_tps", "generation_tps", "gen_tokens_per_s", "generation_tokens_s")),
-                               ("prompt_tps", ("prompt_tps", "prompt_tokens_per_s", "prompt_tokens_s")),
-                               ("completed", ("completed", "completions", "client_completed", "ok"))):
-                _, vals = _col(rows, *names)
-                if vals:
-                    out[key] = vals
+            for key, names in (("running", ("server_running", "running", "num_requests_running")),
+                               ("waiting", ("server_waiting", "waiting", "num_requests_waiting")),
+                               ("gen_tps", ("gen_tps", "generation_tps")),
+                               ("prompt_tps", ("prompt_tps",)),
+                               ("completed", ("ok", "completed", "completions", "client_completed"))):
+                col = _first_col(rows, *names)
+                if col:
+                    out[key] = [r.get(col, nan) for r in rows]
+            for key, col in (("gen_tps", "generation_tokens_total"), ("prompt_tps", "prompt_tokens_total")):
+                if key not in out and _first_col(rows, col):
+                    out[key] = _rates(t, [r.get(col, nan) for r in rows])
             return out
     ms = sorted((m for m in metrics if "t" in m), key=lambda m: m["t"])
-    out = {"t": [m["t"] for m in ms], "source": "/metrics samples taken during capture"}
-    out["running"] = [m.get("vllm:num_requests_running", 0.0) for m in ms]
-    out["waiting"] = [m.get("vllm:num_requests_waiting", 0.0) for m in ms]
-    gen, prm, done = [0.0], [0.0], [0.0]
-    for a, b in zip(ms, ms[1:]):
-        dt = max(1e-6, b["t"] - a["t"])
-        gen.append((b.get("vllm:generation_tokens_total", 0) - a.get("vllm:generation_tokens_total", 0)) / dt)
-        prm.append((b.get("vllm:prompt_tokens_total", 0) - a.get("vllm:prompt_tokens_total", 0)) / dt)
-        done.append(b.get("vllm:request_success_total", 0) - ms[0].get("vllm:request_success_total", 0))
-    out.update(gen_tps=gen[:len(ms)], prompt_tps=prm[:len(ms)], completed=done[:len(ms)])
+    t = [m["t"] for m in ms]
+    out = {"t": t, "source": "/metrics samples taken during capture"}
+    out["running"] = [m.get("vllm:num_requests_running", nan) for m in ms]
+    out["waiting"] = [m.get("vllm:num_requests_waiting", nan) for m in ms]
+    out["gen_tps"] = _rates(t, [m.get("vllm:generation_tokens_total", nan) for m in ms])
+    out["prompt_tps"] = _rates(t, [m.get("vllm:prompt_tokens_total", nan) for m in ms])
+    out["completed"] = [m.get("vllm:request_success_total", nan) for m in ms]
     return out
 
 
@@ -141,7 +186,7 @@ def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: st
         ax.legend(loc="upper left", fontsize=8)
     ax = axes[2]
     if "completed" in series:
-        ax.plot(x, series["completed"], marker=".", label="client completions")
+        ax.plot(x, series["completed"], marker=".", label="completions (client, else server)")
     ax.set_ylabel("completed")
     ax.set_xlabel(f"seconds since {_fmt_t(t0)}  (source: {series.get('source')})")
     if stall_t is not None:

@@ -31,7 +31,8 @@ container's processes by their host pids).
 """
 
 PTRACE_MARKERS = ("permission denied", "operation not permitted", "os error 13", "os error 1)", "ptrace")
-GONE_MARKERS = ("no such process", "os error 3)", "failed to find process", "no such file or directory")
+GONE_MARKERS = ("no such process", "os error 3)", "failed to find process", "no such file or directory",
+                "check that the process is running")
 
 
 @dataclass
@@ -136,7 +137,7 @@ class PySpy:
             res.kind, res.error = "timeout", f"py-spy did not answer within {timeout:.1f} s and was killed"
         elif rc != 0:
             res.kind = classify_failure(rc, err + out)
-            res.error = (err.strip() or out.strip() or f"exit code {rc}").splitlines()[-1][:500]
+            res.error = _first_line(err) or _first_line(out) or f"exit code {rc}"
         return res
 
     def dump_json(self, pid: int, timeout: float) -> tuple[list[dict[str, Any]] | None, list[CallResult]]:
@@ -158,6 +159,14 @@ class PySpy:
 
     def dump_native(self, pid: int, timeout: float) -> CallResult:
         return self._call(pid, ["--native"], timeout, "native")
+
+
+def _first_line(text: str) -> str:
+    """py-spy prints the error first, then `Caused by:` and a backtrace: keep the error."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:500]
+    return ""
 
 
 def _strip(data: Any) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ MASK = "[REDACTED]"
 # A variable name that holds a secret. `key` alone matches (API_KEY, HF_KEY), but
 # not names that only *contain* the letters by accident (e.g. KEYBOARD, MONKEY).
 SECRET_NAME = re.compile(
-    r"(?i)(token|secret|passw(or)?d|pwd|auth|credential|cookie|session|private|"
+    r"(?i)(token|secret|passw(or)?d|pwd|auth|credential|cookie|session|private|bearer|"
     r"(^|[_\-.])key($|[_\-.]|s$)|apikey|api_key|access_key)")
 # ... except names about token *counts* or tokenizers, which are settings, not secrets.
 NOT_SECRET_NAME = re.compile(
@@ -46,18 +46,20 @@ SAFE_NAMES = frozenset({
 })
 
 _NOT_SEP = r"[^\s\"'<>,;)\]}]"  # a value char: stops at quotes and separators so JSON stays valid
+_FRESH = r"(?!\[REDACTED)"  # a value not already masked (by an earlier rule or a known secret)
 
 VALUE_RULES: list[tuple[str, re.Pattern[str], str]] = [
     ("pem_private_key",
      re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
      MASK),
-    ("bearer", re.compile(r"(?i)\b(bearer)(\s+|%20)(" + _NOT_SEP + r"{4,})"), r"\1\2" + MASK),
+    ("bearer", re.compile(r"(?i)\b(bearer)(\s+|%20)" + _FRESH + r"(" + _NOT_SEP + r"{4,})"), r"\1\2" + MASK),
     ("basic_auth", re.compile(r"(?i)\b(authorization:\s*basic)\s+(" + _NOT_SEP + r"{4,})"), r"\1 " + MASK),
-    ("url_credentials", re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/@:\"'<>]+):([^\s/@\"'<>]+)@"),
+    ("url_credentials", re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/@:\"'<>]+):" + _FRESH +
+                                   r"([^\s/@\"'<>]+)@"),
      r"\1\2:" + MASK + "@"),
     ("secret_flag", re.compile(
         r"(?i)(--(?:api[-_]key|token|hf[-_]token|password|secret|auth[-_]token|access[-_]token)"
-        r"(?:=|\s+|\"\s*,\s*\"|'\s*,\s*'))(" + _NOT_SEP + r"+)"), r"\1" + MASK),
+        r"(?:=|\s+|\"\s*,\s*\"|'\s*,\s*'))" + _FRESH + r"(" + _NOT_SEP + r"+)"), r"\1" + MASK),
     ("hf_token", re.compile(r"\bhf_[A-Za-z0-9]{16,}\b"), MASK),
     ("openai_key", re.compile(r"\bsk-(?:proj-|ant-|live-)?[A-Za-z0-9_\-]{16,}"), MASK),
     ("github_token", re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}\b"), MASK),
@@ -65,7 +67,7 @@ VALUE_RULES: list[tuple[str, re.Pattern[str], str]] = [
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\b"), MASK),
     # KEY=VALUE and "key": "value" where the name says secret (env dumps, logs, JSON, argv).
     ("named_assignment", re.compile(
-        r"(?i)\b([A-Za-z_][A-Za-z0-9_\-.]*)([\"']?\s*[=:]\s*[\"']?)(" + _NOT_SEP + r"+)"), ""),
+        r"(?i)\b([A-Za-z_][A-Za-z0-9_\-.]*)([\"']?\s*[=:]\s*(?:\[\s*)?[\"']?)(" + _NOT_SEP + r"+)"), ""),
 ]
 
 _IPV4 = re.compile(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b")
@@ -78,6 +80,23 @@ _LOOPBACK = {"127.0.0.1", "0.0.0.0", "localhost", "255.255.255.255"}
 _NOT_HOST_SUFFIX = re.compile(
     r"(?i)\.(py|pyc|so|json|jsonl|txt|md|log|csv|toml|yaml|yml|safetensors|lock|cpp|h|c|rs|sh|gz|tar|png|"
     r"html|js|whl|cfg|ini|pt|bin|env|d|conf|service|socket|target|[0-9]+)$")
+
+
+def argv_secrets(argv: Iterable[str]) -> list[str]:
+    """The values of secret-named flags in a command line (`--api-key X`, `--hf-token=X`)."""
+    out, take = [], False
+    for a in argv:
+        if take:
+            out.append(a)
+            take = False
+            continue
+        flag, eq, val = a.partition("=")
+        if flag.startswith("-") and secret_name(flag.lstrip("-")):
+            if eq:
+                out.append(val)
+            else:
+                take = True
+    return [v for v in out if len(v) >= 4]
 
 
 def secret_name(name: str) -> bool:
@@ -104,6 +123,10 @@ class Redactor:
                                      key=len, reverse=True)
         # Exact secrets known to the caller (e.g. the API key repro was given): removed wherever they appear.
         self._extra = sorted({v for v in extra_values if v and len(v) >= 4}, key=len, reverse=True)
+
+    def add_known(self, values: Iterable[str]) -> None:
+        """More exact secret values to remove wherever they appear (e.g. found in the server's environment)."""
+        self._extra = sorted({*self._extra, *(v for v in values if v and len(v) >= 4)}, key=len, reverse=True)
 
     # -- text ------------------------------------------------------------------
     def text(self, s: str) -> str:
@@ -164,6 +187,8 @@ class Redactor:
         if isinstance(value, dict):
             return {k: self.obj(v, str(k)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
+            if value and all(isinstance(v, str) for v in value) and not (key and secret_name(key)):
+                return self.argv(value)  # a command line: `--api-key`, `X` as two items
             return [self.obj(v, key) for v in value]
         if isinstance(value, str):
             if key is not None and value and secret_name(key) and not value.startswith("[REDACTED"):

@@ -35,15 +35,17 @@ import psutil
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, procfs, pyspy
 from repro.capture.bundle import MANIFEST, BundleWriter
-from repro.capture.redact import Redactor, secret_name
+from repro.capture.redact import Redactor, argv_secrets, secret_name
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import UsageError
 from repro.target import procs as procs_mod
 
 
-def _known_secrets(req: CaptureRequest, env: dict[str, str] | None) -> list[str]:
-    """Exact secret values to scrub everywhere (the API key, secret-named env values)."""
+def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
+    """Exact secret values to scrub everywhere: the API key, secret-named env values, secret flag values."""
     vals = [req.api_key or ""]
+    for argv in (req.server_command, context.proc_cmdline(root) if root else None):
+        vals += argv_secrets(argv or [])
     for e in (env or {}, req.server_env or {}):
         vals += [v for k, v in e.items() if secret_name(k) and len(v) >= 8 and not v.startswith("/")]
     return [v for v in vals if v]
@@ -182,10 +184,13 @@ class _Sampler:
 
 
 def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] | None) -> dict[str, Any]:
-    python = context.server_python(root, req.server_command)
+    """collect-env with the server's Python; when it fails: versions and pip freeze (also slow: time-boxed)."""
     s = req.settings
+    if not s.collect_env:
+        return {"skipped": True}
+    python = context.server_python(root, req.server_command)
     res: dict[str, Any] = {"python": python}
-    if python and s.collect_env:
+    if python:
         ce = context.collect_env(python, s.collect_env_timeout, env)
         res["collect_env"] = ce
         if ce["ok"]:
@@ -205,13 +210,16 @@ def capture(req: CaptureRequest) -> Bundle:
     # The server's environment is read first: its secret values are scrubbed from every file.
     root_guess = req.root_pid
     env_read, env_err = (context.proc_environ(root_guess) if root_guess else (None, None))
-    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read))
-    w = BundleWriter(out, redactor, s.size_budget)
+    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read, root_guess))
+    try:
+        w = BundleWriter(out, redactor, s.size_budget)
+    except OSError as exc:
+        raise UsageError(f"cannot create the bundle directory {out} ({exc.strerror or exc})") from None
 
     processes, root = _discover(req, w)
     if root is not None and root != root_guess:
         env_read, env_err = context.proc_environ(root)
-        redactor._extra = sorted({*redactor._extra, *_known_secrets(req, env_read)}, key=len, reverse=True)
+        redactor.add_known(_known_secrets(req, env_read, root))
     server_env = req.server_env or env_read
 
     env_result: dict[str, Any] = {}
@@ -418,6 +426,13 @@ def _write_gpu(w: BundleWriter) -> None:
 
 
 def _write_env(w: BundleWriter, res: dict[str, Any], still_running: bool) -> None:
+    if res.get("skipped"):
+        import platform
+
+        w.write_text("context/collect-env.txt", f"(collect-env disabled)\nplatform: {platform.platform()}\n")
+        w.record("collect-env", command=None, exit_code=None, duration=0.0, output="context/collect-env.txt",
+                 skipped="disabled (--no-collect-env)")
+        return
     if still_running or not res:
         w.error("collect-env", "collect-env did not finish in time", "Raise collect_env_timeout.")
         return

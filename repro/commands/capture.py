@@ -67,6 +67,11 @@ def _from_run_dir(run_dir: Path) -> dict[str, Any]:
                 except ValueError:
                     continue
     out["events"] = events
+    if (run_dir / "detection.json").is_file():
+        try:
+            out["detection"] = json.loads((run_dir / "detection.json").read_text())
+        except ValueError:
+            pass
     for name in ("server.json", "server.pid"):
         p = run_dir / name
         if p.is_file():
@@ -163,7 +168,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     req = CaptureRequest(out_dir=out_dir, settings=settings, root_pid=root, url=url, api_key=api_key,
                          log_path=log_file or info.get("log_path"), docker=docker,
                          storage_path=storage, scenario=scenario, events=info.get("events") or [],
-                         timeline_csv=info.get("timeline_csv"), reason="manual",
+                         timeline_csv=info.get("timeline_csv"), detection=info.get("detection"), reason="manual",
                          repro_command=["repro", *sys.argv[1:]] if sys.argv else None)
     click.echo(f"capturing {samples} samples, {interval:g} s apart ...", err=True)
     b = capture(req)
