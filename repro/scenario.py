@@ -108,6 +108,8 @@ class DetectSettings:
     min_bad_evaluations: int = 3  # K consecutive bad evaluations, on top of the window
     slow_floor: float | None = None  # tokens/s below which progress counts as `slow`
     startup_grace: float = 60.0
+    probe: bool = True  # when the server reports nothing running but the client waits: send a 1-token probe
+    probe_timeout: float = 10.0  # seconds a probe may take before it counts as no answer
 
     def validate(self) -> None:
         if self.poll_interval <= 0:

@@ -5,6 +5,7 @@ Only parses flags into a Scenario and calls :func:`repro.load.runner.run_stress`
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     run_dir = new_run_dir("stress", kw["out"])
     scn.out_dir = str(run_dir)
     res = run_stress(scn, Path(run_dir))
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     if res.exit_code == EXIT_TARGET:
         click.echo(f"error: {res.error}", err=True)
         return res.exit_code

@@ -42,7 +42,8 @@ from repro.load.feed import PromptFeed
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load.workloads import HIDDEN_STATES, FileChecker, PreparedRequest, Workload, read_response
-from repro.monitor.detector import REFUSED, STALLED, Assessment, ClientSnapshot, Detector, Observation
+from repro.monitor.detector import (CLIENT_STALL, REFUSED, STALLED, SUSPECT, Assessment, ClientSnapshot, Detector,
+                                    Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
 from repro.scenario import Scenario
@@ -53,7 +54,7 @@ SUMMARY_VERSION = 1
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started", "finished", "ok", "failed",
                    "timeouts", "server_running", "server_waiting", "server_in_system", "kv_usage",
-                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class"]
+                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class", "completions", "probe"]
 
 
 @dataclass
@@ -129,6 +130,10 @@ class _Run:
         self.abort_error: str | None = None
         self.consecutive_4xx = 0
         self.feed: PromptFeed | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_result: tuple[str, int] | None = None
+        self._probe_next = 0.0
+        self.probes = 0
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
             headers["Authorization"] = f"Bearer {scn.api_key}"
@@ -182,7 +187,8 @@ class _Run:
                         last = f"HTTP {r.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await asyncio.sleep(1.0 * (attempt + 1))
+            if attempt < 2:
+                await asyncio.sleep(1.0 * (attempt + 1))
         raise TargetError(f"cannot reach the server at {self.url} ({last})",
                           help="Check --url (scheme, host, port) and that vLLM is running: "
                                "curl URL/v1/models should answer 200.")
@@ -420,7 +426,41 @@ class _Run:
         st = self.stats
         client = ClientSnapshot(in_flight=st.in_flight, completed=st.completions, failed=st.failed,
                                 aborted=st.timeouts)
-        return Observation(time.monotonic(), metrics, err, alive, tuple(stats_lines), fatal, client)
+        probe, self._probe_result = self._probe_result, None
+        return Observation(time.monotonic(), metrics, err, alive, tuple(stats_lines), fatal, client,
+                           probe=probe[0] if probe else None, probe_tokens=probe[1] if probe else 0)
+
+    def maybe_probe(self, session: aiohttp.ClientSession, a: Assessment) -> None:
+        """Server reports nothing while the client waits: ask it for one token (see the detector's notes)."""
+        if not self.D.probe or a.state != SUSPECT or a.stall_class != CLIENT_STALL or self.detector.probe_failed:
+            return
+        if self._probe_task is not None or time.monotonic() < self._probe_next:
+            return
+        self._probe_task = asyncio.ensure_future(self.probe(session))
+
+    async def probe(self, session: aiohttp.ClientSession) -> None:
+        body = json.dumps({"model": self.model, "prompt": [10, 11], "max_tokens": 1}).encode()
+        self.probes += 1
+        t0 = time.monotonic()
+        result: tuple[str, int] = ("error", 0)
+        try:
+            async with session.post(self.url + "/v1/completions", data=body, headers=self.headers,
+                                    timeout=aiohttp.ClientTimeout(total=self.D.probe_timeout)) as r:
+                data = await r.json(content_type=None) if r.status == 200 else None
+            if data is not None:
+                info = read_response(data)
+                result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
+                if info.hs_path:  # the probe's own hidden-state file: remove it, count nothing
+                    asyncio.get_running_loop().run_in_executor(self.pool, self.checker.discard, info.hs_path)
+        except asyncio.TimeoutError:
+            result = ("timeout", 0)
+        except (aiohttp.ClientError, ValueError):
+            result = ("error", 0)
+        finally:
+            self._probe_result = result
+            self._probe_task = None
+            self._probe_next = time.monotonic() + self.D.probe_timeout
+            self.event("probe", result=result[0], seconds=round(time.monotonic() - t0, 3))
 
     async def monitor(self, session: aiohttp.ClientSession) -> None:
         poll = self.D.poll_interval
@@ -434,6 +474,7 @@ class _Run:
             if ob.metrics is not None:
                 self.last_metrics = ob.metrics
             self.record_sample(ob, a)
+            self.maybe_probe(session, a)
             if a.changed:
                 self.event("detector", state=a.state, **{"class": a.stall_class},
                            since=None if a.since is None else round(self.rel(a.since), 3),
@@ -443,6 +484,7 @@ class _Run:
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
                            detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
+                return  # the verdict stands; what follows (capture, cancelled requests) is not the server's state
 
     def record_sample(self, ob: Observation, a: Assessment) -> None:
         m = ob.metrics
@@ -466,7 +508,8 @@ class _Run:
             round(self.rel(ob.t), 3), round(time.time(), 3), st.in_flight, st.in_check, st.started, st.finished,
             st.ok, st.failed, st.timeouts, running, waiting, in_sys, None if m is None else m.kv_usage,
             None if m is None else m.prompt_tokens, None if m is None else m.generation_tokens,
-            None if fid is None else round(fid, 4), ob.metrics_error or "", a.state, a.stall_class or ""])
+            None if fid is None else round(fid, 4), ob.metrics_error or "", a.state, a.stall_class or "",
+            st.completions, ob.probe or ""])
         self.timeline_f.flush()
         self.requests_f.flush()
         self.progress.update(self.snapshot(ob, a))
@@ -663,6 +706,9 @@ class _Run:
             if mon_task is not None:
                 mon_task.cancel()
                 await asyncio.gather(mon_task, return_exceptions=True)
+            if self._probe_task is not None:
+                self._probe_task.cancel()
+                await asyncio.gather(self._probe_task, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self.pool.shutdown(wait=False, cancel_futures=True)

@@ -242,6 +242,15 @@ class FileChecker:
                 return "bad-tokens", f"token_ids ({got.shape[0]} tokens) differ from the prompt ({p.shape[0]} tokens)"
         return None
 
+    def discard(self, path: str) -> None:
+        """Remove a file nobody needs (the detector's probe), once it has been written."""
+        if self._wait_exists(path):
+            fd, _, _ = self._shared_lock(path + ".lock")
+            if fd is not None:
+                os.close(fd)
+        self._remove(path)
+        self._remove(path + ".lock")
+
     def _remove(self, path: str) -> None:
         try:
             os.unlink(path)

@@ -15,7 +15,9 @@ Without progress, what the server holds decides the class:
 ==============  ================================================================
 engine-stall    running > 0, counters flat (the field bug: metrics frozen, /health 200)
 queue-stall     waiting > 0, running = 0, nothing admitted
-client-stall    the client has requests in flight, the server holds none
+client-stall    the client has requests in flight, the server holds none, and the server
+                answers a 1-token probe (without a probe answer it stays a suspect
+                client-stall; a probe that times out makes it an engine-stall)
 server-dead     process gone, ``EngineDeadError``/fatal line, or connection refused
 slow            progress, but below ``slow_floor`` tokens/s over a whole window
 ==============  ================================================================
@@ -27,6 +29,14 @@ returns to healthy at once. That hysteresis is what keeps a long prefill or
 one slow request from being called a stall. ``server-dead`` needs no window: a
 gone process or a fatal log line is definitive, connection refused needs K
 consecutive observations.
+
+Why the probe: with short requests (``max_tokens=1``) every running request finishes
+in the step that runs it, and vLLM publishes its gauges after a step. An engine
+blocked at the start of the next step therefore freezes ``running = waiting = 0``
+while the client waits on requests queued inside it -- the same picture as a
+client whose requests never reached the server. The caller then sends one
+1-token request (``probe``): no answer within its timeout means the engine does
+not step. The probe's own tokens are not counted as progress.
 
 The stats log line goes silent when the engine hangs (vLLM demotes all-zero
 lines to DEBUG), so silence after a ``0.0 tokens/s ... Running: N`` line is
@@ -75,6 +85,8 @@ class Observation:
     stats_lines: tuple[StatsLine, ...] = ()  # stats lines that appeared since the previous observation
     fatal: str | None = None  # cause of a fatal log line seen since the previous observation
     client: ClientSnapshot | None = None
+    probe: str | None = None  # an active 1-token probe that ended since the previous observation: ok | timeout | error
+    probe_tokens: int = 0  # tokens the probe added to the server's counters (not progress of the load)
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class Detector:
         self._stats_gaps: deque[float] = deque(maxlen=16)
         self._token_hist: deque[tuple[float, float]] = deque()  # (t, tokens) over the window, for `slow`
         self._busy_hist: deque[tuple[float, bool]] = deque()
+        self.probe_failed = False  # a probe got no answer during the current bad period
 
     # -- helpers ------------------------------------------------------------
     def stats_interval(self) -> float | None:
@@ -141,17 +154,18 @@ class Detector:
         why: list[str] = []
         m = ob.metrics
         if m is not None:
+            probe_ok = ob.probe == "ok"
             tok = m.tokens
             if tok is not None:
-                if self._prev_tokens is not None and tok > self._prev_tokens:
+                if self._prev_tokens is not None and tok - self._prev_tokens > (ob.probe_tokens if probe_ok else 0):
                     why.append(f"tokens +{tok - self._prev_tokens:g}")
                 self._prev_tokens = tok
             if m.request_success is not None:
-                if self._prev_success is not None and m.request_success > self._prev_success:
+                if self._prev_success is not None and m.request_success - self._prev_success > (1 if probe_ok else 0):
                     why.append(f"request_success +{m.request_success - self._prev_success:g}")
                 self._prev_success = m.request_success
             if m.kv_usage is not None:
-                if self._prev_kv is not None and abs(m.kv_usage - self._prev_kv) > _KV_EPS:
+                if self._prev_kv is not None and abs(m.kv_usage - self._prev_kv) > _KV_EPS and not probe_ok:
                     why.append("kv usage changed")
                 self._prev_kv = m.kv_usage
         c = ob.client
@@ -208,6 +222,10 @@ class Detector:
         self.refused_count = self.refused_count + 1 if ob.metrics_error == REFUSED else 0
 
         progress, why = self._progress(ob)
+        if ob.probe == "ok":
+            self.probe_failed = False
+        elif ob.probe in ("timeout", "error"):
+            self.probe_failed = True
         if progress:
             self.last_progress_t = t
         running, waiting, source = self._server_view(ob)
@@ -224,6 +242,7 @@ class Detector:
             "last_progress_t": self.last_progress_t,
             "no_progress_for": None if self.last_progress_t is None else round(t - self.last_progress_t, 3),
             "metrics_error": ob.metrics_error, "process_alive": ob.process_alive,
+            "probe": ob.probe, "probe_failed": self.probe_failed,
             "log_silent_for": None if self._last_stats_t is None else round(t - self._last_stats_t, 3),
             "log_silent_after_zero_line": silent,
             "last_stats_line": None if self._last_stats is None else self._last_stats.__dict__,
@@ -252,9 +271,14 @@ class Detector:
             elif waiting is not None and waiting > 0:
                 bad = QUEUE_STALL
                 reasons.append(f"waiting={waiting:g}, running=0, nothing admitted")
+            elif (in_flight or 0) > 0 and running is not None and self.probe_failed:
+                bad = ENGINE_STALL
+                reasons.append(f"client has {in_flight} in flight, the server reports none (its stats froze at "
+                               f"the last engine step) and a 1-token probe got no answer: the engine does not step")
             elif (in_flight or 0) > 0 and running is not None:
                 bad = CLIENT_STALL
-                reasons.append(f"client has {in_flight} in flight, server holds none")
+                reasons.append(f"client has {in_flight} in flight, server holds none"
+                               + ("; a 1-token probe was answered" if ob.probe == "ok" else ""))
             elif (in_flight or 0) > 0:  # no server view at all (metrics unreadable, no log)
                 bad = ENGINE_STALL
                 reasons.append(f"client has {in_flight} in flight, no completions, server view unavailable "
@@ -271,6 +295,7 @@ class Detector:
         prev_state, prev_class = self.state, self.stall_class
         if bad is None:
             self.state, self.stall_class, self.since, self.bad_count = HEALTHY, None, None, 0
+            self.probe_failed = False
         else:
             self.bad_count += 1
             if self.state == HEALTHY or self.since is None:
