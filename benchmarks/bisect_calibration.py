@@ -1,0 +1,260 @@
+"""Calibration of `repro bisect` against simulated ground truth.
+
+For each hazard shape and seed, a baseline mean time to hang is drawn
+(log-uniform between 20 min and 6 h), trials are simulated in virtual time
+(`repro.bisect.sim`), and three searches look for the minimal configuration:
+
+* **bisect**: `repro bisect`'s search (posterior-sized clean trials, ddmin with
+  re-checks, Bayesian threshold bisection, confirmation with several hangs).
+* **fixed**: the same baseline (3 hangs), then ddmin over the changes and a
+  binary search over concurrency in which every test is ONE trial of a fixed
+  duration D = m x (baseline mean time to hang); a trial that hangs stops at
+  the hang (the stronger variant; "sessions" charges D for every trial).
+* **grid**: the same baseline, then one trial of D = m x MTTH for every
+  (concurrency, subset of changes); the answer is the hanging configuration
+  with the fewest changes, then the lowest concurrency.
+
+The competitors are held to the same error rate: for each shape, m is the
+smallest value on a grid whose correctness on the same seeds is at least
+bisect's. Trial-hours count every trial's run time plus a start-up overhead.
+
+    .venv/bin/python benchmarks/bisect_calibration.py --seeds 200 [--shape threshold] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import multiprocessing
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repro.bisect.search import Outcome, Search, Settings  # noqa: E402
+from repro.bisect.sim import Hazard, SimModel  # noqa: E402
+from repro.bisect.space import Change, Config, SearchSpace  # noqa: E402
+
+CHANGES = ["extract=4", "storage=/mnt/nfs/hs", "timeout=120", "retries=3", "prefix-caching=on",
+           "async-scheduling=off"]
+LO, HI = 1, 32
+OVERHEAD = 90.0
+SHAPES: dict[str, dict[str, Any]] = {
+    # hangs only from concurrency 12 up, twice as slowly at 12 as at 32
+    "threshold": {"threshold": 12, "rate_at_threshold": 0.5, "requires": ()},
+    # hangs only with the network storage path, at any concurrency
+    "storage": {"threshold": LO, "requires": ("storage",)},
+    # needs extraction AND a client timeout, from concurrency 8 up
+    "toggles": {"threshold": 8, "requires": ("extract", "timeout")},
+    # hangs whatever the configuration
+    "none": {"threshold": LO, "requires": ()},
+}
+MULTIPLES = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64]
+
+
+def space() -> SearchSpace:
+    return SearchSpace(LO, HI, tuple(Change.parse(c) for c in CHANGES))
+
+
+def model(shape: str, seed: int) -> SimModel:
+    rng = random.Random(f"mtth:{shape}:{seed}")
+    mtth = math.exp(rng.uniform(math.log(20 * 60), math.log(6 * 3600)))
+    sh = SHAPES[shape]
+    hz = Hazard(1.0 / mtth, sh["threshold"], tuple(sh["requires"]), sh.get("rate_at_threshold", 1.0))
+    return SimModel(space(), hz, seed=seed, overhead=OVERHEAD)
+
+
+class SimExec:
+    """Virtual-time trials straight from the hazard (no journal): one stream of draws per seed."""
+
+    def __init__(self, m: SimModel, stream: str) -> None:
+        self.m = m
+        self.rng = random.Random(f"{stream}:{m.seed}")
+
+    def run(self, cfg: Config, cap: float) -> Outcome:
+        lam = self.m.hazard.rate_of(self.m.space, cfg)
+        t = self.rng.expovariate(lam) if lam > 0 else math.inf
+        run = min(t, cap)
+        return Outcome(t < cap, run, OVERHEAD + run, OVERHEAD + run)
+
+
+def run_bisect(shape: str, seed: int, settings: Settings) -> dict[str, Any]:
+    m = model(shape, seed)
+    s = Search(m.space, settings, SimExec(m, "bisect"))
+    r = s.run_all()
+    truth = m.hazard.truth(m.space)
+    return {"correct": r.config == truth, "hours": r.trial_time / 3600, "steps": r.steps,
+            "mtth_h": 1 / m.hazard.rate / 3600, "found": r.config.key() if r.config else r.status}
+
+
+class FixedSearch(Search):
+    """Fixed-duration bisection: one trial of D per test, no posterior, no re-checks, no confirmation."""
+
+    def __init__(self, sp: SearchSpace, settings: Settings, ex: SimExec, multiple: float, sessions: bool) -> None:
+        super().__init__(sp, settings, ex)
+        self.multiple = multiple
+        self.sessions = sessions
+        self.D = 0.0
+
+    def run(self, cfg: Config, cap: float) -> Outcome:
+        out = self.ex.run(cfg, cap)
+        self.steps += 1
+        charged = OVERHEAD + (cap if self.sessions and self.D and cap == self.D else out.exposure)
+        self.trial_time += charged
+        ev = self.evidence.setdefault(cfg, [0, 0.0])
+        ev[0] += out.hung
+        ev[1] += out.exposure
+        return out
+
+    def test_changes(self, changes: frozenset[Change], alpha: float | None = None) -> bool:
+        if changes in self._dd_cache:
+            return self._dd_cache[changes]
+        out = self.run(Config(self.space.hi, changes), self.D)
+        self._dd_cache[changes] = out.hung
+        return out.hung
+
+    def minimize(self, changes: list[Change]) -> list[Change]:
+        return self.ddmin(changes)
+
+    def concurrency(self, changes: frozenset[Change]) -> tuple[int, float]:
+        vals = self.space.values
+        lo, hi = 0, len(vals) - 1  # vals[hi] hangs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.run(Config(vals[mid], changes), self.D).hung:
+                hi = mid
+            else:
+                lo = mid + 1
+        return vals[hi], 1.0
+
+    def confirm(self, cfg: Config) -> None:
+        return None
+
+    def baseline(self):  # type: ignore[no-untyped-def]
+        post = super().baseline()
+        self.D = self.multiple * post.mean_time_to_hang
+        return post
+
+
+def run_fixed(shape: str, seed: int, multiple: float, sessions: bool) -> dict[str, Any]:
+    m = model(shape, seed)
+    s = FixedSearch(m.space, Settings(max_trial=None, min_trial=0.0), SimExec(m, "fixed"), multiple, sessions)
+    r = s.run_all()
+    truth = m.hazard.truth(m.space)
+    return {"correct": r.config == truth, "hours": s.trial_time / 3600}
+
+
+def run_grid(shape: str, seed: int, multiple: float) -> dict[str, Any]:
+    m = model(shape, seed)
+    sp = m.space
+    ex = SimExec(m, "grid")
+    hours = 0.0
+    hangs, expo = 0, 0.0
+    while hangs < 3:  # the same baseline reproduction
+        out = ex.run(sp.baseline, math.inf)
+        hangs += out.hung
+        expo += out.exposure
+        hours += out.trial_time / 3600
+    D = multiple * expo / hangs
+    found: Config | None = None
+    for r in range(len(sp.changes) + 1):
+        for sub in itertools.combinations(sp.changes, r):
+            for c in sp.values:
+                cfg = Config(c, frozenset(sub))
+                out = ex.run(cfg, D)
+                hours += out.trial_time / 3600
+                if out.hung and found is None:
+                    found = cfg
+    return {"correct": found == m.hazard.truth(sp), "hours": hours}
+
+
+def _job(args: tuple[str, str, int, Any]) -> tuple[str, str, int, Any, dict[str, Any]]:
+    kind, shape, seed, param = args
+    if kind == "bisect":
+        res = run_bisect(shape, seed, Settings(**param))
+    elif kind == "fixed":
+        res = run_fixed(shape, seed, param[0], param[1])
+    else:
+        res = run_grid(shape, seed, param)
+    return kind, shape, seed, param, res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--shape", action="append", choices=sorted(SHAPES))
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--no-grid", action="store_true", help="skip the (slow) grid search")
+    ap.add_argument("--json", default=None, help="write all figures to this file")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bisect Settings field, e.g. rate_ratio=0.5")
+    args = ap.parse_args(argv)
+    shapes = args.shape or list(SHAPES)
+    settings: dict[str, Any] = {"alpha": args.alpha}
+    for kv in args.set or []:
+        k, _, v = kv.partition("=")
+        settings[k] = float(v)
+    t0 = time.time()
+    pool = multiprocessing.Pool(args.jobs) if args.jobs > 1 else None
+    mapper = pool.imap_unordered if pool else map
+
+    def collect(jobs: list[tuple[str, str, int, Any]]) -> dict[tuple[str, str, Any], list[dict[str, Any]]]:
+        out: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+        for kind, shape, _seed, param, res in mapper(_job, jobs):
+            key = (kind, shape, json.dumps(param))
+            out.setdefault(key, []).append(res)
+        return out
+
+    ours = collect([("bisect", sh, s, settings) for sh in shapes for s in range(args.seeds)])
+    summary: dict[str, Any] = {"seeds": args.seeds, "alpha": args.alpha, "shapes": {}}
+    print(f"{'shape':<10} {'method':<22} {'correct':>8} {'trial-h mean':>13} {'median':>8}  ratio to bisect")
+    for sh in shapes:
+        mine = ours[("bisect", sh, json.dumps(settings))]
+        acc = sum(r["correct"] for r in mine) / len(mine)
+        hours = sum(r["hours"] for r in mine) / len(mine)
+        med = sorted(r["hours"] for r in mine)[len(mine) // 2]
+        row = {"bisect": {"correct": acc, "hours": hours, "median_hours": med}}
+        print(f"{sh:<10} {'bisect':<22} {acc:>8.1%} {hours:>13.1f} {med:>8.1f}")
+        comps = [("fixed", (mult, False)) for mult in MULTIPLES] + [("fixed", (mult, True)) for mult in MULTIPLES]
+        if not args.no_grid:
+            comps += [("grid", mult) for mult in MULTIPLES]
+        res = collect([(k, sh, s, p) for k, p in comps for s in range(args.seeds)])
+        for label, kind, sessions in (("fixed (stop at hang)", "fixed", False), ("fixed (sessions)", "fixed", True),
+                                      ("grid", "grid", None)):
+            if kind == "grid" and args.no_grid:
+                continue
+            chosen = None
+            for mult in MULTIPLES:
+                p = (mult, sessions) if kind == "fixed" else mult
+                rs = res[(kind, sh, json.dumps(p))]
+                a = sum(r["correct"] for r in rs) / len(rs)
+                if a >= acc:
+                    chosen = (mult, a, sum(r["hours"] for r in rs) / len(rs),
+                              sorted(r["hours"] for r in rs)[len(rs) // 2])
+                    break
+            if chosen is None:
+                print(f"{sh:<10} {label:<22} never reaches {acc:.1%} (m <= {MULTIPLES[-1]})")
+                row[label] = None
+                continue
+            mult, a, h, md = chosen
+            print(f"{sh:<10} {label + f' m={mult:g}':<22} {a:>8.1%} {h:>13.1f} {md:>8.1f}  {h / hours:.1f}x")
+            row[label] = {"multiple": mult, "correct": a, "hours": h, "median_hours": md, "ratio": h / hours}
+        summary["shapes"][sh] = row
+    summary["seconds"] = round(time.time() - t0, 1)
+    summary["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()
+    print(f"\n{args.seeds} seeds per shape, alpha {args.alpha}, {summary['seconds']} s on {summary['machine']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if pool:
+        pool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

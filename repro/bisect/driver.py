@@ -1,0 +1,192 @@
+"""Runs a search against a backend through the journal: start, resume, replay, undo.
+
+The search is deterministic given the outcomes of its steps, so resuming is
+replay: each step the search asks for is answered from the journal while the
+journal has a recorded step for that configuration, and run for real after
+that. A step whose trials were killed is closed first (exposure up to the last
+heartbeat, no hang), so resuming neither loses exposure that was fsync'ed nor
+counts any twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from repro.bisect.journal import JOURNAL_NAME, VERSION, Journal, StepRecord, open_trials, read_steps
+from repro.bisect.search import Decision, Outcome, Result, Search, Settings
+from repro.bisect.space import Config, SearchSpace
+from repro.errors import UsageError
+
+
+class Backend(Protocol):
+    def run_step(self, step: int, cfg: Config, cap: float, hooks: "Hooks") -> Outcome: ...
+
+
+class Hooks:
+    """What a backend calls while a step runs: every call is one fsync'ed journal line."""
+
+    def __init__(self, journal: Journal, step: int, first_trial: int) -> None:
+        self.j = journal
+        self.step = step
+        self._next = first_trial
+        self._lock = threading.Lock()
+
+    def trial_start(self, slot: int, **info: Any) -> int:
+        with self._lock:
+            tid = self._next
+            self._next += 1
+            self.j.append("trial", trial=tid, step=self.step, slot=slot, **info)
+        return tid
+
+    def heartbeat(self, trial: int, exposure: float) -> None:
+        with self._lock:
+            self.j.append("heartbeat", trial=trial, exposure=round(exposure, 3))
+
+    def trial_end(self, trial: int, hung: bool, exposure: float, trial_time: float, skipped: bool = False,
+                  detail: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self.j.append("trial-end", trial=trial, hung=hung, exposure=round(exposure, 3),
+                          trial_time=round(trial_time, 3), skipped=skipped, detail=detail or {})
+
+    @property
+    def trials_used(self) -> int:
+        return self._next
+
+
+class JournaledExecutor:
+    """The search's executor: replay recorded steps, then run new ones through the backend."""
+
+    def __init__(self, journal: Journal, backend: Backend, recorded: list[StepRecord],
+                 on_step: Callable[[str], None] | None = None) -> None:
+        self.j = journal
+        self.backend = backend
+        self.recorded = [s for s in recorded if not s.undone]
+        self.used: set[int] = set()
+        self.next_step = max((s.step for s in recorded), default=-1) + 1
+        self.next_trial = max((t.trial for s in recorded for t in s.trials), default=-1) + 1
+        self.on_step = on_step or (lambda s: None)
+        self.replayed = 0
+
+    @property
+    def replaying(self) -> bool:
+        return any(s.step not in self.used for s in self.recorded)
+
+    def run(self, cfg: Config, cap: float) -> Outcome:
+        for rec in self.recorded:
+            if rec.step in self.used:
+                continue
+            if Config.from_dict(rec.config) == cfg:
+                self.used.add(rec.step)
+                self.replayed += 1
+                return Outcome(rec.hung, rec.exposure, rec.wall, rec.trial_time, skipped=rec.skipped,
+                               detail={"replayed": True})
+            break  # the next recorded step is for another config: the search diverged (undo); run anew
+        step = self.next_step
+        self.next_step += 1
+        self.j.append("step", step=step, config=cfg.to_dict(), cap=round(cap, 3), describe=cfg.describe())
+        self.on_step(f"step {step}: {cfg.describe()} (up to {cap:.0f} s of clean exposure)")
+        hooks = Hooks(self.j, step, self.next_trial)
+        t0 = time.monotonic()
+        out = self.backend.run_step(step, cfg, cap, hooks)
+        self.next_trial = hooks.trials_used
+        self.j.append("step-end", step=step, hung=out.hung, exposure=round(out.exposure, 3),
+                      wall=round(out.wall if out.wall else time.monotonic() - t0, 3),
+                      trial_time=round(out.trial_time, 3), skipped=out.skipped)
+        return out
+
+
+@dataclass
+class SearchSpec:
+    space: SearchSpace
+    settings: Settings
+    mode: str  # "real" | "simulate"
+    extra: dict[str, Any]
+
+    def identity(self) -> str:
+        return self.space.identity()
+
+
+def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tuple[Journal, SearchSpec, list[StepRecord]]:
+    """Open the journal: a fresh search writes `start`; a resume checks identity and closes killed trials."""
+    journal = Journal(Path(run_dir) / JOURNAL_NAME)
+    header = journal.header() if journal.path.exists() else None
+    if resume:
+        if header is None:
+            raise UsageError(f"--resume {run_dir}: no bisect journal there ({JOURNAL_NAME} missing or not a bisect journal)")
+        if header.get("version") != VERSION:
+            raise UsageError(f"--resume {run_dir}: journal version {header.get('version')} is not {VERSION}")
+        from repro.bisect.space import Change
+
+        saved = header["space"]
+        space = SearchSpace(saved["concurrency"][0], saved["concurrency"][1],
+                            tuple(Change.parse(c) for c in saved["changes"]), plain_storage=saved["plain_storage"],
+                            max_trial=saved.get("max_trial"), budget=saved.get("budget"), step=saved.get("step", 1))
+        if header["search"] != space.identity():
+            raise UsageError(f"--resume {run_dir}: the journal's header is damaged (identity mismatch)")
+        if spec is not None and spec.identity() != header["search"]:
+            raise UsageError(f"--resume {run_dir}: that journal is from another search "
+                             f"(search {header['search']}, these options make {spec.identity()}); "
+                             "drop the space options or use a new --out")
+        if spec is not None and spec.mode != header.get("mode"):
+            raise UsageError(f"--resume {run_dir}: that journal is a {header.get('mode')} search, not {spec.mode}")
+        loaded = SearchSpec(space, Settings.from_dict(header["settings"]), header.get("mode", "real"),
+                            header.get("extra", {}))
+        journal.open()
+        steps = read_steps(journal)
+        for tr in open_trials(steps):
+            journal.append("trial-end", trial=tr.trial, hung=False, exposure=tr.last_heartbeat, trial_time=0.0,
+                           recovered=True, detail={"reason": "killed: exposure up to the last heartbeat"})
+        for s in steps:
+            if s.trials and s.wall == 0.0:
+                journal.append("step-end", step=s.step, recovered=True, wall=0.0)
+        journal.append("resume", text=f"resumed by pid {__import__('os').getpid()}")
+        return journal, loaded, read_steps(journal)
+    if spec is None:
+        raise UsageError("nothing to search: give a space (--concurrency/--change or --space FILE) or --resume DIR")
+    if header is not None:
+        if header.get("search") != spec.identity():
+            raise UsageError(f"{journal.path} holds a journal from another search: pick a new --out, "
+                             f"or --resume {run_dir} with the same space")
+        raise UsageError(f"{journal.path} already holds this search: continue it with --resume {run_dir}")
+    journal.open()
+    journal.append("start", version=VERSION, search=spec.identity(), space=spec.space.to_dict(),
+                   settings=spec.settings.to_dict(), mode=spec.mode, extra=spec.extra)
+    return journal, spec, []
+
+
+def run_search(journal: Journal, spec: SearchSpec, recorded: list[StepRecord], backend: Backend,
+               report: Callable[[Decision], None], on_step: Callable[[str], None] | None = None) -> Result:
+    ex = JournaledExecutor(journal, backend, recorded, on_step)
+
+    def rep(d: Decision) -> None:
+        if not ex.replaying:
+            journal.append("decision", phase=d.phase, text=d.text)
+        report(d)
+
+    search = Search(spec.space, spec.settings, ex, rep)
+    result = search.run_all()
+    journal.append("done", status=result.status,
+                   text=result.config.describe() if result.config else result.status,
+                   config=result.config.to_dict() if result.config else None)
+    return result
+
+
+def undo_last(run_dir: Path) -> str:
+    """Void the last step's evidence (e.g. a stall that was a false alarm); the next --resume re-plans."""
+    journal = Journal(Path(run_dir) / JOURNAL_NAME)
+    if journal.header() is None:
+        raise UsageError(f"{run_dir}: no bisect journal there")
+    steps = [s for s in read_steps(journal) if not s.undone]
+    if not steps:
+        raise UsageError(f"{run_dir}: no step to undo")
+    last = steps[-1]
+    journal.open()
+    journal.append("undo", step=last.step)
+    journal.close()
+    what = "hang" if last.hung else "clean"
+    return f"undid step {last.step}: {Config.from_dict(last.config).describe()} ({what}, {last.exposure:.0f} s exposure)"

@@ -1,0 +1,490 @@
+"""The search: baseline, ddmin over changes, Bayesian bisection over concurrency, confirmation.
+
+Phases (each prints its decisions with credible intervals as they happen):
+
+1. **Baseline.** The top of the concurrency range with every change is run
+   until it has hung ``baseline_hangs`` times (or a prior is given). This fixes
+   the rate posterior Gamma(k, E) that sizes every clean trial afterwards.
+2. **Changes (ddmin).** Delta debugging at the top concurrency towards the
+   fewest changes from a plain server. A test "does X hang?" ends at the first
+   hang (definitive), or as "does not hang" once its clean exposure T makes
+   ``P(survive T | X hangs at >= ratio x the pooled rate) <= alpha_i``. The
+   screening tests use a loose level (``ddmin_alpha``); the answer M is then
+   re-checked: every M - {x} must stay clean at the strict level
+   ``alpha_dd / |M|`` (only those re-checks can make the answer wrong).
+3. **Concurrency.** A posterior over the threshold theta (the lowest
+   concurrency that hangs, monotone above it), with the rate above theta
+   integrated out: ``L(theta) = Gamma(a0+K) / (b0+E)^(a0+K)`` where K, E are the
+   hangs and exposure at concurrencies >= theta, and 0 if anything below theta
+   hung. Clean exposure at c counts against every theta <= c at once, so no
+   step needs its own full-confidence verdict; the search stops when one
+   theta holds ``1 - alpha_c`` of the mass. A hang above a long clean run
+   that the model cannot explain is reported as contradicting monotonicity.
+4. **Confirmation.** The minimal configuration is run until it has hung
+   ``confirm_hangs`` times; its rate estimate and interval come from that.
+
+Trials are requested from an executor (real stress runs, or draws from a known
+hazard in virtual time). Errors in this search are one-sided: a hang is never
+wrong, so a wrong answer is always "not minimal" (a change kept or a
+concurrency too high).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from repro.bisect.space import Change, Config, SearchSpace
+from repro.bisect.stats import RatePosterior, fmt_interval, rate_upper_bound
+from repro.units import format_duration
+
+
+@dataclass
+class Outcome:
+    """What one step (one or more parallel trials of one configuration) showed."""
+
+    hung: bool
+    exposure: float  # seconds of exposure after warm-up, summed over parallel trials
+    wall: float  # wall seconds the step took
+    trial_time: float  # machine seconds: every trial's start-up + run time, summed
+    skipped: bool = False  # could not test (target failed)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    def run(self, config: Config, cap: float) -> Outcome: ...
+
+
+@dataclass
+class Settings:
+    alpha: float = 0.05
+    baseline_hangs: int = 3
+    prior: tuple[int, float] | None = None  # (hangs, exposure seconds) instead of reproducing the baseline
+    rate_ratio: float = 0.5  # "still hangs" means a rate at least this fraction of the baseline's
+    lowest_prior: float = 0.3  # prior P(no concurrency dependence): the low end gets this, the rest share
+    ddmin_alpha: float = 0.1  # level of ddmin's screening tests (the final re-checks use the strict budget)
+    confirm_hangs: int = 3
+    max_trial: float | None = None  # cap on one step's clean exposure (None: posterior only)
+    min_trial: float = 60.0  # never ask for less clean exposure than this in one step
+    budget: float | None = None  # wall seconds for the whole search
+    max_skips: int = 3  # consecutive "could not test" before giving up
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "baseline_hangs": self.baseline_hangs,
+                "prior": list(self.prior) if self.prior else None, "rate_ratio": self.rate_ratio, "ddmin_alpha": self.ddmin_alpha,
+                "lowest_prior": self.lowest_prior,
+                "confirm_hangs": self.confirm_hangs, "max_trial": self.max_trial, "min_trial": self.min_trial,
+                "budget": self.budget}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Settings":
+        d = dict(d)
+        if d.get("prior"):
+            d["prior"] = (int(d["prior"][0]), float(d["prior"][1]))
+        return cls(**d)
+
+
+@dataclass
+class Decision:
+    phase: str
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    status: str  # "minimal" | "no-baseline" | "budget" | "untestable"
+    config: Config | None
+    evidence: dict[str, dict[str, float]]
+    posterior: RatePosterior | None
+    baseline: RatePosterior | None
+    decisions: list[Decision]
+    trial_time: float
+    wall: float
+    steps: int
+    threshold_mass: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return self.status == "minimal" and self.config is not None
+
+
+class StopSearch(Exception):
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+Report = Callable[[Decision], None]
+
+
+class Search:
+    def __init__(self, space: SearchSpace, settings: Settings, executor: Executor,
+                 report: Report | None = None) -> None:
+        self.space = space
+        self.s = settings
+        self.ex = executor
+        self.report = report or (lambda d: None)
+        self.evidence: dict[Config, list[float]] = {}  # config -> [hangs, exposure]
+        self.decisions: list[Decision] = []
+        self.warnings: list[str] = []
+        self.trial_time = 0.0
+        self.wall = 0.0
+        self.steps = 0
+        self.skips = 0
+        n_changes = len(space.changes)
+        multi = len(space.values) > 1
+        if n_changes and multi:
+            self.alpha_dd, self.alpha_c = settings.alpha / 2, settings.alpha / 2
+        elif n_changes:
+            self.alpha_dd, self.alpha_c = settings.alpha, 0.0
+        else:
+            self.alpha_dd, self.alpha_c = 0.0, settings.alpha
+        self._dd_cache: dict[frozenset[Change], bool] = {}
+        self._warned: set[int] = set()
+
+    # -- bookkeeping -------------------------------------------------------
+    def decide(self, phase: str, text: str, **data: Any) -> None:
+        d = Decision(phase, text, data)
+        self.decisions.append(d)
+        self.report(d)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        self.decide("warning", text)
+
+    def hangs(self, cfg: Config) -> int:
+        return int(self.evidence.get(cfg, [0, 0.0])[0])
+
+    def exposure(self, cfg: Config) -> float:
+        return float(self.evidence.get(cfg, [0, 0.0])[1])
+
+    def run(self, cfg: Config, cap: float) -> Outcome:
+        if self.s.max_trial:
+            cap = min(cap, self.s.max_trial)
+        cap = max(cap, self.s.min_trial)
+        if self.s.budget is not None:
+            left = self.s.budget - self.wall
+            if left < self.s.min_trial:
+                raise StopSearch("budget", f"budget of {format_duration(self.s.budget)} used up")
+            cap = min(cap, left)
+        out = self.ex.run(cfg, cap)
+        self.steps += 1
+        self.wall += out.wall
+        self.trial_time += out.trial_time
+        if out.skipped:
+            self.skips += 1
+            self.decide("trial", f"could not test {cfg.describe()} ({out.detail.get('reason', 'target failed')})")
+            if self.skips >= self.s.max_skips:
+                raise StopSearch("untestable", f"{self.skips} trials in a row could not test: the target fails to start")
+            return out
+        self.skips = 0
+        ev = self.evidence.setdefault(cfg, [0, 0.0])
+        ev[0] += 1 if out.hung else 0
+        ev[1] += out.exposure
+        return out
+
+    def pooled(self) -> RatePosterior:
+        """Rate posterior from every configuration known to hang (plus a given prior)."""
+        k, e = 0, 0.0
+        if self.s.prior:
+            k, e = self.s.prior
+        for ev in self.evidence.values():
+            if ev[0] > 0:
+                k += int(ev[0])
+                e += ev[1]
+        return RatePosterior(k, e)
+
+    # -- phases ------------------------------------------------------------
+    def run_all(self) -> Result:
+        status, text, final = "minimal", "", None
+        try:
+            base = self.baseline()
+            changes = self.minimize(list(self.space.changes)) if self.space.changes else []
+            theta, mass = self.concurrency(frozenset(changes)) if len(self.space.values) > 1 else (self.space.hi, 1.0)
+            final = Config(theta, frozenset(changes))
+            self.threshold_mass = mass
+            self.confirm(final)
+        except StopSearch as stop:
+            status, text = stop.status, stop.text
+            self.threshold_mass = None
+            self.decide("stop", text)
+        post = RatePosterior(self.hangs(final), self.exposure(final)) if final else None
+        baseline_cfg = self.space.baseline
+        bpost = RatePosterior(self.hangs(baseline_cfg), self.exposure(baseline_cfg))
+        if final is not None and status == "minimal":
+            self.decide("result", f"minimal configuration: {final.describe()}; rate "
+                        f"{fmt_interval(post) if post and post.proper else 'n/a'}")
+        return Result(status, final if status == "minimal" else None,
+                      {c.key(): {"hangs": v[0], "exposure": v[1]} for c, v in self.evidence.items()},
+                      post, bpost if bpost.proper else None, self.decisions, self.trial_time, self.wall, self.steps,
+                      getattr(self, "threshold_mass", None), self.warnings)
+
+    def baseline(self) -> RatePosterior:
+        cfg = self.space.baseline
+        if self.s.prior:
+            k, e = self.s.prior
+            post = RatePosterior(k, e)
+            self.decide("baseline", f"baseline prior given: {k} hangs in {format_duration(e)} -> rate {fmt_interval(post)}")
+            return post
+        while self.hangs(cfg) < self.s.baseline_hangs:
+            k = self.hangs(cfg)
+            cap = (self.s.budget - self.wall) if self.s.budget is not None else math.inf
+            if k:
+                # Expect a hang within a few mean times to hang; a longer clean run is itself news.
+                cap = min(cap, 20.0 * self.exposure(cfg) / k)
+            if self.s.max_trial:
+                cap = min(cap, self.s.max_trial)
+            if math.isinf(cap):
+                cap = 24 * 3600.0
+            out = self.run(cfg, cap)
+            if out.skipped:
+                continue
+            post = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+            what = "hang" if out.hung else "no hang"
+            self.decide("baseline", f"baseline {cfg.describe()}: {what} after {format_duration(out.exposure)}; "
+                        f"{self.hangs(cfg)} hang(s) in {format_duration(self.exposure(cfg))}"
+                        + (f" -> rate {fmt_interval(post)}" if post.proper else
+                           f" -> rate below {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)"),
+                        hangs=self.hangs(cfg), exposure=self.exposure(cfg))
+        post = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+        self.decide("baseline", f"baseline reproduced {self.hangs(cfg)} times: mean time to hang "
+                    f"{format_duration(post.mean_time_to_hang)}, rate {fmt_interval(post)}")
+        return post
+
+    # ddmin ------------------------------------------------------------------
+    def test_changes(self, changes: frozenset[Change], alpha: float | None = None) -> bool:
+        """Does (top concurrency, changes) hang? One-sided sequential test.
+
+        Without `alpha` this is a screening test at ``ddmin_alpha`` (cached); with it,
+        a re-check at that level which tops up the exposure already collected.
+        """
+        if alpha is None and changes in self._dd_cache:
+            return self._dd_cache[changes]
+        cfg = Config(self.space.hi, changes)
+        if self.hangs(cfg):
+            self._dd_cache[changes] = True
+            return True
+        level = self.s.ddmin_alpha if alpha is None else alpha
+        kind = "screen" if alpha is None else "re-check"
+        while True:
+            post = self.pooled()
+            need = post.clean_needed(level, self.s.rate_ratio)
+            have = self.exposure(cfg)
+            if have >= need:
+                surv = post.survive(have, self.s.rate_ratio)
+                self.decide("changes", f"does NOT hang ({kind}): {cfg.describe()} -- clean for "
+                            f"{format_duration(have)}; P(that clean | hangs at >= {self.s.rate_ratio:g}x "
+                            f"{fmt_interval(post)}) = {surv:.2g} <= {level:.2g}",
+                            config=cfg.to_dict(), hung=False, exposure=have, alpha=level)
+                self._dd_cache[changes] = False
+                return False
+            out = self.run(cfg, need - have)
+            if out.hung:
+                self.decide("changes", f"still hangs: {cfg.describe()} -- hang after "
+                            f"{format_duration(self.exposure(cfg))} of exposure", config=cfg.to_dict(), hung=True,
+                            exposure=self.exposure(cfg))
+                self._dd_cache[changes] = True
+                return True
+
+    def minimize(self, changes: list[Change]) -> list[Change]:
+        """ddmin with screening tests, then a re-check of every single removal at the strict level.
+
+        Only the final re-checks decide whether the answer is right: an answer M is
+        wrong only if some M - {x} hangs and its re-check says it does not. So the
+        change budget alpha_dd is split over those re-checks (Bonferroni), and the
+        screening tests may be loose: a screening error costs time, not correctness.
+        """
+        c = self.ddmin(changes)
+        rnd = 0
+        while c:
+            rnd += 1
+            budget = self.alpha_dd * (0.8 if rnd == 1 else 0.2 * 0.5 ** (rnd - 2))
+            level = budget / len(c)
+            self.decide("changes", f"re-checking {len(c)} single removal(s) from {', '.join(map(str, c))} at "
+                        f"alpha {level:.2g} each")
+            for x in list(c):
+                rest = frozenset(y for y in c if y != x)
+                if self.test_changes(rest, alpha=level):
+                    self.decide("changes", f"re-check found that {x} is not needed: shrinking again")
+                    c = self.ddmin(sorted(rest))
+                    break
+            else:
+                break
+        self.decide("changes", f"fewest changes that still hang: {', '.join(map(str, c)) or 'none'}",
+                    changes=[str(x) for x in c])
+        return c
+
+    def ddmin(self, changes: list[Change]) -> list[Change]:
+        """Delta debugging (Zeller's ddmin) towards the fewest changes that still hang (screening tests)."""
+        if self.test_changes(frozenset()):
+            self.decide("changes", "a plain server hangs: no change is needed")
+            return []
+        c = sorted(changes)
+        n = 2
+        while len(c) >= 2:
+            size = len(c) / n
+            chunks = [c[int(round(i * size)):int(round((i + 1) * size))] for i in range(n)]
+            chunks = [ch for ch in chunks if ch]
+            reduced = False
+            for ch in chunks:
+                if self.test_changes(frozenset(ch)):
+                    c, n, reduced = ch, 2, True
+                    break
+            if not reduced:
+                for ch in chunks:
+                    comp = [x for x in c if x not in ch]
+                    if len(chunks) > 2 and comp and self.test_changes(frozenset(comp)):
+                        c, n, reduced = comp, max(n - 1, 2), True
+                        break
+            if not reduced:
+                if n >= len(c):
+                    break
+                n = min(2 * n, len(c))
+        return c
+
+    # concurrency ------------------------------------------------------------
+    def _prior_for_family(self, changes: frozenset[Change]) -> RatePosterior:
+        """Pooled evidence from hanging configurations outside this family, scaled by rate_ratio."""
+        k, e = (self.s.prior if self.s.prior else (0, 0.0))
+        for cfg, ev in self.evidence.items():
+            if cfg.changes != changes and ev[0] > 0:
+                k += int(ev[0])
+                e += ev[1]
+        return RatePosterior(k, e / self.s.rate_ratio if self.s.rate_ratio > 0 else e)
+
+    def threshold_posterior(self, changes: frozenset[Change], extra: tuple[int, float] | None = None) -> list[float]:
+        vals = self.space.values
+        prior = self._prior_for_family(changes)
+        hangs = [self.hangs(Config(v, changes)) for v in vals]
+        expo = [self.exposure(Config(v, changes)) for v in vals]
+        if extra is not None:
+            i = vals.index(extra[0])
+            expo[i] += extra[1]
+        # Below the top, a hanging concurrency may hang only rate_ratio x as often: clean exposure
+        # there is worth that much evidence (conservative near the threshold, where rates are lowest).
+        expo = [e if v == self.space.hi else e * self.s.rate_ratio for v, e in zip(vals, expo)]
+        logw = []
+        n = len(vals)
+        p_lo = self.s.lowest_prior if n > 1 else 1.0
+        for i in range(n):
+            if any(hangs[:i]):
+                logw.append(-math.inf)
+                continue
+            pr = p_lo if i == 0 else (1.0 - p_lo) / (n - 1)
+            lp = math.log(pr) if pr > 0 else -math.inf
+            k = prior.shape + sum(hangs[i:])
+            e = prior.rate + sum(expo[i:])
+            if k <= 0:
+                logw.append(lp)  # no information on the rate yet
+            else:
+                logw.append(lp + (math.lgamma(k) - k * math.log(e) if e > 0 else math.inf))
+        m = max(logw)
+        w = [math.exp(x - m) if x > -math.inf else 0.0 for x in logw]
+        z = sum(w)
+        return [x / z for x in w]
+
+    def _check_monotone(self, changes: frozenset[Change], lowest_hang: int) -> None:
+        vals = self.space.values
+        fam_k = sum(self.hangs(Config(v, changes)) for v in vals if v >= lowest_hang)
+        fam_e = sum(self.exposure(Config(v, changes)) for v in vals if v >= lowest_hang)
+        post = self._prior_for_family(changes).update(fam_k, fam_e)
+        for i, v in enumerate(vals):
+            cfg = Config(v, changes)
+            if v > lowest_hang and not self.hangs(cfg) and i not in self._warned:
+                p = post.survive(self.exposure(cfg))
+                if p < max(self.alpha_c, 1e-3) / 10:
+                    self._warned.add(i)
+                    self.warn(f"observation contradicts monotonicity: concurrency {v} stayed clean for "
+                              f"{format_duration(self.exposure(cfg))} (P = {p:.2g} if it hung like the rest) "
+                              f"although concurrency {lowest_hang} hung")
+
+    def concurrency(self, changes: frozenset[Change]) -> tuple[int, float]:
+        vals = self.space.values
+        while True:
+            post = self.threshold_posterior(changes)
+            hung_at = [v for v in vals if self.hangs(Config(v, changes))]
+            h = min(hung_at) if hung_at else self.space.hi
+            self._check_monotone(changes, h)
+            best = max(range(len(vals)), key=lambda i: (post[i], -i))
+            if post[best] >= 1.0 - self.alpha_c and vals[best] == h:
+                self.decide("concurrency", f"threshold: hangs from concurrency {vals[best]} "
+                            f"(posterior {post[best]:.3f} >= {1 - self.alpha_c:.3f})",
+                            threshold=vals[best], mass=post[best])
+                return vals[best], post[best]
+            cdf, acc = [], 0.0
+            for p in post:
+                acc += p
+                cdf.append(acc)
+            below = [i for i, v in enumerate(vals) if v < h]
+            if not below:  # h is the lowest value: nothing left to test
+                return h, post[vals.index(h)]
+            i = min(below, key=lambda j: (abs(cdf[j] - 0.5), -j))
+            c = vals[i]
+            if c == vals[below[-1]]:
+                target = self.alpha_c * 0.999  # next to the lowest hang: settle it in one run
+            else:
+                target = max(cdf[i] * 0.25, self.alpha_c * 0.999)
+            cap = self._exposure_to(changes, c, i, target)
+            cfg = Config(c, changes)
+            self.decide("concurrency", f"testing concurrency {c}: P(hangs) = {cdf[i]:.3f}; "
+                        f"up to {format_duration(cap)} clean to bring it to {target:.3g}",
+                        concurrency=c, p_hangs=cdf[i], cap=cap)
+            out = self.run(cfg, cap)
+            if out.skipped:
+                continue
+            if out.hung:
+                self.decide("concurrency", f"hang at concurrency {c} after {format_duration(out.exposure)}: "
+                            f"the threshold is at most {c}", concurrency=c, hung=True)
+            else:
+                newcdf = sum(self.threshold_posterior(changes)[: i + 1])
+                self.decide("concurrency", f"concurrency {c} clean for {format_duration(out.exposure)} "
+                            f"(total {format_duration(self.exposure(cfg))}): P(hangs) now {newcdf:.3g}",
+                            concurrency=c, hung=False, p_hangs=newcdf)
+
+    def _exposure_to(self, changes: frozenset[Change], c: int, i: int, target: float) -> float:
+        """Clean exposure at c that brings P(theta <= c) down to target (bisection on a monotone function)."""
+
+        def p(t: float) -> float:
+            return sum(self.threshold_posterior(changes, (c, t))[: i + 1])
+
+        lo, hi = 0.0, max(self.s.min_trial, 60.0)
+        for _ in range(60):
+            if p(hi) <= target:
+                break
+            lo, hi = hi, hi * 2
+        else:
+            return hi
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if p(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo < 1.0:
+                break
+        return hi
+
+    # confirmation -------------------------------------------------------------
+    def confirm(self, cfg: Config) -> None:
+        while self.hangs(cfg) < self.s.confirm_hangs:
+            k = self.hangs(cfg)
+            post = self.pooled()
+            # A config that hung before hangs again within ~20 of its own mean times to hang.
+            cap = 20.0 * (self.exposure(cfg) / k if k else post.mean_time_to_hang / self.s.rate_ratio)
+            out = self.run(cfg, cap)
+            if out.skipped:
+                continue
+            own = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+            self.decide("confirm", f"{cfg.describe()}: {'hang' if out.hung else 'clean'} after "
+                        f"{format_duration(out.exposure)}; {self.hangs(cfg)} of {self.s.confirm_hangs} hangs, rate "
+                        + (fmt_interval(own) if own.proper else
+                           f"below {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)"))
+        post = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+        self.decide("confirm", f"confirmed: {cfg.describe()} hung {self.hangs(cfg)} times in "
+                    f"{format_duration(self.exposure(cfg))}; rate {fmt_interval(post)}; mean time to hang "
+                    f"{format_duration(post.mean_time_to_hang)}")

@@ -1,0 +1,241 @@
+"""Real trials: a stress run (``repro.load.runner.run_stress``) on a server of the trial's own.
+
+Each trial launches its own vLLM server (its own port, storage directory and
+CPU/GPU slice), waits for it, runs the load for at most the step's share of
+clean exposure, and stops the server's process group. The outcome:
+
+* hung: the stress run detected a classified stall (exit 1); exposure is the
+  load time before the stall began (not the detection delay);
+* clean: no stall (exit 0); exposure is the load time;
+* skipped: the server did not start or could not be reached (exit 3) -- the
+  "could not test" of ``git bisect run`` (exit 125 from ``repro trial``).
+
+While the load runs, a heartbeat with the exposure so far (time since the
+stress run's ``start`` event) goes to the journal every few seconds, so a
+kill -9 loses at most one heartbeat interval of exposure.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from repro.bisect.search import Outcome
+from repro.bisect.space import Config, SearchSpace, apply
+from repro.errors import EXIT_INTERRUPTED, EXIT_STALL, EXIT_TARGET, ReproError, TargetError
+from repro.scenario import Scenario
+from repro.target import tinymodel
+from repro.target.launcher import VllmServer, has_gpu, port_free
+
+
+def cpu_slices(n: int) -> list[str]:
+    """Split this process's CPUs into n contiguous VLLM_CPU_OMP_THREADS_BIND lists ('0-3', '4-7', ...)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    if n <= 1 or len(cpus) < n:
+        return ["nobind"] * max(1, n)
+    per = len(cpus) // n
+    out = []
+    for i in range(n):
+        part = cpus[i * per:(i + 1) * per]
+        out.append(",".join(str(c) for c in part))
+    return out
+
+
+def gpu_slices(n: int) -> list[str | None]:
+    """Split the visible GPUs into n CUDA_VISIBLE_DEVICES lists (None: leave as is)."""
+    if n <= 1:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devs = [d for d in visible.split(",") if d] if visible else [str(p.name[len("nvidia"):]) for p in
+                                                                  sorted(Path("/dev").glob("nvidia[0-9]*"))]
+    if len(devs) < n:
+        return [None] * n
+    per = len(devs) // n
+    return [",".join(devs[i * per:(i + 1) * per]) for i in range(n)]
+
+
+def slot_env(slot: int, parallel: int) -> dict[str, str]:
+    if has_gpu():
+        g = gpu_slices(parallel)[slot]
+        return {"CUDA_VISIBLE_DEVICES": g} if g is not None else {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": cpu_slices(parallel)[slot]}
+
+
+def _load_started(trial_dir: Path) -> float | None:
+    """Wall time of the stress run's `start` event (when the load began), from events.jsonl."""
+    try:
+        with open(trial_dir / "events.jsonl") as f:
+            for line in f:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "start" and ev.get("wall"):
+                    w = ev["wall"]
+                    whole, _, frac = w.rstrip("Z").partition(".")
+                    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+    except OSError:
+        return None
+    return None
+
+
+def trial_scenario(base: Scenario, space: SearchSpace, cfg: Config, duration: float, port: int,
+                   slot: int, parallel: int, trial_dir: Path) -> Scenario:
+    model_dir = None
+    if base.server.model is None:
+        model_dir = tinymodel.ensure()
+    elif Path(base.server.model).expanduser().exists():
+        model_dir = Path(base.server.model).expanduser()
+    n_layers = tinymodel.model_layers(model_dir) if model_dir else None
+    scn = apply(base, space, cfg, n_layers)
+    scn.load.duration = duration
+    scn.load.requests = None
+    scn.server.port = port
+    scn.url = None
+    if parallel > 1:
+        scn.server.storage = str(Path(scn.server.storage) / f"slot{slot}")
+    scn.server.env = {**scn.server.env, **slot_env(slot, parallel)}
+    scn.out_dir = str(trial_dir)
+    if scn.on_stall == "restart":
+        scn.on_stall = "capture"
+    return scn
+
+
+def pick_port(base_port: int, slot: int, host: str) -> int:
+    for p in range(base_port + slot, base_port + slot + 200, max(1, 1)):
+        if port_free(host, p):
+            return p
+    raise TargetError(f"no free port from {base_port + slot}")
+
+
+class StressBackend:
+    """Runs a step as `parallel` real stress runs of one configuration; exposure adds across them."""
+
+    def __init__(self, base: Scenario, space: SearchSpace, run_dir: Path, parallel: int = 1,
+                 heartbeat: float = 5.0, say: Any = None) -> None:
+        self.base = base
+        self.space = space
+        self.run_dir = Path(run_dir)
+        self.parallel = max(1, parallel)
+        self.heartbeat = heartbeat
+        self.say = say or (lambda s: None)
+        self._servers: list[VllmServer] = []
+        self._lock = threading.Lock()
+
+    def run_step(self, step: int, cfg: Config, cap: float, hooks: Any) -> Outcome:
+        n = self.parallel
+        each = cap / n
+        results: list[dict[str, Any] | None] = [None] * n
+        errors: list[BaseException] = []
+        t0 = time.monotonic()
+
+        def one(slot: int) -> None:
+            try:
+                results[slot] = self.run_trial(step, slot, cfg, each, hooks)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+
+        if n == 1:
+            one(0)
+        else:
+            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+            try:
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.5)
+            except BaseException:
+                self.stop_all()
+                raise
+        if errors:
+            raise errors[0]
+        done = [r for r in results if r is not None]
+        tested = [r for r in done if not r["skipped"]]
+        hung = any(r["hung"] for r in tested)
+        return Outcome(hung=hung, exposure=sum(r["exposure"] for r in tested), wall=time.monotonic() - t0,
+                       trial_time=sum(r["trial_time"] for r in done), skipped=not tested,
+                       detail={"trials": [r["dir"] for r in done],
+                               "reason": "; ".join(r.get("reason", "") for r in done if r["skipped"])[:300]})
+
+    def stop_all(self) -> None:
+        with self._lock:
+            servers = list(self._servers)
+        for s in servers:
+            s.stop(grace=5.0)
+
+    def run_trial(self, step: int, slot: int, cfg: Config, duration: float, hooks: Any) -> dict[str, Any]:
+        from repro.load.display import Progress
+        from repro.load.runner import run_stress
+
+        trial_dir = self.run_dir / "trials" / f"step{step:04d}-slot{slot}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        port = pick_port(self.base.server.port, slot, self.base.server.host)
+        scn = trial_scenario(self.base, self.space, cfg, duration, port, slot, self.parallel, trial_dir)
+        tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3))
+        server = VllmServer(scn.server, trial_dir)
+        with self._lock:
+            self._servers.append(server)
+        t0 = time.monotonic()
+        self.say(f"  trial {tid} (slot {slot}, port {port}): {cfg.describe()}, up to {duration:.0f} s of load; "
+                 f"log {trial_dir / 'server.log'}")
+        try:
+            try:
+                server.start()
+                server.wait_ready()
+            except ReproError as exc:
+                server.stop()
+                hooks.trial_end(tid, hung=False, exposure=0.0, trial_time=time.monotonic() - t0, skipped=True,
+                                detail={"reason": exc.message.splitlines()[0][:200], "dir": str(trial_dir)})
+                return {"hung": False, "exposure": 0.0, "trial_time": time.monotonic() - t0, "skipped": True,
+                        "reason": exc.message.splitlines()[0][:200], "dir": str(trial_dir)}
+            box: dict[str, Any] = {}
+            log = open(trial_dir / "progress.log", "w")
+
+            def go() -> None:
+                try:
+                    box["res"] = run_stress(scn, trial_dir, server=server,
+                                            progress=Progress(tty=False, every=60.0, stream=log))
+                except BaseException as exc:  # noqa: BLE001
+                    box["exc"] = exc
+
+            th = threading.Thread(target=go, daemon=True)
+            th.start()
+            while th.is_alive():
+                th.join(self.heartbeat)
+                started = _load_started(trial_dir)
+                if th.is_alive() and started is not None:
+                    hooks.heartbeat(tid, max(0.0, time.time() - started))
+            log.close()
+            if "exc" in box:
+                raise box["exc"]
+            res = box["res"]
+        finally:
+            server.stop(grace=5.0)
+            with self._lock:
+                if server in self._servers:
+                    self._servers.remove(server)
+        spent = time.monotonic() - t0
+        if res.exit_code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        skipped = res.exit_code == EXIT_TARGET or res.exit_code not in (0, EXIT_STALL)
+        hung = res.exit_code == EXIT_STALL
+        stall = (res.summary or {}).get("stall") or {}
+        detail = {"dir": str(trial_dir), "outcome": res.outcome, "class": stall.get("class"),
+                  "since_s": stall.get("since_s"), "exit_code": res.exit_code}
+        if skipped:
+            detail["reason"] = res.error or res.outcome
+        hooks.trial_end(tid, hung=hung, exposure=0.0 if skipped else res.exposure_s, trial_time=spent,
+                        skipped=skipped, detail=detail)
+        self.say(f"  trial {tid}: {'STALL (' + str(stall.get('class')) + ')' if hung else res.outcome} after "
+                 f"{res.exposure_s:.0f} s of exposure")
+        return {"hung": hung, "exposure": 0.0 if skipped else res.exposure_s, "trial_time": spent,
+                "skipped": skipped, "reason": detail.get("reason", ""), "dir": str(trial_dir)}

@@ -1,0 +1,281 @@
+"""`repro bisect`: shrink a rare hang to a small, fast reproducer, with statistics for rare events.
+
+Only parses flags into a search space, settings and a base scenario, then calls
+:mod:`repro.bisect.driver`. See :mod:`repro.bisect.search` for the method.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from repro.bisect import driver, journal, output
+from repro.bisect.search import Decision, Settings
+from repro.bisect.space import DEFAULT_PLAIN_STORAGE, Change, SearchSpace, parse_range, space_from_toml
+from repro.commands.options import passthrough, server_options, server_settings
+from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, UsageError
+from repro.rundir import new_run_dir
+from repro.scenario import DetectSettings, LoadSettings, Scenario
+from repro.units import format_duration, parse_duration
+
+SERVER_START = 60.0  # a vLLM start on the tiny model takes 35-60 s: part of every real trial
+
+
+def parse_budget(text: str | None) -> float | None:
+    """--budget: hours as a number ("48", "0.5") or a duration ("90m", "2h")."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    try:
+        hours = float(t)
+    except ValueError:
+        return parse_duration(t, "--budget")
+    if hours <= 0:
+        raise UsageError(f"--budget {text}: must be positive")
+    return hours * 3600.0
+
+
+def parse_prior(text: str | None) -> tuple[int, float] | None:
+    """--prior K/DUR: K hangs seen in DUR of load on the baseline, e.g. 3/15h."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text)
+    if not m:
+        raise UsageError(f"--prior {text!r}: write HANGS/DURATION, e.g. 3/15h (3 hangs in 15 hours of load)")
+    k, e = int(m.group(1)), parse_duration(m.group(2), "--prior duration")
+    if k < 1 or e <= 0:
+        raise UsageError(f"--prior {text!r}: needs at least one hang in a positive duration")
+    return k, e
+
+
+def build_space(space_file: str | None, concurrency: str | None, step: int | None, changes: tuple[str, ...],
+                plain_storage: str | None, max_trial: str | None, budget: str | None) -> SearchSpace:
+    if space_file:
+        sp = space_from_toml(space_file)
+        if concurrency is not None:
+            sp.lo, sp.hi = parse_range(concurrency)
+        if changes:
+            sp.changes = tuple(Change.parse(c) for c in changes)
+        if plain_storage:
+            sp.plain_storage = plain_storage
+        if step:
+            sp.step = step
+        sp.__post_init__()
+    else:
+        if concurrency is None:
+            raise UsageError("give the search space: --concurrency LO-HI (and --change ...) or --space FILE.toml")
+        lo, hi = parse_range(concurrency)
+        sp = SearchSpace(lo, hi, tuple(Change.parse(c) for c in changes),
+                         plain_storage=plain_storage or DEFAULT_PLAIN_STORAGE, step=step or 1)
+    if max_trial is not None:
+        sp.max_trial = parse_duration(max_trial, "--max-trial")
+        if sp.max_trial <= 0:
+            raise UsageError("--max-trial must be positive")
+    if budget is not None:
+        sp.budget = parse_budget(budget)
+    return sp
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+    sys.stderr.flush()
+
+
+def _report(d: Decision) -> None:
+    tag = {"warning": "WARNING", "stop": "STOP", "result": "RESULT"}.get(d.phase, d.phase)
+    click.echo(f"[{tag}] {d.text}")
+    sys.stdout.flush()
+
+
+@click.command("bisect", context_settings={"show_default": True})
+@server_options
+@click.option("--space", "space_file", default=None, metavar="FILE.toml",
+              help="Search space from a TOML file (concurrency, changes, plain_storage, max_trial, budget).")
+@click.option("--concurrency", "-c", default=None, metavar="LO-HI", help="Concurrency range; the baseline is HI.")
+@click.option("--step", type=click.IntRange(min=1), default=None, help="Step between tested concurrencies.")
+@click.option("--change", "changes", multiple=True, metavar="TOGGLE[=VALUE]",
+              help="A difference from a plain server/client present in the baseline (repeat): extract=N, "
+                   "storage=PATH, async-scheduling=on|off, chunked-prefill=on|off, prefix-caching=on|off, "
+                   "max-num-seqs=N, timeout=S, retries=N, consume=keep|move:DIR, arg='--flag value'.")
+@click.option("--plain-storage", default=None, metavar="DIR",
+              help=f"Storage of the plain configuration (default {DEFAULT_PLAIN_STORAGE}).")
+@click.option("--max-trial", default=None, metavar="DUR", help="Longest single trial (e.g. 2h).")
+@click.option("--budget", default=None, metavar="HOURS", help="Total wall-clock budget (hours, or 90m / 2h).")
+@click.option("--alpha", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.05,
+              help="Overall error level: the chance that the answer is not minimal.")
+@click.option("--baseline-hangs", type=click.IntRange(min=1), default=3,
+              help="Reproduce the baseline this many times before shrinking.")
+@click.option("--prior", default=None, metavar="K/DUR",
+              help="Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h).")
+@click.option("--rate-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+              help="A configuration 'still hangs' if it hangs at least this fraction as often as the baseline.")
+@click.option("--confirm-hangs", type=click.IntRange(min=1), default=3,
+              help="Hangs the final configuration must show.")
+@click.option("--min-trial", default="60", metavar="DUR", help="Shortest clean exposure asked of one step.")
+@click.option("--parallel", type=click.IntRange(min=1), default=1,
+              help="Trials side by side, each with its own server, port and CPU/GPU slice.")
+@click.option("--simulate", default=None, metavar="MODEL.toml",
+              help="Replace trials by draws from a known hazard in virtual time (see repro.bisect.sim).")
+@click.option("--resume", default=None, metavar="DIR", help="Continue the search journaled in DIR.")
+@click.option("--log", "log_dir", default=None, metavar="DIR", help="Print the journal of DIR and exit.")
+@click.option("--undo", "undo_dir", default=None, metavar="DIR",
+              help="Void the last step of DIR (e.g. a false alarm), then exit; --resume re-plans.")
+@click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/bisect-<time>).")
+@click.option("--workload-prompt-len", "prompt_len", default="128-1024", metavar="LO-HI", help="Prompt tokens.")
+@click.option("--max-tokens", type=int, default=16, help="Tokens per request when extraction is off (chat).")
+@click.option("--seed", type=int, default=0, help="Load seed.")
+@click.option("--window", default="180", metavar="DUR", help="Stall detector window.")
+@click.option("--poll-interval", type=float, default=1.0, help="Seconds between /metrics polls.")
+@click.option("--min-bad", type=int, default=3, help="Consecutive bad polls needed as well as the window.")
+@click.option("--startup-grace", default="60", metavar="DUR", help="Detector grace after the load starts.")
+@click.option("--on-stall", type=click.Choice(["capture", "exit"]), default="capture",
+              help="On a stall in a trial: capture a bundle (evidence) or just end the trial.")
+@click.option("--heartbeat", type=float, default=5.0, help="Seconds between journal heartbeats of a running trial.")
+@passthrough
+def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
+    """Shrink a rare, stochastic hang to the smallest configuration that still hangs.
+
+    \b
+    1. reproduce the baseline (top of --concurrency, every --change) --baseline-hangs times;
+    2. ddmin over the changes towards a plain server; 3. Bayesian bisection over concurrency;
+    4. confirm the result with --confirm-hangs hangs.
+    Clean trials are sized from the Gamma-Poisson posterior so that the overall chance of a
+    non-minimal answer stays within --alpha. Every fact goes to an fsync'ed journal in the run
+    directory: --resume DIR continues after a crash without losing or double-counting exposure.
+
+    \b
+    Writes minimal.json, repro_min.sh, repro_min.py and ISSUE_bisect.md into the run directory.
+
+    \b
+      repro bisect --concurrency 1-32 --change extract=4 --change storage=/mnt/nfs/hs \\
+                   --change timeout=120 --change retries=3 --max-trial 2h --budget 48
+      repro bisect --simulate model.toml --out runs/sim
+      repro bisect --resume repro-runs/bisect-20261128-120000
+    """
+    if kw["log_dir"]:
+        for line in journal.describe(journal.Journal(Path(kw["log_dir"]) / journal.JOURNAL_NAME)):
+            click.echo(line)
+        if not (Path(kw["log_dir"]) / journal.JOURNAL_NAME).exists():
+            raise UsageError(f"--log {kw['log_dir']}: no bisect journal there")
+        return EXIT_OK
+    if kw["undo_dir"]:
+        click.echo(driver.undo_last(Path(kw["undo_dir"])))
+        return EXIT_OK
+
+    resume = kw["resume"]
+    given_space = kw["space_file"] or kw["concurrency"] or kw["changes"] or kw["simulate"]
+    sim_model = None
+    if kw["simulate"]:
+        from repro.bisect.sim import load_model
+
+        sim_model = load_model(kw["simulate"])
+    spec = None
+    if given_space:
+        if sim_model is not None and not (kw["space_file"] or kw["concurrency"] or kw["changes"]):
+            space = sim_model.space
+            if kw["max_trial"]:
+                space.max_trial = parse_duration(kw["max_trial"], "--max-trial")
+            if kw["budget"]:
+                space.budget = parse_budget(kw["budget"])
+        else:
+            space = build_space(kw["space_file"], kw["concurrency"], kw["step"], kw["changes"], kw["plain_storage"],
+                                kw["max_trial"], kw["budget"])
+        min_trial = parse_duration(kw["min_trial"], "--min-trial")
+        settings = Settings(alpha=kw["alpha"], baseline_hangs=kw["baseline_hangs"], prior=parse_prior(kw["prior"]),
+                            rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
+                            max_trial=space.max_trial, min_trial=min_trial, budget=space.budget)
+        if sim_model is not None and sim_model.space.identity() != space.identity():
+            raise UsageError(f"--simulate {kw['simulate']}: the model's space differs from the one given; "
+                             "put the space in the model file only")
+        mode = "simulate" if sim_model is not None else "real"
+        base = None if sim_model is not None else _base_scenario(kw, vllm_args)
+        one_trial = (sim_model.overhead if sim_model is not None else SERVER_START + parse_duration(
+            kw["startup_grace"], "--startup-grace")) + min_trial
+        if space.budget is not None and space.budget < one_trial:
+            raise UsageError(f"--budget {format_duration(space.budget)} is too small for one trial "
+                             f"(at least {format_duration(one_trial)}: start-up + warm-up + --min-trial)")
+        extra: dict[str, Any] = {"simulate": str(Path(kw["simulate"]).resolve()) if kw["simulate"] else None,
+                                 "parallel": kw["parallel"], "heartbeat": kw["heartbeat"]}
+        if base is not None:
+            extra["scenario"] = base.to_dict()
+        spec = driver.SearchSpec(space, settings, mode, extra)
+    elif not resume:
+        raise UsageError("give the search space: --concurrency LO-HI (and --change ...), --space FILE.toml, "
+                         "--simulate MODEL.toml, or --resume DIR")
+
+    run_dir = Path(resume) if resume else new_run_dir("bisect", kw["out"])
+    if resume and not run_dir.is_dir():
+        raise UsageError(f"--resume {resume}: no such directory")
+    jr, spec, recorded = driver.start_or_resume(run_dir, spec, bool(resume))
+    if resume:
+        total = journal.total_exposure(jr)
+        _say(f"resuming {run_dir}: {len(recorded)} steps journaled, {format_duration(total)} of exposure "
+             "(killed trials counted up to their last heartbeat)")
+    parallel = int(spec.extra.get("parallel", kw["parallel"]) or 1)
+    if resume and kw["parallel"] != 1:
+        parallel = kw["parallel"]
+    base_scn: Scenario | None = None
+    if spec.mode == "simulate":
+        from repro.bisect.sim import SimBackend, load_model
+
+        model = sim_model or load_model(spec.extra["simulate"])
+        backend: Any = SimBackend(model, parallel)
+    else:
+        from repro.bisect.trials import StressBackend
+
+        base_scn = Scenario.from_dict(spec.extra["scenario"])
+        backend = StressBackend(base_scn, spec.space, run_dir, parallel, float(spec.extra.get("heartbeat", 5.0)), _say)
+
+    _say(f"bisect run directory: {run_dir} (journal {jr.path})")
+    s = spec.settings
+    _say(f"space: concurrency {spec.space.lo}-{spec.space.hi}, changes: "
+         f"{', '.join(str(c) for c in spec.space.changes) or 'none'}; alpha {s.alpha}, "
+         + (f"prior {s.prior[0]} hangs in {format_duration(s.prior[1])}" if s.prior else
+            f"baseline reproduced {s.baseline_hangs} times")
+         + f", parallel {parallel}" + (f", budget {format_duration(s.budget)}" if s.budget else ""))
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = driver.run_search(jr, spec, recorded, backend, _report, _say)
+    except KeyboardInterrupt:
+        if hasattr(backend, "stop_all"):
+            backend.stop_all()
+        _say(f"interrupted: the journal is consistent; continue with  repro bisect --resume {run_dir}")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        jr.close()
+    paths = output.write_outputs(run_dir, result, spec.space, spec.settings, base_scn, spec.mode)
+    for name, p in paths.items():
+        _say(f"wrote {p}")
+    _say(f"{result.steps} steps, {result.trial_time / 3600:.2f} trial-hours, {result.wall / 3600:.2f} wall-hours")
+    if result.status == "untestable":
+        return EXIT_TARGET
+    if result.status != "minimal":
+        _say(f"the search stopped before a minimal configuration ({result.status}); evidence is in minimal.json; "
+             f"raise --budget and continue with  repro bisect --resume {run_dir}")
+    return EXIT_OK
+
+
+def _base_scenario(kw: dict[str, Any], vllm_args: tuple[str, ...]) -> Scenario:
+    server = server_settings(kw, vllm_args)
+    lo, _, hi = kw["prompt_len"].partition("-")
+    try:
+        plen = (int(lo), int(hi or lo))
+    except ValueError:
+        raise UsageError(f"--workload-prompt-len {kw['prompt_len']!r}: use N or LO-HI") from None
+    load = LoadSettings(prompt_len=plen, max_tokens=kw["max_tokens"], seed=kw["seed"])
+    detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
+                            min_bad_evaluations=kw["min_bad"],
+                            startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
+    scn = Scenario(server=server, load=load, detect=detect, on_stall=kw["on_stall"])
+    scn.validate()
+    return scn
