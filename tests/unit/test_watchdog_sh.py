@@ -22,7 +22,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "watchdog.sh"
 
 
 class FakeVllm:
-    """/metrics and /health of a vLLM server with two engines; the test sets the state."""
+    """/metrics, /health and /v1/models of a vLLM server with two engines; the test sets the state."""
 
     def __init__(self) -> None:
         self.running = 0
@@ -30,6 +30,7 @@ class FakeVllm:
         self.gen = 1000.0
         self.advance = 0.0  # tokens added per /metrics read
         self.metrics_reads = 0
+        self.lookalike = True  # a series whose name only starts like vllm:num_requests_running
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,6 +42,8 @@ class FakeVllm:
                     body = fake.page().encode()
                 elif self.path == "/health":
                     body = b""
+                elif self.path == "/v1/models":
+                    body = b'{"data": [{"id": "tiny model"}]}'
                 elif self.path == "/progress":  # what a restart command of the tests calls
                     fake.running, fake.advance = 4, 7.0
                     body = b"ok"
@@ -73,8 +76,9 @@ class FakeVllm:
             f'vllm:prompt_tokens_created{{engine="0",model_name="tiny model"}} 1.7e+09',
             f'vllm:generation_tokens_total{{engine="0",model_name="tiny model"}} {self.gen / 2}',
             f'vllm:generation_tokens_total{{engine="1",model_name="tiny model"}} {self.gen / 2}',
-            'vllm:num_requests_running_total{engine="0"} 5.0',  # a name that only starts the same
         ]
+        if self.lookalike:
+            lines.append('vllm:num_requests_running_total{engine="0"} 5.0')
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:

@@ -1,0 +1,211 @@
+"""`repro watch`: a production watchdog that captures the evidence of a stall before it restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from repro.commands.options import passthrough, server_options, server_settings
+from repro.errors import EXIT_OK, UsageError
+from repro.rundir import new_run_dir
+from repro.scenario import CaptureSettings, DetectSettings, Scenario
+from repro.units import parse_duration
+from repro.watch.events import EventLog
+from repro.watch.policy import PolicySettings
+from repro.watch.promstats import WatchMetrics
+from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
+from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target, url_host_port
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    return parse_duration(value, f"--{param.name.replace('_', '-')}")  # type: ignore[union-attr]
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise WatchStopped(signum)
+
+
+def _say(msg: str) -> None:
+    click.echo(f"{time.strftime('%H:%M:%S')} watch: {msg}", err=True)
+
+
+@click.command("watch", context_settings={"show_default": True})
+@click.option("--serve", is_flag=True, help="Launch vLLM (the `repro serve` options below) and own its process group.")
+@click.option("--docker", "docker_name", default=None, metavar="NAME",
+              help="Watch a container: follow `docker logs`, restart with `docker stop` + `docker start` "
+                   "(or --restart-cmd). The server's URL is --url (default http://127.0.0.1:PORT).")
+@click.option("--url", default=None, metavar="URL", help="The server to watch when repro did not launch it.")
+@click.option("--pid", type=int, default=None, help="With --url: the server's root process (for stacks and liveness).")
+@click.option("--restart-cmd", default=None, metavar="CMD",
+              help="How to restart an attached server (`sh -c CMD`), e.g. 'docker compose restart vllm'.")
+@click.option("--restart-timeout", default="5m", callback=_duration, help="How long the restart command may take.")
+@click.option("--log-file", default=None, metavar="FILE", help="With --url/--docker: the server log to follow.")
+@click.option("--api-key", envvar="VLLM_API_KEY", default=None, show_default=False, show_envvar=True,
+              help="Bearer token of the server.")
+@server_options
+@click.option("--window", default="180s", callback=_duration,
+              help="How long a bad state must last before it is a stall (the shared detector's window).")
+@click.option("--min-bad", "min_bad", type=click.IntRange(min=1), default=3,
+              help="K: consecutive bad evaluations needed on top of the window.")
+@click.option("--poll-interval", default="1s", callback=_duration, help="Seconds between evaluations.")
+@click.option("--startup-grace", default="60s", callback=_duration,
+              help="After the model answers, no stall is declared for this long.")
+@click.option("--probe/--no-probe", default=False,
+              help="Send one tiny request every --probe-interval (outside any workload), so that an idle "
+                   "server and a stuck one can be told apart.")
+@click.option("--probe-interval", default="30s", callback=_duration, help="Seconds between probes.")
+@click.option("--probe-timeout", default="10s", callback=_duration, help="A probe not answered by then counts as stuck.")
+@click.option("--capture/--no-capture", "do_capture", default=True, help="Capture a bundle before each restart.")
+@click.option("--capture-budget", default="120s", callback=_duration,
+              help="The restart waits this long for the capture at most (the capture never blocks it).")
+@click.option("--capture-samples", type=click.IntRange(min=1), default=3, help="py-spy samples per process.")
+@click.option("--capture-interval", default="2s", callback=_duration, help="Seconds between samples.")
+@click.option("--collect-env/--no-collect-env", default=True, help="Run vLLM's collect_env into the bundle.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=5,
+              help="Give up (exit 1) when the server stalls again after this many restarts within an hour.")
+@click.option("--backoff", default="10s", callback=_duration,
+              help="Wait before the second restart; doubles for each further one.")
+@click.option("--backoff-max", default="5m", callback=_duration, help="The longest back-off.")
+@click.option("--reset-after", default="10m", callback=_duration,
+              help="Healthy time after which the back-off starts from --backoff again.")
+@click.option("--on-stall", "on_stall", default=None, metavar="CMD",
+              help="Notification hook, run with `sh -c` after each capture; REPRO_BUNDLE (tarball or dir), "
+                   "REPRO_BUNDLE_DIR, REPRO_STALL_CLASS, REPRO_CAPTURE_STATUS, REPRO_WATCH_URL and REPRO_EVENTS "
+                   "are in its environment. It never delays the restart.")
+@click.option("--hook-timeout", default="5m", callback=_duration, help="The hook is killed after this long.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the watchdog's own Prometheus counters on this port.")
+@click.option("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
+@click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
+@passthrough
+@click.pass_context
+def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str | None, pid: int | None,
+            restart_cmd: str | None, restart_timeout: float, log_file: str | None, api_key: str | None,
+            window: float, min_bad: int, poll_interval: float, startup_grace: float, probe: bool,
+            probe_interval: float, probe_timeout: float, do_capture: bool, capture_budget: float,
+            capture_samples: int, capture_interval: float, collect_env: bool, max_restarts: int, backoff: float,
+            backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
+            metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
+            vllm_args: tuple[str, ...], **kwargs: Any) -> int:
+    """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
+
+    \b
+    repro watch --serve [serve options] [-- VLLM_ARGS]   repro launches vLLM and owns its process group
+    repro watch --docker NAME [--url URL]               a container (docker stop/start, or --restart-cmd)
+    repro watch --url URL [--pid PID] --restart-cmd CMD  anything else (systemd, compose, ...)
+
+    It never sends load of its own unless --probe is given. A stall is what the stress detector
+    calls one (running requests with flat token counters, a silent log after a 0.0 tokens/s
+    line, an unanswered probe, a dead server) lasting --window and --min-bad evaluations.
+    Then: capture (at most --capture-budget), stop by process group or container (never by
+    name), confirm the port (and GPU memory) are free, back off, start, wait until the model
+    answers. Every decision goes to events.jsonl. Exit 1 after giving up (--max-restarts in an
+    hour), 3 when the target cannot be reached or restarted, 0 after --duration or SIGTERM.
+    """
+    modes = [m for m, on in (("--serve", serve), ("--docker", bool(docker_name)), ("--url", bool(url)))
+             if on]
+    if serve and len(modes) > 1:
+        raise UsageError(f"--serve launches its own server: it cannot be combined with {modes[1]}")
+    if not modes:
+        raise UsageError("say what to watch: --serve, --docker NAME, or --url URL --restart-cmd CMD")
+    explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    settings = server_settings(kwargs, vllm_args)
+    if not serve:
+        launch_only = sorted(n for n in explicit if n not in ("port", "storage"))
+        if vllm_args or launch_only:
+            what = "arguments after --" if vllm_args else "--" + launch_only[0].replace("_", "-")
+            raise UsageError(f"{what} only apply with --serve (repro launches the server)")
+    if pid is not None and not url:
+        raise UsageError("--pid goes with --url (the server to watch)")
+    if url and not docker_name and not restart_cmd:
+        raise UsageError("--url needs --restart-cmd: repro did not launch that server and must be told how to "
+                         "restart it (e.g. --restart-cmd 'systemctl restart vllm')")
+    if serve and restart_cmd:
+        raise UsageError("--restart-cmd is for --url/--docker: with --serve repro restarts the server itself")
+    if metrics_port is not None and metrics_port == settings.port and serve:
+        raise UsageError(f"--metrics-port {metrics_port} is the server's --port")
+    for name, value in (("--poll-interval", poll_interval), ("--window", window), ("--probe-interval", probe_interval),
+                        ("--capture-budget", capture_budget)):
+        if value <= 0:
+            raise UsageError(f"{name} must be positive")
+
+    detect = DetectSettings(poll_interval=poll_interval, window=window, min_bad_evaluations=min_bad,
+                            startup_grace=startup_grace)
+    detect.validate()
+    if hasattr(detect, "probe_timeout"):
+        detect.probe_timeout = probe_timeout
+    policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
+                            max_restarts=max_restarts)
+    policy.validate()
+    capture = CaptureSettings(samples=capture_samples, interval=capture_interval) if do_capture else None
+    if capture is not None and hasattr(capture, "collect_env"):
+        capture.collect_env = collect_env
+    ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
+                       on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
+                       duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key)
+
+    storage = settings.storage if "storage" in explicit else None
+    target: Target
+    if serve:
+        target_url = None
+    elif docker_name:
+        target_url = url or f"http://127.0.0.1:{settings.port}"
+        url_host_port(target_url)
+    else:
+        assert url is not None
+        target_url = url
+        url_host_port(target_url)
+
+    if not serve:  # bad input fails here, before a run directory or anything else exists
+        probe_target: Target = (DockerTarget(docker_name, target_url, restart_cmd, restart_timeout, log_file, storage,
+                                             api_key) if docker_name else
+                                ExternalTarget(target_url, restart_cmd or "", pid, restart_timeout, log_file, storage,
+                                               api_key))
+        probe_target.check()
+    run_dir = new_run_dir("watch", out)
+    if serve:
+        target = ServeTarget(settings, run_dir)
+        scn = Scenario(server=settings, detect=detect, capture=capture or CaptureSettings(), on_stall="restart",
+                       out_dir=str(run_dir))
+    elif docker_name:
+        target = probe_target
+        scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, docker=docker_name,
+                       log_file=log_file, storage_path=storage, on_stall="restart", out_dir=str(run_dir))
+    else:
+        target = probe_target
+        scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, log_file=log_file,
+                       storage_path=storage, on_stall="restart", out_dir=str(run_dir))
+    watch_json = {"mode": target.kind, "target_url": target.url, "watch": {k: v for k, v in dataclasses.asdict(ws).items()
+                                                                        if k != "api_key"},
+                  "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": sys.argv}
+    (run_dir / "watch.json").write_text(json.dumps(watch_json, indent=2, default=str) + "\n")
+
+    events = EventLog(run_dir / "events.jsonl")
+    metrics = WatchMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port, metrics_host)
+    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(),
+                     repro_command=["repro", *sys.argv[1:]] if sys.argv and "repro" in Path(sys.argv[0]).name else None)
+    _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return sup.run(check=serve)
+    except WatchStopped as exc:
+        _say(f"stopped by signal {exc.signum}")
+        return EXIT_OK
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        metrics.close()
+        events.close()

@@ -1,0 +1,166 @@
+"""One poll of a watched server -> the shared detector's :class:`Observation`.
+
+``repro stress`` builds its observations inside its asyncio load runner; the watchdog
+has no load and no event loop, so it polls synchronously: /metrics (parsed by
+:func:`repro.monitor.metrics.parse_metrics`), the new lines of the server log (stats lines
+and fatal markers, parsed by :mod:`repro.monitor.logs`), whether the server process is
+alive, and the optional probe. The stall decision itself is the detector's.
+
+The probe (``--probe``) is the watchdog's only traffic: one tiny request every
+``--probe-interval`` in a thread, never part of any workload. It is presented to the
+detector as a one-request client: a probe that is answered is progress (an idle server is
+healthy), a probe in flight while the server reports nothing is a suspect, and a probe
+that times out makes it an engine stall.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Protocol
+
+from repro.load.workloads import FileChecker, read_response
+from repro.monitor.detector import REFUSED, ClientSnapshot, Observation
+from repro.monitor.logs import fatal_marker, parse_stats_line
+from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
+
+PROBE_PROMPT = [10, 11]
+
+
+class LineSource(Protocol):
+    def read_lines(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def scrape(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[MetricsSample | None, str | None]:
+    """GET /metrics -> (sample, None) or (None, error) with the detector's error names."""
+    req = urllib.request.Request(url + "/metrics", headers=_headers(api_key))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return None, f"http {exc.code}"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, (ConnectionRefusedError, ConnectionResetError)):
+            return None, REFUSED
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return None, "timeout"
+        return None, "connect"
+    except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
+        return None, REFUSED
+    except (socket.timeout, TimeoutError):
+        return None, "timeout"
+    except OSError:
+        return None, "connect"
+    try:
+        return parse_metrics(text), None
+    except MetricsParseError:
+        return None, "parse"
+
+
+class Prober:
+    """Sends one tiny completion every `interval` s from a thread; the detector sees it as a client."""
+
+    def __init__(self, url: str, model: str, interval: float, timeout: float, api_key: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url, self.model, self.interval, self.timeout, self.api_key = url, model, interval, timeout, api_key
+        self.clock = clock
+        self.in_flight = 0
+        self.completed = 0
+        self.failed = 0
+        self.sent = 0
+        self._result: tuple[str, int] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checker = FileChecker(consume="delete")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="repro-watch-probe", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.probe_once()
+
+    def probe_once(self) -> str:
+        body = json.dumps({"model": self.model, "prompt": PROBE_PROMPT, "max_tokens": 1}).encode()
+        req = urllib.request.Request(self.url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json", **_headers(self.api_key)})
+        with self._lock:
+            self.in_flight += 1
+            self.sent += 1
+        result: tuple[str, int] = ("error", 0)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                info = read_response(json.loads(r.read()))
+            result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
+            if info.hs_path:  # the probe's hidden-state file is nobody's: remove it once written
+                threading.Thread(target=self._checker.discard, args=(info.hs_path,), daemon=True).start()
+        except (socket.timeout, TimeoutError):
+            result = ("timeout", 0)
+        except urllib.error.URLError as exc:
+            result = ("timeout" if isinstance(exc.reason, (socket.timeout, TimeoutError)) else "error", 0)
+        except (OSError, ValueError, http.client.HTTPException):
+            result = ("error", 0)
+        with self._lock:
+            self.in_flight -= 1
+            if result[0] == "ok":
+                self.completed += 1
+            else:
+                self.failed += 1
+            self._result = result
+        return result[0]
+
+    def take(self) -> tuple[ClientSnapshot, str | None, int]:
+        """The client view now, and the probe that ended since the previous call (result, tokens)."""
+        with self._lock:
+            snap = ClientSnapshot(in_flight=self.in_flight, completed=self.completed, failed=self.failed)
+            res, self._result = self._result, None
+        return snap, (res[0] if res else None), (res[1] if res else 0)
+
+
+class Observer:
+    """Builds one Observation per call from /metrics, the log, the process and the probe."""
+
+    def __init__(self, url: str, log: LineSource | None = None, alive: Callable[[], bool | None] | None = None,
+                 prober: Prober | None = None, clock: Callable[[], float] = time.monotonic,
+                 timeout: float = 5.0, api_key: str | None = None) -> None:
+        self.url, self.log, self.alive, self.prober = url, log, alive, prober
+        self.clock, self.timeout, self.api_key = clock, timeout, api_key
+        self.warnings: list[str] = []
+
+    def observe(self) -> Observation:
+        metrics, err = scrape(self.url, self.timeout, self.api_key)
+        stats, fatal = [], None
+        for line in (self.log.read_lines() if self.log is not None else []):
+            s = parse_stats_line(line)
+            if s is not None:
+                stats.append(s)
+            else:
+                fatal = fatal or fatal_marker(line)
+        client, probe, probe_tokens = (self.prober.take() if self.prober is not None else (None, None, 0))
+        alive = self.alive() if self.alive is not None else None
+        return Observation(self.clock(), metrics, err, alive, tuple(stats), fatal, client,
+                           probe=probe, probe_tokens=probe_tokens)
+
+    def close(self) -> None:
+        if self.prober is not None:
+            self.prober.close()
+        if self.log is not None:
+            self.log.close()
