@@ -396,7 +396,8 @@ class Search:
         for i, v in enumerate(vals):
             cfg = Config(v, changes)
             if v > lowest_hang and not self.hangs(cfg) and i not in self._warned:
-                p = post.survive(self.exposure(cfg))
+                others = RatePosterior(post.shape, post.rate - self.exposure(cfg))  # judge it by the rest
+                p = others.survive(self.exposure(cfg))
                 if p < max(self.alpha_c, 1e-3) / 10:
                     self._warned.add(i)
                     self.warn(f"observation contradicts monotonicity: concurrency {v} stayed clean for "

@@ -168,7 +168,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         return EXIT_OK
 
     resume = kw["resume"]
-    given_space = kw["space_file"] or kw["concurrency"] or kw["changes"] or kw["simulate"]
+    given_space = kw["space_file"] or kw["concurrency"] is not None or kw["changes"] or kw["simulate"]
     sim_model = None
     if kw["simulate"]:
         from repro.bisect.sim import load_model
@@ -176,7 +176,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         sim_model = load_model(kw["simulate"])
     spec = None
     if given_space:
-        if sim_model is not None and not (kw["space_file"] or kw["concurrency"] or kw["changes"]):
+        if sim_model is not None and not (kw["space_file"] or kw["concurrency"] is not None or kw["changes"]):
             space = sim_model.space
             if kw["max_trial"]:
                 space.max_trial = parse_duration(kw["max_trial"], "--max-trial")

@@ -46,12 +46,25 @@ def _run(**kw: Any) -> int:
     return out
 
 
+HELP = """One stress run for `git bisect run`: the options of `repro stress`, git's exit codes.
+
+\b
+    0    no stall within the duration             -> good
+    1    a classified stall                       -> bad
+    125  the target did not start / was unreachable -> skip this commit
+    2    bad options (fix them first: git bisect run reads 2 as "bad")
+    130  interrupted (git bisect run stops)
+
+\b
+    git bisect run repro trial --duration 2h --concurrency 32 --window 180
+"""
+
+
 def _build() -> click.Command:
     stress = _stress()
     return click.Command(
         "trial", params=list(stress.params), callback=_run, context_settings=dict(stress.context_settings),
-        help=(__doc__ or "").split("\n\n", 1)[1] + "\n\nExample:\n\n\b\n    git bisect run repro trial --duration 2h "
-             "--concurrency 32 --window 180", short_help="one stress run for `git bisect run` (0 good, 1 stall, 125 skip)")
+        help=HELP, short_help="one stress run for `git bisect run` (0 good, 1 stall, 125 skip)")
 
 
 command = _build()

@@ -1,0 +1,97 @@
+"""`repro bisect` and its standalone reproducer against a REAL vLLM (CPU, tiny model).
+
+The fault plugin's `hazard=R,min_running=N` stalls the real scheduler at random, at R per
+hour while at least N requests run and never otherwise: a real engine with a known threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repro.bisect.output import write_outputs
+from repro.bisect.search import Result, Settings
+from repro.bisect.space import Config, SearchSpace
+from repro.bisect.stats import RatePosterior
+from tests.conftest import free_port
+from tests.integration.conftest import SharedServer, require_vllm
+
+THRESHOLD = 4
+
+
+def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tmp_path: Path) -> None:
+    """GIVEN a real vLLM that stalls quickly once >= 4 requests run WHEN bisecting concurrency 2-6
+    THEN the minimal concurrency is 4 +- 1, with minimal.json, repro_min.sh/.py and the ISSUE section."""
+    require_vllm()
+    run = tmp_path / "bisect"
+    storage = f"/dev/shm/repro-bisect-it-{os.getpid()}"
+    cmd = [sys.executable, "-m", "repro", "bisect", "--concurrency", "2-6",
+           "--inject", f"hazard=36000,min_running={THRESHOLD}",
+           "--prior", "3/6s", "--confirm-hangs", "1", "--min-trial", "10s",
+           "--window", "3", "--poll-interval", "0.5", "--min-bad", "3", "--startup-grace", "5",
+           "--on-stall", "exit", "--workload-prompt-len", "16-64", "--heartbeat", "2",
+           "--port", str(free_port()), "--plain-storage", storage, "--budget", "12m", "--out", str(run)]
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((run / "minimal.json").read_text())
+    assert doc["status"] == "minimal", r.stdout
+    found = doc["config"]["concurrency"]
+    assert abs(found - THRESHOLD) <= 1, f"found {found}, truth {THRESHOLD}\n{r.stdout}"
+    assert doc["rate"]["hangs"] >= 1
+    assert any(e["hangs"] == 0 and e["exposure_s"] > 0 for e in doc["evidence"]), "no clean trial below the threshold"
+    assert "vllm" in doc["server_command"][0] and "--port" in doc["server_command"]
+    for name in ("repro_min.sh", "repro_min.py", "ISSUE_bisect.md", "journal.jsonl"):
+        assert (run / name).exists(), name
+    assert "[concurrency]" in r.stdout and "CI" in r.stdout  # decisions printed with credible intervals
+    print(f"bisect took {elapsed:.0f} s: {r.stdout}")
+
+
+def _minimal_script(tmp: Path, url: str) -> Path:
+    """A repro_min.py as `repro bisect` writes it, copied where repro is not importable from its folder."""
+    sp = SearchSpace(1, 4)
+    cfg = Config(4, frozenset())
+    res = Result("minimal", cfg, {cfg.key(): {"hangs": 3, "exposure": 30.0}}, RatePosterior(3, 30.0), None, [],
+                 100.0, 100.0, 3)
+    out = tmp / "out"
+    out.mkdir()
+    write_outputs(out, res, sp, Settings(), None, "simulate")
+    script = tmp / "standalone" / "repro_min.py"
+    script.parent.mkdir()
+    shutil.copy(out / "repro_min.py", script)
+    return script
+
+
+def test_repro_min_py_runs_standalone_and_exits_1_on_a_stall_0_without(vllm_server: SharedServer,
+                                                                        tmp_path: Path) -> None:
+    script = _minimal_script(tmp_path, vllm_server.url)
+    text = script.read_text()
+    assert "import repro" not in text and "from repro" not in text  # runnable without repro installed
+    base = [sys.executable, str(script), "--url", vllm_server.url, "--concurrency", "4", "--workload", "chat",
+            "--prompt-len", "16-64", "--window", "3", "--poll", "0.5"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    healthy = subprocess.run(base + ["--duration", "8"], capture_output=True, text=True, timeout=60, env=env,
+                             cwd=script.parent)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "no stall" in healthy.stdout
+    vllm_server.inject("stall-after=2")
+    try:
+        t0 = time.monotonic()
+        stalled = subprocess.run(base + ["--duration", "120"], capture_output=True, text=True, timeout=180, env=env,
+                                 cwd=script.parent)
+        took = time.monotonic() - t0
+    finally:
+        vllm_server.release()
+    assert stalled.returncode == 1, stalled.stdout + stalled.stderr
+    assert "STALL" in stalled.stdout and took < 60

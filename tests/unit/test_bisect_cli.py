@@ -1,0 +1,112 @@
+"""Bad input to `repro bisect` / `repro trial`: one clear line, exit 2 (and 125 for a target that cannot be tested)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro.bisect.space import Change, SearchSpace, space_from_toml
+from repro.errors import UsageError
+from tests.conftest import free_port
+
+MODEL = """
+[space]
+concurrency = [1, 8]
+changes = ["storage=/mnt/nfs/hs"]
+[hazard]
+mean_time_to_hang = "1h"
+requires = ["storage"]
+[sim]
+seed = 1
+"""
+
+
+def repro(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("rng, words", [("8-2", "inverted"), ("", "empty"), ("0-4", "at least 1"),
+                                        ("a-b", "whole numbers")])
+def test_bad_concurrency_range_is_one_line_exit_2(rng: str, words: str) -> None:
+    line = one_line_error(repro("bisect", "--concurrency", rng, "--out", "/tmp/repro-bisect-never"))
+    assert words in line
+
+
+def test_unknown_toggle_is_one_line_exit_2_naming_the_known_ones() -> None:
+    line = one_line_error(repro("bisect", "--concurrency", "1-8", "--change", "turbo=on"))
+    assert "unknown toggle 'turbo'" in line and "storage" in line
+
+
+def test_budget_too_small_for_one_trial_is_refused(tmp_path: Path) -> None:
+    line = one_line_error(repro("bisect", "--concurrency", "1-8", "--budget", "1m", "--out", str(tmp_path / "r")))
+    assert "too small for one trial" in line
+
+
+def test_budget_too_small_in_simulation_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text(MODEL)
+    line = one_line_error(repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--budget", "30s"))
+    assert "too small for one trial" in line
+
+
+def test_journal_from_another_search_is_refused_on_resume_and_on_reuse(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text(MODEL)
+    run = tmp_path / "run"
+    assert repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(run)).returncode == 0
+    other = tmp_path / "other.toml"
+    other.write_text(MODEL.replace("[1, 8]", "[1, 16]"))
+    line = one_line_error(repro("bisect", "--simulate", str(other), "--resume", str(run)))
+    assert "another search" in line
+    line = one_line_error(repro("bisect", "--simulate", str(other), "--out", str(run)))
+    assert "another search" in line
+
+
+def test_resume_of_a_directory_without_journal_is_refused(tmp_path: Path) -> None:
+    line = one_line_error(repro("bisect", "--resume", str(tmp_path)))
+    assert "no bisect journal" in line
+
+
+def test_missing_space_is_refused() -> None:
+    line = one_line_error(repro("bisect"))
+    assert "--concurrency" in line
+
+
+@pytest.mark.parametrize("text, msg", [("storage", "needs a value"), ("extract=0", "whole number"),
+                                       ("prefix-caching=maybe", "on or off"), ("consume=delete", "plain client")])
+def test_change_values_are_validated(text: str, msg: str) -> None:
+    with pytest.raises(UsageError, match=msg):
+        Change.parse(text)
+
+
+def test_same_toggle_twice_is_refused() -> None:
+    with pytest.raises(UsageError, match="given twice"):
+        SearchSpace(1, 4, (Change.parse("timeout=10"), Change.parse("timeout=20")))
+
+
+def test_space_toml_with_unknown_key_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text('concurrency = [1, 4]\nchangez = ["timeout=1"]\n')
+    with pytest.raises(UsageError, match="unknown key"):
+        space_from_toml(p)
+
+
+def test_trial_exits_125_when_the_target_cannot_be_reached(tmp_path: Path) -> None:
+    """git bisect run must skip (125), not mark bad, a commit whose server does not answer."""
+    r = repro("trial", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "5", "--out", str(tmp_path / "t"))
+    assert r.returncode == 125, (r.stdout, r.stderr)
+    assert "could not test" in r.stderr or "skip" in r.stderr
+
+
+def test_trial_bad_option_exits_2() -> None:
+    r = repro("trial", "--concurrency", "0", "--url", "http://127.0.0.1:1")
+    assert r.returncode == 2

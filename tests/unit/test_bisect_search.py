@@ -1,0 +1,155 @@
+"""The bisect search against simulated ground truth (virtual time, no server)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from repro.bisect.search import Outcome, Search, Settings
+from repro.bisect.sim import Hazard, SimModel
+from repro.bisect.space import Change, Config, SearchSpace
+from repro.bisect.stats import RatePosterior
+
+CHANGES = ("extract=4", "storage=/mnt/nfs/hs", "timeout=120", "retries=3")
+
+
+class Sim:
+    """Trials drawn from a known hazard; records every request the search makes."""
+
+    def __init__(self, space: SearchSpace, rate_of, seed: int) -> None:  # type: ignore[no-untyped-def]
+        self.space = space
+        self.rate_of = rate_of
+        self.rng = random.Random(seed)
+        self.requests: list[tuple[Config, float]] = []
+
+    def run(self, cfg: Config, cap: float) -> Outcome:
+        self.requests.append((cfg, cap))
+        lam = self.rate_of(cfg)
+        t = self.rng.expovariate(lam) if lam > 0 else math.inf
+        run = min(t, cap)
+        return Outcome(t < cap, run, 60 + run, 60 + run)
+
+
+def space() -> SearchSpace:
+    return SearchSpace(1, 16, tuple(Change.parse(c) for c in CHANGES))
+
+
+def search_with(hazard: Hazard, seed: int, **settings: object) -> tuple[Search, Sim]:
+    sp = space()
+    sim = Sim(sp, lambda cfg: hazard.rate_of(sp, cfg), seed)
+    return Search(sp, Settings(**settings), sim), sim  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name, hazard", [
+    ("threshold in concurrency", Hazard(1 / 3600, 6, (), 0.5)),
+    ("storage only", Hazard(1 / 3600, 1, ("storage",))),
+    ("two toggles and a threshold", Hazard(1 / 3600, 4, ("extract", "timeout"))),
+    ("no dependence", Hazard(1 / 3600, 1, ())),
+])
+def test_search_finds_the_true_minimal_configuration_at_least_95_percent_of_seeds(name: str, hazard: Hazard) -> None:
+    """GIVEN a known hazard WHEN searching 40 seeds THEN >= 38 answers equal the ground truth."""
+    sp = space()
+    truth = hazard.truth(sp)
+    right = 0
+    for seed in range(40):
+        s, _ = search_with(hazard, seed)
+        r = s.run_all()
+        assert r.status == "minimal"
+        right += r.config == truth
+    assert right >= 38, f"{name}: {right}/40 correct"
+
+
+def test_answers_are_never_below_the_truth_because_hangs_are_definitive() -> None:
+    """A wrong answer can only be non-minimal: never a concurrency below the threshold or a missing change."""
+    hz = Hazard(1 / 3600, 6, ("storage",), 0.5)
+    sp = space()
+    for seed in range(30):
+        r = search_with(hz, seed)[0].run_all()
+        assert r.config is not None
+        assert r.config.concurrency >= 6
+        assert hz.required(sp) <= r.config.changes
+
+
+def test_first_screening_test_is_sized_from_the_baseline_posterior_not_a_point_estimate() -> None:
+    hz = Hazard(1 / 3600, 1, ("storage",))
+    s, sim = search_with(hz, 7)
+    s.run_all()
+    base = [e for e in sim.requests if e[0] == sp_baseline()]
+    assert len(base) == 3  # the baseline reproduced 3 times (each trial ends at its hang)
+    k, e = 3, sum(min(c, 1e18) for _, c in base[:0]) or s.evidence[sp_baseline()][1]
+    cfg, cap = sim.requests[3]  # the plain server, screened first
+    assert cfg.changes == frozenset()
+    expected = RatePosterior(k, e).clean_needed(0.1, ratio=0.5)
+    assert cap == pytest.approx(expected, rel=1e-6)
+    # ... which is the Gamma mixture's answer, longer than the point estimate's ln(10)/(ratio*rate)
+    assert cap > math.log(10) / (0.5 * k / e)
+
+
+def sp_baseline() -> Config:
+    return space().baseline
+
+
+def test_hanging_config_ends_the_step_at_the_first_hang() -> None:
+    hz = Hazard(1.0, 1, ())
+    s, sim = search_with(hz, 1, prior=(3, 3.0))
+    r = s.run_all()
+    assert r.config == Config(1, frozenset())
+    assert all(cap >= 0 for _, cap in sim.requests)
+    assert r.trial_time < 60 * len(sim.requests) + 100  # every step was a quick hang
+
+
+def test_observation_contradicting_monotonicity_is_reported() -> None:
+    """GIVEN a hazard that hangs at concurrency 2 but never at 3-16 (except the baseline) THEN a warning says so."""
+    sp = SearchSpace(1, 16)
+
+    def rate(cfg: Config) -> float:
+        return 1 / 600 if cfg.concurrency in (2, 16) else 0.0
+
+    sim = Sim(sp, rate, 3)
+    s = Search(sp, Settings(lowest_prior=0.01), sim)
+    # Force evidence: a long clean run at 12 and then a hang at 2.
+    s.evidence[Config(16, frozenset())] = [3, 1800.0]
+    s.evidence[Config(12, frozenset())] = [0, 50 * 3600.0]
+    s.evidence[Config(2, frozenset())] = [1, 300.0]
+    s._check_monotone(frozenset(), 2)
+    assert any("contradicts monotonicity" in w and "concurrency 12" in w for w in s.warnings)
+
+
+def test_no_warning_when_clean_runs_are_explained_by_chance() -> None:
+    sp = SearchSpace(1, 16)
+    s = Search(sp, Settings(), Sim(sp, lambda c: 0.0, 0))
+    s.evidence[Config(16, frozenset())] = [3, 3 * 3600.0]
+    s.evidence[Config(12, frozenset())] = [0, 600.0]
+    s.evidence[Config(2, frozenset())] = [1, 3600.0]
+    s._check_monotone(frozenset(), 2)
+    assert s.warnings == []
+
+
+def test_budget_stops_the_search_with_status_budget() -> None:
+    hz = Hazard(1 / 3600, 8, ("storage",))
+    s, _ = search_with(hz, 2, budget=5 * 3600.0)
+    r = s.run_all()
+    assert r.status == "budget"
+    assert r.config is None
+    assert r.wall <= 5 * 3600.0 + 60 * r.steps
+
+
+def test_given_prior_replaces_baseline_reproduction() -> None:
+    hz = Hazard(1 / 3600, 1, ())
+    s, sim = search_with(hz, 4, prior=(3, 3 * 3600.0))
+    s.run_all()
+    assert sim.requests[0][0] != space().baseline  # no baseline trial: the first step already shrinks
+
+
+def test_threshold_posterior_is_zero_above_a_hang_and_sums_to_one() -> None:
+    sp = SearchSpace(1, 8)
+    s = Search(sp, Settings(), Sim(sp, lambda c: 0.0, 0))
+    s.evidence[Config(8, frozenset())] = [3, 3600.0]
+    s.evidence[Config(5, frozenset())] = [1, 100.0]
+    s.evidence[Config(3, frozenset())] = [0, 36000.0]
+    post = s.threshold_posterior(frozenset())
+    assert sum(post) == pytest.approx(1.0)
+    assert post[5:] == [0.0, 0.0, 0.0]  # theta in 6..8 impossible: 5 hung
+    assert post[3] + post[4] > 0.9  # 3 was clean for long: the threshold is 4 or 5
