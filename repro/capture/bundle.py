@@ -120,7 +120,7 @@ class BundleWriter:
             if not p.exists():
                 continue
             before = p.stat().st_size
-            keep = max(0, before - (size - budget))
+            keep = max(0, before - (size - budget) - 256)  # 256: room for the note below
             data = p.read_bytes()
             cut = data[len(data) - keep:] if keep else b""
             nl = cut.find(b"\n")

@@ -82,21 +82,26 @@ _NOT_HOST_SUFFIX = re.compile(
     r"html|js|whl|cfg|ini|pt|bin|env|d|conf|service|socket|target|[0-9]+)$")
 
 
+def _argv_roles(argv: Iterable[str]) -> list[tuple[str, str]]:
+    """(arg, role) with role `value` (the argument after a secret flag), `flag=value`, `flag` or `plain`."""
+    out: list[tuple[str, str]] = []
+    for a in argv:
+        if out and out[-1][1] == "flag":
+            out.append((a, "value"))
+            continue
+        flag, eq, _ = a.partition("=")
+        if flag.startswith("-") and secret_name(flag.lstrip("-")):
+            out.append((a, "flag=value" if eq else "flag"))
+        else:
+            out.append((a, "plain"))
+    return out
+
+
 def argv_secrets(argv: Iterable[str]) -> list[str]:
     """The values of secret-named flags in a command line (`--api-key X`, `--hf-token=X`)."""
-    out, take = [], False
-    for a in argv:
-        if take:
-            out.append(a)
-            take = False
-            continue
-        flag, eq, val = a.partition("=")
-        if flag.startswith("-") and secret_name(flag.lstrip("-")):
-            if eq:
-                out.append(val)
-            else:
-                take = True
-    return [v for v in out if len(v) >= 4]
+    vals = [a if role == "value" else a.partition("=")[2] for a, role in _argv_roles(argv)
+            if role in ("value", "flag=value")]
+    return [v for v in vals if len(v) >= 4]
 
 
 def secret_name(name: str) -> bool:
@@ -210,25 +215,13 @@ class Redactor:
 
     def argv(self, argv: Iterable[str]) -> list[str]:
         """A command line with secret flag values masked (both `--api-key X` and `--api-key=X`)."""
-        args = list(argv)
         out: list[str] = []
-        hide_next = False
-        for a in args:
-            if hide_next:
+        for a, role in _argv_roles(argv):
+            if role in ("value", "flag=value"):
                 self.counts["secret_flag"] += 1
-                out.append(MASK)
-                hide_next = False
-                continue
-            flag, eq, _ = a.partition("=")
-            if flag.startswith("-") and secret_name(flag.lstrip("-")):
-                if eq:
-                    self.counts["secret_flag"] += 1
-                    out.append(f"{flag}={MASK}")
-                else:
-                    out.append(a)
-                    hide_next = True
-                continue
-            out.append(self.text(a))
+                out.append(MASK if role == "value" else f"{a.partition('=')[0]}={MASK}")
+            else:
+                out.append(a if role == "flag" else self.text(a))
         return out
 
     def report(self) -> dict[str, object]:

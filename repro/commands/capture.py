@@ -25,7 +25,7 @@ def _resolve_pid(pid: int) -> int:
         raise TargetError(f"--pid {pid}: no such process")
     try:
         root = procs.find_server_root(pid)
-        found = procs.find_vllm_processes(root)
+        found = [v for v in procs.find_vllm_processes(root) if procs.classify(v.title) != "other"]
     except psutil.NoSuchProcess:
         raise TargetError(f"--pid {pid}: the process exited") from None
     if not found:

@@ -1,0 +1,82 @@
+"""Bad input to `repro capture`, `repro analyze`, `repro issue`: one clear line on stderr, non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from repro.cli import main
+from repro.errors import EXIT_TARGET, EXIT_USAGE
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as ei:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(ei.value.code or 0), out, err
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_capture_of_a_pid_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["capture", "--pid", "4999999"], capsys)
+    assert code == EXIT_TARGET
+    assert one_line(err) == "error: --pid 4999999: no such process"
+
+
+def test_capture_of_a_process_that_is_not_vllm(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["capture", "--pid", str(os.getpid())], capsys)
+    assert code == EXIT_USAGE
+    assert "is not a vLLM server" in one_line(err)
+
+
+def test_capture_without_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["capture"], capsys)
+    assert code == EXIT_USAGE and "say what to capture" in one_line(err)
+
+
+def test_capture_of_a_container_that_is_not_running(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `docker` that reports the container as stopped (the engine is not available here, so a stub)."""
+    stub = tmp_path / "docker"
+    stub.write_text("#!/bin/sh\necho 'false 0'\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    code, _, err = run_cli(["capture", "--docker", "vllm-prod"], capsys)
+    assert code == EXIT_TARGET
+    assert one_line(err) == "error: Docker container 'vllm-prod' is not running"
+
+
+@pytest.mark.skipif(shutil.which("docker") is not None, reason="docker is installed here")
+def test_capture_with_docker_but_no_docker_installed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["capture", "--docker", "vllm-prod"], capsys)
+    assert code == EXIT_TARGET and "docker command is not installed" in err.splitlines()[0]
+
+
+def test_capture_of_a_directory_that_is_not_a_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(["capture", str(tmp_path)], capsys)
+    assert code == EXIT_USAGE and "not a repro run directory" in one_line(err)
+
+
+@pytest.mark.parametrize("cmd", ["analyze", "issue"])
+def test_a_path_that_is_not_a_bundle(cmd: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    for path, why in ((tmp_path, "no manifest.json"), (tmp_path / "notes.txt", "neither a bundle directory"),
+                      (tmp_path / "missing", "no such file or directory")):
+        code, _, err = run_cli([cmd, str(path)], capsys)
+        assert code == EXIT_USAGE
+        assert why in one_line(err)
+
+
+def test_a_manifest_from_something_else_is_not_a_bundle(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"name": "some other tool"}')
+    code, _, err = run_cli(["analyze", str(tmp_path)], capsys)
+    assert code == EXIT_USAGE and "was not written by repro" in one_line(err)
