@@ -133,6 +133,7 @@ class CaptureSettings:
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
     collect_env: bool = True  # run `python -m vllm.collect_env` with the server's Python
     collect_env_timeout: float = 60.0  # runs in parallel with sampling; killed after this
+    collect_env_cache: str | None = ""  # "": ~/.cache/repro/collect-env (24 h); None: never cache; else a dir
     log_tail_bytes: int = 4 * 1000 * 1000  # of the server log, before the size budget trims further
 
 

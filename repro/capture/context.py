@@ -12,7 +12,6 @@ import platform
 import re
 import shutil
 import stat as stat_mod
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -87,9 +86,20 @@ def read_log_tail(path: Path, max_bytes: int = 4 * 1000 * 1000, stats_scan_bytes
         start = max(0, size - max(max_bytes, stats_scan_bytes))
         f.seek(start)
         data = f.read()
-    text = data.decode("utf-8", "replace")
+    tail, stats, more = tail_and_stats(data.decode("utf-8", "replace"), max_bytes, stats_lines, partial=start > 0)
+    info.update(more)
+    try:
+        info["mtime_age_s"] = round(time.time() - path.stat().st_mtime, 1)
+    except OSError:
+        pass
+    return tail, stats, info
+
+
+def tail_and_stats(text: str, max_bytes: int, stats_lines: int = 20,
+                   partial: bool = False) -> tuple[str, list[str], dict[str, Any]]:
+    """The last `max_bytes` of whole lines, and the last stats lines of all of `text`."""
     lines = text.splitlines()
-    if start > 0 and lines:
+    if partial and lines:
         lines = lines[1:]  # a partial first line
     stats = [ln for ln in lines if STATS_MARK in ln][-stats_lines:]
     tail_bytes, tail = 0, []
@@ -99,12 +109,7 @@ def read_log_tail(path: Path, max_bytes: int = 4 * 1000 * 1000, stats_scan_bytes
             break
         tail.append(ln)
     tail.reverse()
-    info.update(lines_kept=len(tail), truncated=start > 0 or len(tail) < len(lines))
-    try:
-        info["mtime_age_s"] = round(time.time() - path.stat().st_mtime, 1)
-    except OSError:
-        pass
-    return "\n".join(tail) + "\n", stats, info
+    return "\n".join(tail) + "\n", stats, {"lines_kept": len(tail), "truncated": partial or len(tail) < len(lines)}
 
 
 def proc_cmdline(pid: int) -> list[str] | None:
@@ -162,37 +167,63 @@ def server_python(root_pid: int | None, server_command: list[str] | None) -> str
     return None
 
 
-def collect_env(python: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`python -m vllm.collect_env` with the server's own Python, under a time box."""
-    cmd = [python, "-m", "vllm.collect_env"]
-    run_env = dict(env) if env else None
-    rc, out, err, dt, timed_out = _run(cmd, timeout, run_env)
-    return {"command": cmd, "exit_code": rc, "duration": dt, "timed_out": timed_out,
-            "text": out if out.strip() else err, "ok": rc == 0 and bool(out.strip()) and not timed_out,
-            "stderr": err}
+COLLECT_ENV_CACHE_TTL = 24 * 3600.0
+_ENV_PREFIXES = ("VLLM_", "CUDA", "NCCL", "TORCH", "PYTORCH", "LD_LIBRARY_PATH", "OMP_", "NVIDIA", "HF_HUB_OFFLINE",
+                 "PATH")
 
 
-def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int | None, str, str, float, bool]:
-    if env is None:
-        return run_with_timeout(cmd, timeout)
-    t0 = time.monotonic()
+def collect_env_cache_key(python: str, env: dict[str, str] | None) -> str:
+    """Same interpreter, same installed packages (site-packages mtime) and same relevant env → same output."""
+    real = os.path.realpath(python)
+    parts: list[str] = [python, real]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-    except OSError as exc:
-        return None, "", f"{cmd[0]}: {exc.strerror or exc}", time.monotonic() - t0, False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), \
-            time.monotonic() - t0, False
-    except subprocess.TimeoutExpired:
+        parts.append(str(os.stat(real).st_mtime_ns))
+    except OSError:
+        pass
+    for sp in sorted(Path(python).parent.parent.glob("lib/python3*/site-packages")):
         try:
-            os.killpg(proc.pid, 9)
-        except (ProcessLookupError, PermissionError):
+            parts.append(f"{sp}:{sp.stat().st_mtime_ns}")
+        except OSError:
+            continue
+    parts += sorted(f"{k}={v}" for k, v in (env or {}).items() if k.startswith(_ENV_PREFIXES))
+    import hashlib
+
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro" / "collect-env"
+
+
+def collect_env(python: str, timeout: float, env: dict[str, str] | None = None,
+                cache_dir: Path | None = None) -> dict[str, Any]:
+    """`python -m vllm.collect_env` with the server's own Python, under a time box.
+
+    A successful output is cached (`cache_dir`, 24 h) under a key of the interpreter, its site-packages and the
+    relevant environment: collect-env takes 15-40 s on a busy machine, and watch captures the same server again.
+    """
+    cmd = [python, "-m", "vllm.collect_env"]
+    key = collect_env_cache_key(python, env)
+    cached = cache_dir / f"{key}.txt" if cache_dir else None
+    if cached is not None:
+        try:
+            if time.time() - cached.stat().st_mtime < COLLECT_ENV_CACHE_TTL:
+                return {"command": cmd, "exit_code": 0, "duration": 0.0, "timed_out": False,
+                        "text": cached.read_text(), "ok": True, "stderr": "", "cached": str(cached)}
+        except OSError:
             pass
-        out, err = proc.communicate()
-        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), \
-            time.monotonic() - t0, True
+    rc, out, err, dt, timed_out = run_with_timeout(cmd, timeout, dict(env) if env else None)
+    ok = rc == 0 and bool(out.strip()) and not timed_out
+    if ok and cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(out)
+            os.replace(tmp, cached)
+        except OSError:
+            pass
+    return {"command": cmd, "exit_code": rc, "duration": dt, "timed_out": timed_out,
+            "text": out if out.strip() else err, "ok": ok, "stderr": err, "cached": None}
 
 
 def fallback_env(python: str | None, timeout: float) -> dict[str, Any]:

@@ -17,6 +17,11 @@ def exec_pyspy_command(name: str, pid_in_container: int, *flags: str, pyspy: str
     return ["docker", "exec", name, pyspy, "dump", "--pid", str(pid_in_container), *flags]
 
 
+def logs_command(name: str, lines: int = 20000) -> list[str]:
+    """The container's log (vLLM's stdout/stderr) when no --log-file is given."""
+    return ["docker", "logs", "--tail", str(lines), name]
+
+
 def parse_inspect(name: str, rc: int, out: str, err: str) -> int:
     """The host pid of the container's init; TargetError with one clear line otherwise."""
     if rc != 0:

@@ -81,12 +81,13 @@ def classify_failure(exit_code: int | None, stderr: str) -> str:
     return "failed"
 
 
-def run_with_timeout(cmd: list[str], timeout: float) -> tuple[int | None, str, str, float, bool]:
+def run_with_timeout(cmd: list[str], timeout: float,
+                     env: dict[str, str] | None = None) -> tuple[int | None, str, str, float, bool]:
     """Run cmd in its own process group; on expiry SIGKILL the group. Returns (rc, out, err, seconds, timed_out)."""
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     except FileNotFoundError as exc:
         return None, "", f"{cmd[0]}: not found ({exc.strerror})", time.monotonic() - t0, False
     except PermissionError as exc:

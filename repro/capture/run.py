@@ -191,7 +191,9 @@ def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] 
     python = context.server_python(root, req.server_command)
     res: dict[str, Any] = {"python": python}
     if python:
-        ce = context.collect_env(python, s.collect_env_timeout, env)
+        ce = context.collect_env(python, s.collect_env_timeout, env,
+                                 cache_dir=None if s.collect_env_cache is None else
+                                 (Path(s.collect_env_cache) if s.collect_env_cache else context.default_cache_dir()))
         res["collect_env"] = ce
         if ce["ok"]:
             return res
@@ -357,17 +359,30 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
 
 
 def _write_log(w: BundleWriter, req: CaptureRequest) -> list[str]:
-    if not req.log_path:
-        return []
+    """The log tail and the last stats lines: from --log-file, else `docker logs` of the container."""
     t0 = time.monotonic()
-    try:
-        tail, stats, info = context.read_log_tail(Path(req.log_path), req.settings.log_tail_bytes)
-    except OSError as exc:
-        w.error("server log", f"cannot read {req.log_path}: {exc.strerror or exc}")
+    if req.log_path:
+        command: list[str] | str = f"tail {req.log_path}"
+        try:
+            tail, stats, info = context.read_log_tail(Path(req.log_path), req.settings.log_tail_bytes)
+        except OSError as exc:
+            w.error("server log", f"cannot read {req.log_path}: {exc.strerror or exc}")
+            return []
+    elif req.docker:
+        command = docker_mod.logs_command(req.docker)
+        rc, out, err, dt, timed_out = pyspy.run_with_timeout(command, 30.0)
+        if rc != 0 or timed_out:
+            w.record("server log tail", command=command, exit_code=rc, duration=dt, timed_out=timed_out,
+                     output=None, error=(err.strip().splitlines() or ["failed"])[-1])
+            w.error("server log", f"`{' '.join(command)}` failed", "Pass the log with --log-file.")
+            return []
+        # vLLM logs to stderr: docker keeps both streams; order between them is approximate.
+        tail, stats, info = context.tail_and_stats(out + err, req.settings.log_tail_bytes)
+    else:
         return []
     w.write_text("context/server.log.tail", tail)
     w.write_text("context/stats-lines.txt", "\n".join(stats) + ("\n" if stats else "(no stats line in the log)\n"))
-    w.record("server log tail", command=f"tail {req.log_path}", exit_code=0, duration=time.monotonic() - t0,
+    w.record("server log tail", command=command, exit_code=0, duration=time.monotonic() - t0,
              output="context/server.log.tail", **info)
     return [w.redactor.text(s) for s in stats]
 
@@ -440,7 +455,7 @@ def _write_env(w: BundleWriter, res: dict[str, Any], still_running: bool) -> Non
     if ce:
         w.write_text("context/collect-env.txt", ce["text"])
         w.record("collect-env", command=ce["command"], exit_code=ce["exit_code"], duration=ce["duration"],
-                 timed_out=ce["timed_out"], output="context/collect-env.txt",
+                 timed_out=ce["timed_out"], output="context/collect-env.txt", cached=ce.get("cached"),
                  error=None if ce["ok"] else (ce["stderr"].strip().splitlines() or ["failed"])[-1])
         if not ce["ok"]:
             w.error("collect-env", f"`{' '.join(ce['command'])}` failed or timed out "
