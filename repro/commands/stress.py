@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from repro.commands.options import passthrough, server_options, server_settings
+from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
 from repro.rundir import new_run_dir
 from repro.scenario import DetectSettings, LoadSettings, Scenario
@@ -91,6 +92,11 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
               help="capture: hand the run to the capture stage, then exit 1; exit: exit 1 at once; "
                    "restart: not supported by stress (use `repro watch`).")
 @click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
+@click.option("--replicas", type=int, default=1,
+              help="With --executor ray: this many independent soaks, each with its own server on its node.")
+@click.option("--keep-going", is_flag=True, default=False,
+              help="With --replicas: at a stall stop only the stalled replica (default: stop them all).")
+@ray_options
 @passthrough
 def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     """Drive sustained concurrent load at a vLLM server and detect the moment it stalls.
@@ -139,6 +145,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         from repro.load.prompts import load_prompts_file
 
         load_prompts_file(load.prompts_file)
+    ex = executor_settings(kw)
+    if ex.kind != "ray" and (kw["replicas"] != 1 or kw["keep_going"]):
+        raise UsageError("--replicas and --keep-going need --executor ray")
+    if ex.kind == "ray":
+        return _fleet(scn, kw, ex)
     from repro.load.runner import run_stress
 
     run_dir = new_run_dir("stress", kw["out"])
@@ -160,4 +171,35 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "
                    f"({'; '.join(res.stall.evidence.get('reasons', []))})", file=err)
     click.echo(f"run directory: {run_dir}", file=err)
+    return res.exit_code
+
+
+def _fleet(scn: Scenario, kw: dict[str, Any], ex: Any) -> int:
+    """--executor ray: N replicas on a Ray cluster (repro.executors.fleet)."""
+    if scn.url:
+        raise UsageError("--executor ray launches a server per replica: drop --url")
+    if kw["replicas"] < 1:
+        raise UsageError(f"--replicas must be at least 1, got {kw['replicas']}")
+    from repro.executors.cluster import connect
+    from repro.executors.fleet import run_fleet
+
+    session = connect(ex.address, ex.ask, kw["replicas"])
+    try:
+        if session.note:
+            click.echo(f"ray: {session.note}", err=True)
+        run_dir = new_run_dir("stress", kw["out"])
+        scn.out_dir = str(run_dir)
+        click.echo(f"fleet of {kw['replicas']} on {ex.address or 'a local Ray instance'} "
+                   f"({len(session.nodes)} node(s)), each asks {ex.ask.describe()}; run directory {run_dir}", err=True)
+        res = run_fleet(scn, Path(run_dir), session, kw["replicas"], ex.ask, keep_going=kw["keep_going"],
+                        artifact_dir=ex.artifact_dir)
+    finally:
+        session.close()
+    s = res.summary
+    for r in s["replicas"]:
+        click.echo(f"replica {r['replica']} on {r['node']} (pid {r['pid']}): {r['outcome']}, "
+                   f"{r['exposure_s']:.0f} s exposure" + (f", stall {r['stall_class']}" if r["stall_class"] else "")
+                   + (f", evidence {r['dir']}" if r["dir"] else "") + (f" ({r['error']})" if r["error"] else ""),
+                   err=True)
+    click.echo(f"fleet: {s['hangs']} hang(s) in {s['exposure_s']:.0f} s of exposure; summary {res.path}", err=True)
     return res.exit_code

@@ -317,7 +317,8 @@ class _Run:
             else:
                 r = f.result()
                 prev_bad = rec.file
-                rec.file = {"ok": r.ok and prev_bad is None, "error": (prev_bad or {}).get("error") or r.error,
+                rec.file = {"ok": r.ok and prev_bad is None, "path": info.hs_path,
+                            "error": (prev_bad or {}).get("error") or r.error,
                             "bytes": r.nbytes, "shape": list(r.shape) if r.shape else None,
                             "consumed": r.consumed, "seconds": round(r.seconds, 6),
                             "lock_wait": round(r.lock_wait, 6)}
@@ -666,7 +667,8 @@ class _Run:
                 self.progress.start()
                 self.load_t0 = time.monotonic()
                 self.event("start", url=self.url, model=self.model, concurrency=c, duration=self.L.duration,
-                           requests=self.L.requests, workload=self.L.workload)
+                           requests=self.L.requests, workload=self.L.workload,
+                           server_pid=self.server.pid if self.server is not None else None)
                 mon_task = asyncio.ensure_future(self.monitor(mon_session))
                 if self.L.rate:
                     tasks = [asyncio.ensure_future(self.arrivals(session, feed))]
@@ -687,6 +689,7 @@ class _Run:
                 if self.stall is not None:
                     await self.on_stall()
                 if self.interrupted or self.stall is not None or self.stop_reason == "rejected":
+                    self.checker.abandon.set()  # files a stalled engine never wrote: report them missing now
                     for t in tasks:
                         t.cancel()
                 else:  # drain: let in-flight requests finish (bounded)

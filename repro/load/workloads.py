@@ -151,13 +151,17 @@ class FileChecker:
         self.kept_bytes = 0
         self.over_budget = 0  # files deleted because keeping them would exceed the budget
         self._lock = threading.Lock()
+        self.abandon = threading.Event()  # set when the run ends on a stall: stop waiting for files
+
+    def _waiting_allowed(self, deadline: float) -> bool:
+        return time.monotonic() < deadline and not self.abandon.is_set()
 
     def _wait_exists(self, path: str) -> bool:
         deadline = time.monotonic() + self.file_wait
         while True:
             if os.path.exists(path):
                 return True
-            if time.monotonic() >= deadline:
+            if not self._waiting_allowed(deadline):
                 return False
             time.sleep(0.02)
 
@@ -176,7 +180,7 @@ class FileChecker:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
                     raise
-            if time.monotonic() - t0 > self.lock_timeout:
+            if not self._waiting_allowed(t0 + self.lock_timeout):
                 os.close(fd)
                 return None, time.monotonic() - t0, True
             time.sleep(0.005)
@@ -194,7 +198,8 @@ class FileChecker:
         lock_path = path + ".lock"
         if not self._wait_exists(path):
             self._remove(lock_path)
-            return CheckResult(False, "file-missing", f"{path} did not appear within {self.file_wait:g} s")
+            when = "before the run stopped" if self.abandon.is_set() else f"within {self.file_wait:g} s"
+            return CheckResult(False, "file-missing", f"{path} did not appear {when}")
         try:
             fd, waited, timed_out = self._shared_lock(lock_path)
         except OSError as exc:
