@@ -10,7 +10,9 @@ The probe (``--probe``) is the watchdog's only traffic: one tiny request every
 ``--probe-interval`` in a thread, never part of any workload. It is presented to the
 detector as a one-request client: a probe that is answered is progress (an idle server is
 healthy), a probe in flight while the server reports nothing is a suspect, and a probe
-that times out makes it an engine stall.
+that times out makes it an engine stall. A probe that timed out stays counted as in flight
+until a later probe is answered: from the watchdog's side that request was never served,
+and the next probe would otherwise open a window in which the client holds nothing.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Prober:
         self.completed = 0
         self.failed = 0
         self.sent = 0
+        self.unanswered = False  # the last probe timed out and none was answered since
         self._result: tuple[str, int] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -122,15 +125,18 @@ class Prober:
             self.in_flight -= 1
             if result[0] == "ok":
                 self.completed += 1
+                self.unanswered = False
             else:
                 self.failed += 1
+                self.unanswered = self.unanswered or result[0] == "timeout"
             self._result = result
         return result[0]
 
     def take(self) -> tuple[ClientSnapshot, str | None, int]:
         """The client view now, and the probe that ended since the previous call (result, tokens)."""
         with self._lock:
-            snap = ClientSnapshot(in_flight=self.in_flight, completed=self.completed, failed=self.failed)
+            in_flight = self.in_flight + (1 if self.unanswered and not self.in_flight else 0)
+            snap = ClientSnapshot(in_flight=in_flight, completed=self.completed, failed=self.failed)
             res, self._result = self._result, None
         return snap, (res[0] if res else None), (res[1] if res else 0)
 

@@ -31,6 +31,8 @@ class FakeVllm:
         self.advance = 0.0  # tokens added per /metrics read
         self.metrics_reads = 0
         self.lookalike = True  # a series whose name only starts like vllm:num_requests_running
+        self.hang_completions = 0.0  # seconds a POST /v1/completions hangs (a stuck engine)
+        self.completions = 0
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -51,6 +53,19 @@ class FakeVllm:
                     self.send_response(404)
                     self.end_headers()
                     return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802  (the probe of `repro watch`)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if fake.hang_completions:
+                    time.sleep(fake.hang_completions)
+                fake.completions += 1
+                fake.prompt += 2
+                fake.gen += 1
+                body = b'{"choices": [{"text": "x"}], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}'
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
