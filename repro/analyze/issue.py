@@ -83,6 +83,24 @@ def render_stacks(bundle: Path, analysis: dict[str, Any]) -> str:
     return "\n\n".join(blocks) if blocks else "(no stacks: see errors.txt in the bundle)"
 
 
+def verdict_line(analysis: dict[str, Any]) -> str:
+    """One sentence on what py-spy and the metrics showed."""
+    proc = analysis.get("stuck_process") or "the engine"
+    if analysis.get("verdict") == "progressing":
+        return (f"Note: during the capture the engine was **progressing** ({analysis.get('verdict_reason')}), so "
+                "this bundle may not show a hang.")
+    frame = analysis.get("stuck_frame")
+    mp = analysis.get("metrics_progress")
+    intro = (f"The engine stopped making progress: the token counters stayed flat for the {mp['window_s']:.0f} s of "
+             "sampling while the API server kept answering `/metrics`. " if mp and mp["tokens"] == 0 else "")
+    line = intro + f"py-spy shows {proc} **{analysis.get('verdict')}**" + (f" in `{frame}`" if frame else "")
+    cul = analysis.get("culprit") or {}
+    if cul and cul.get("process") != proc:
+        return line + f" across all samples, waiting for {cul['process']}, which is **{cul['verdict']}** in " \
+                      f"`{cul['stuck_frame']}`."
+    return line + " across all samples."
+
+
 def _metrics_line(bundle: Path) -> str:
     lines = _read(bundle / "context" / "metrics-samples.jsonl").splitlines()
     if not lines:
@@ -117,7 +135,9 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
     frame = analysis.get("stuck_frame")
     cul = analysis.get("culprit") or {}
     cfn = (cul.get("stuck_frame") or "").split(" (")[0]
-    if cul and cul.get("process") != proc:
+    if analysis.get("verdict") == "progressing":
+        title = f"{proc} reported stalled, but it was progressing during capture"
+    elif cul and cul.get("process") != proc:
         title = f"{proc} stops making progress: {cul['process']} {cul['verdict']} in {cfn}"
     elif cfn:
         title = f"{proc} stops making progress ({cul.get('verdict')} in {cfn})"
@@ -137,9 +157,7 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
             else "unknown"),
         "last_stats_line": stats[-1].strip() if stats else "(no stats line in the log tail)",
         "metrics": _metrics_line(bundle),
-        "verdict_line": f"py-spy shows {proc} **{analysis.get('verdict')}**" + (f" in `{frame}`" if frame else "")
-        + " across all samples" + (f", waiting for {cul['process']}, which is **{cul['verdict']}** in "
-                                   f"`{cul['stuck_frame']}`." if cul and cul.get("process") != proc else "."),
+        "verdict_line": verdict_line(analysis),
         "stacks": render_stacks(bundle, analysis),
         "signature": str(analysis.get("signature")),
         "signature_lines": "\n".join(analysis.get("signature_lines") or ["(no stacks)"]),

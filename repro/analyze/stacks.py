@@ -225,9 +225,24 @@ def analyze_bundle_dir(bundle: Path) -> dict[str, Any]:
          "stuck_frame": t.stuck_frame}
         for p in pvs for t in p.threads if t.verdict in ("blocked", "busy") and
         (t.main or not _idle_helper(t))]
+    verdict = headline_proc.verdict if headline_proc else "unknown"
+    progress = metrics_progress(bundle)
+    reason = "stacks"
+    cul = culprit(pvs)
+    if engine is not None and verdict in ("blocked", "busy"):
+        if progress and progress["tokens"] > 0:
+            verdict, reason, cul = "progressing", (f"the token counters advanced by {progress['tokens']:g} during "
+                                                   f"the {progress['window_s']:.0f} s of sampling"), None
+        elif cul and cul["process"] != engine.label and cul["verdict"] == "progressing":
+            verdict, reason = "progressing", f"EngineCore waits for {cul['process']}, which is progressing"
+        elif WORKER_WAIT_FILE in (engine.stuck_frame or "") and cul and cul["process"] == engine.label and any(
+                p.role == "worker" and p.main_thread and p.main_thread.verdict == "progressing" for p in pvs):
+            verdict, reason, cul = "progressing", "EngineCore waits for its workers, which are progressing", None
     return {
-        "culprit": culprit(pvs),
-        "verdict": headline_proc.verdict if headline_proc else "unknown",
+        "culprit": cul,
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "metrics_progress": progress,
         "stuck_process": headline_proc.label if headline_proc else None,
         "stuck_frame": headline_proc.stuck_frame if headline_proc else None,
         "signature": sig,
@@ -235,6 +250,29 @@ def analyze_bundle_dir(bundle: Path) -> dict[str, Any]:
         "processes": [p.to_dict() for p in pvs],
         "stuck_threads": stuck_threads,
     }
+
+
+def metrics_progress(bundle: Path) -> dict[str, float] | None:
+    """Tokens (prompt + generation) the server counted between the first and last /metrics sample of the capture.
+
+    A healthy engine under load can sit in the same wait in every sample (EngineCore waiting for its worker's
+    forward pass); moving counters overrule stacks that look stuck.
+    """
+    path = bundle / "context" / "metrics-samples.jsonl"
+    try:
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, ValueError):
+        return None
+    rows = [r for r in rows if "t" in r and "vllm:generation_tokens_total" in r]
+    if len(rows) < 2:
+        return None
+    rows.sort(key=lambda r: r["t"])
+
+    def tok(r: dict[str, float]) -> float:
+        return r.get("vllm:generation_tokens_total", 0.0) + r.get("vllm:prompt_tokens_total", 0.0)
+
+    return {"tokens": tok(rows[-1]) - tok(rows[0]), "window_s": rows[-1]["t"] - rows[0]["t"],
+            "requests": rows[-1].get("vllm:request_success_total", 0.0) - rows[0].get("vllm:request_success_total", 0.0)}
 
 
 # vLLM's helper threads that always sit waiting; listed in the analysis but not as "stuck".

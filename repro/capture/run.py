@@ -105,6 +105,8 @@ class _Sampler:
         self.failures: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.metric_samples: list[dict[str, Any]] = []
+        self.native_cost: dict[int, float] = {}  # pid -> seconds the last --native dump took
+        self.native_skipped = 0
 
     def _fail(self, kind: str, msg: str) -> None:
         with self.lock:
@@ -115,7 +117,20 @@ class _Sampler:
             return procfs.nspid(p.pid) or p.pid
         return p.pid
 
-    def _one(self, k: int, p: procs_mod.VllmProcess, deadline: float) -> None:
+    def _native_fits(self, p: procs_mod.VllmProcess, next_round: float | None) -> bool:
+        """A --native dump (slow: 3-5 s for a busy Worker with many threads, measured here) is taken when it
+        should end before the next round's JSON dump is due, so the samples stay on schedule; the last round
+        always takes one (the budget permitting). Skips are counted in the manifest."""
+        if next_round is None:
+            return True
+        cost = self.native_cost.get(p.pid)
+        if cost is None or time.monotonic() + cost < next_round:
+            return True
+        with self.lock:
+            self.native_skipped += 1
+        return False
+
+    def _one(self, k: int, p: procs_mod.VllmProcess, deadline: float, next_round: float | None = None) -> None:
         rel = f"stacks/{p.label}-{p.pid}"
         s = self.req.settings
         sample: dict[str, Any] = {"k": k, "pid": p.pid, "label": p.label, "t": time.time()}
@@ -144,8 +159,10 @@ class _Sampler:
                 if threads is None:
                     sample["error"] = calls[-1].error
                 left = deadline - time.monotonic()
-                if s.native and threads is not None and left > 0.5:
+                if s.native and threads is not None and left > 0.5 and self._native_fits(p, next_round):
                     c = self.spy.dump_native(self._pid_for_spy(p), min(s.pyspy_timeout, left))
+                    with self.lock:
+                        self.native_cost[p.pid] = c.duration
                     out = f"{rel}/sample-{k}.native.txt"
                     self.w.write_text(out, c.stdout if c.stdout.strip() else f"(no output: {c.error})\n")
                     self.w.record(f"py-spy native {p.label} #{k}", command=c.command, exit_code=c.exit_code,
@@ -166,13 +183,15 @@ class _Sampler:
                     time.sleep(wait)
                 if time.monotonic() >= deadline:
                     break
-                futs = [pool.submit(self._one, k, p, deadline) for p in self.processes]
+                next_round = t0 + (k + 1) * self.interval if k + 1 < self.samples else None
+                futs = [pool.submit(self._one, k, p, deadline, next_round) for p in self.processes]
                 if self.req.url and k > 0:
                     futs.append(pool.submit(self._metrics_point))
                 for f in futs:
                     f.result()
         return {"duration": round(time.monotonic() - t0, 3), "budget": self.budget, "samples": self.samples,
                 "interval": self.interval, "processes": len(self.processes),
+                "native_skipped_to_keep_schedule": self.native_skipped,
                 "pyspy": self.spy.exe if not self.spy.docker else f"docker exec {self.spy.docker} py-spy"}
 
     def _metrics_point(self) -> None:

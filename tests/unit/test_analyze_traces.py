@@ -55,3 +55,19 @@ def test_repro_analyze_prints_verdicts_and_groups_by_signature(capsys: pytest.Ca
     assert "2 distinct signature(s):" in out
     sched_sig = analyze_bundle_dir(TRACES / "scheduler-stall")["signature"]
     assert f"{sched_sig}: 2 bundle(s)" in out
+
+
+def test_moving_token_counters_overrule_stacks_that_look_stuck(tmp_path: Path) -> None:
+    """GIVEN the scheduler-stall bundle WHEN its /metrics samples show tokens being generated THEN the bundle
+    verdict is progressing (a loaded healthy engine can sit in the same wait in every sample)."""
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(TRACES / "scheduler-stall", d)
+    rows = [json.loads(x) for x in (d / "context/metrics-samples.jsonl").read_text().splitlines()]
+    rows[-1]["vllm:generation_tokens_total"] += 500
+    (d / "context/metrics-samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = analyze_bundle_dir(d)
+    assert a["verdict"] == "progressing" and "advanced by 500" in a["verdict_reason"]
+    assert a["culprit"] is None
+    assert a["processes"][0]["verdict"] == "blocked"  # the per-process stack verdict is kept
