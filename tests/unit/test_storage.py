@@ -121,3 +121,48 @@ def test_storage_causes_are_named_from_the_log(line, kind):
     cause = storage_cause(log)
     assert cause["kind"] == kind and cause["in_hidden_state_write"] == "yes"
     assert storage_cause("all good\nINFO Avg prompt throughput: 1.0 tokens/s") is None
+
+
+def _snap(t, orphans, free, inodes=1000):
+    from repro.storage.census import CensusSnapshot
+
+    return CensusSnapshot(t, orphans, orphans * 100, 0, 0, 0, orphans, orphans * 100, 0, 60.0, free, 10**9,
+                          inodes, 10**6, 0.001, 0)
+
+
+def test_growing_orphans_are_a_storage_leak_and_a_steady_count_is_not(tmp_path):
+    from repro.storage.projection import project
+    from repro.storage.watch import StorageWatch
+
+    w = StorageWatch(StorageCensus.open(tmp_path), leak_window=60, min_orphans=10)
+    growing = [_snap(t, 10 + t, 10**9) for t in range(0, 70, 10)]
+    kinds = [x.kind for x in w.assess(growing, project(growing, 60))]
+    assert kinds == ["storage-leak"]
+    steady = [_snap(t, 50, 10**9) for t in range(0, 70, 10)]
+    assert w.assess(steady, project(steady, 60)) == []
+
+
+def test_a_store_projected_full_within_the_horizon_is_storage_exhaustion(tmp_path):
+    from repro.storage.projection import project
+    from repro.storage.watch import StorageWatch
+
+    w = StorageWatch(StorageCensus.open(tmp_path), horizon=1800)
+    filling = [_snap(t, 0, 10**6 - 600 * t) for t in range(0, 70, 10)]  # 600 B/s: about 27 min left
+    warn = w.assess(filling, project(filling, 60))
+    assert [x.kind for x in warn] == ["storage-exhaustion"]
+    assert warn[0].evidence["seconds_to_full"] < 1800
+    slow = [_snap(t, 0, 10**9 - 500 * t) for t in range(0, 70, 10)]  # years left
+    assert w.assess(slow, project(slow, 60)) == []
+
+
+def test_scans_are_rate_limited(tmp_path):
+    from repro.storage.watch import StorageWatch
+
+    w = StorageWatch(StorageCensus.open(tmp_path), min_interval=60)
+    w.poll()
+    assert not w.due()
+    n = len(w.census.history)
+    w.poll()
+    assert len(w.census.history) == n
+    w.poll(force=True)
+    assert len(w.census.history) == n + 1
