@@ -216,7 +216,7 @@ def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] 
         res["collect_env"] = ce
         if ce["ok"]:
             return res
-    res["fallback"] = context.fallback_env(python, min(30.0, s.collect_env_timeout))
+    res["fallback"] = context.fallback_env(python, min(10.0, s.collect_env_timeout))  # probe + pip freeze: 20 s at most
     return res
 
 
@@ -267,7 +267,7 @@ def capture(req: CaptureRequest) -> Bundle:
     storage = _write_storage(w, req)
     _write_gpu(w)
 
-    remaining = max(0.0, s.collect_env_timeout + 35.0 - (time.monotonic() - t_start))
+    remaining = max(0.0, s.collect_env_timeout + 25.0 - (time.monotonic() - t_start))
     env_thread.join(remaining)
     _write_env(w, env_result, env_thread.is_alive())
 

@@ -107,3 +107,35 @@ def test_docker_inspect_failures_are_one_clear_line(rc: int, out: str, err: str,
 
 def test_docker_inspect_of_a_running_container_gives_the_host_pid() -> None:
     assert docker_mod.parse_inspect("vllm", 0, "true 4242\n", "") == 4242
+
+
+def test_slow_native_dumps_are_skipped_to_keep_samples_on_schedule(tmp_path: Path) -> None:
+    """GIVEN a --native dump that takes 1.2 s and samples 0.5 s apart WHEN sampling THEN the JSON samples stay
+    on schedule, the middle rounds skip --native, the last round takes one, and the manifest counts the skips."""
+    import subprocess
+
+    from repro.capture.bundle import BundleWriter
+    from repro.capture.redact import Redactor
+    from repro.capture.request import CaptureRequest
+    from repro.capture.run import _Sampler
+    from repro.scenario import CaptureSettings
+    from repro.target.procs import VllmProcess
+
+    (tmp_path / "out.json").write_text(json.dumps(THREADS))
+    exe = fake_pyspy(tmp_path, 'case "$*" in *--native*) sleep 1.2; echo native;; '
+                               '*) cat "$(dirname "$0")/out.json";; esac')
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        req = CaptureRequest(out_dir=tmp_path / "b", settings=CaptureSettings(samples=4, interval=0.5, pyspy=exe))
+        w = BundleWriter(req.out_dir, Redactor())
+        sampler = _Sampler(req, w, [VllmProcess(target.pid, os.getpid(), "engine_core", "VLLM::EngineCore")])
+        info = sampler.run()
+    finally:
+        target.kill()
+        target.wait()
+    natives = sorted(p.name for p in (tmp_path / "b" / "stacks").rglob("*.native.txt"))
+    assert natives == ["sample-0.native.txt", "sample-3.native.txt"]
+    assert info["native_skipped_to_keep_schedule"] == 2
+    times = [json.loads((tmp_path / "b" / "stacks" / f"EngineCore-{target.pid}" / f"sample-{k}.json").read_text())["t"]
+             for k in range(4)]
+    assert times[3] - times[0] < 3.0  # 1.5 s of schedule + the one slow first native
