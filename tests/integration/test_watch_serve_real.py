@@ -170,7 +170,7 @@ def test_watch_gives_up_on_a_server_that_stalls_at_once_after_every_start(tmp_pa
     proc, out = start_watch(tmp_path, port, "--inject", "stall-after=0", "--probe", "--probe-interval", "1",
                             "--probe-timeout", "3", "--max-restarts", "1", "--backoff", "2", "--no-capture")
     try:
-        _, err = proc.communicate(timeout=420)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             end_watch(proc)
