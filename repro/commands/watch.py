@@ -21,7 +21,7 @@ from repro.watch.events import EventLog
 from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
-from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target, url_host_port
+from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -143,47 +143,35 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     detect = DetectSettings(poll_interval=poll_interval, window=window, min_bad_evaluations=min_bad,
                             startup_grace=startup_grace)
     detect.validate()
-    if hasattr(detect, "probe_timeout"):
-        detect.probe_timeout = probe_timeout
+    detect.probe_timeout = probe_timeout
     policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
                             max_restarts=max_restarts)
     policy.validate()
-    capture = CaptureSettings(samples=capture_samples, interval=capture_interval) if do_capture else None
-    if capture is not None and hasattr(capture, "collect_env"):
-        capture.collect_env = collect_env
+    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env)
+               if do_capture else None)
     ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
                        on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
                        duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key)
 
     storage = settings.storage if "storage" in explicit else None
     target: Target
+    target_url = url or f"http://127.0.0.1:{settings.port}"  # --docker without --url: this host, --port
     if serve:
-        target_url = None
+        target = ServeTarget(settings, None)
     elif docker_name:
-        target_url = url or f"http://127.0.0.1:{settings.port}"
-        url_host_port(target_url)
+        target = DockerTarget(docker_name, target_url, restart_cmd, restart_timeout, log_file, storage, api_key)
     else:
-        assert url is not None
-        target_url = url
-        url_host_port(target_url)
-
-    if not serve:  # bad input fails here, before a run directory or anything else exists
-        probe_target: Target = (DockerTarget(docker_name, target_url, restart_cmd, restart_timeout, log_file, storage,
-                                             api_key) if docker_name else
-                                ExternalTarget(target_url, restart_cmd or "", pid, restart_timeout, log_file, storage,
-                                               api_key))
-        probe_target.check()
+        target = ExternalTarget(target_url, restart_cmd or "", pid, restart_timeout, log_file, storage, api_key)
+    target.check()  # bad input fails here, before a run directory or anything else exists
     run_dir = new_run_dir("watch", out)
-    if serve:
-        target = ServeTarget(settings, run_dir)
+    if isinstance(target, ServeTarget):
+        target.run_dir = run_dir
         scn = Scenario(server=settings, detect=detect, capture=capture or CaptureSettings(), on_stall="restart",
                        out_dir=str(run_dir))
     elif docker_name:
-        target = probe_target
         scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, docker=docker_name,
                        log_file=log_file, storage_path=storage, on_stall="restart", out_dir=str(run_dir))
     else:
-        target = probe_target
         scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, log_file=log_file,
                        storage_path=storage, on_stall="restart", out_dir=str(run_dir))
     watch_json = {"mode": target.kind, "target_url": target.url, "watch": {k: v for k, v in dataclasses.asdict(ws).items()
@@ -200,7 +188,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return sup.run(check=serve)
+        return sup.run(check=False)
     except WatchStopped as exc:
         _say(f"stopped by signal {exc.signum}")
         return EXIT_OK

@@ -32,7 +32,7 @@ from repro.errors import ServerStartError, TargetError, UsageError
 from repro.monitor.logs import DockerLogFollower, LogFollower
 from repro.scenario import ServerSettings
 from repro.target import procs
-from repro.target.launcher import VllmServer, http_get, port_free
+from repro.target.launcher import VllmServer, build_launch, http_get, port_free
 from repro.watch.observe import LineSource
 
 RELEASE_POLL = 0.5
@@ -145,6 +145,18 @@ def check_restart_cmd(cmd: str) -> None:
         raise UsageError(f"--restart-cmd: {first!r} is not a command found on PATH")
 
 
+def group_pids(pgid: int) -> set[int]:
+    """Every live process of a process group (an orphaned EngineCore included), zombies excepted."""
+    out = set()
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return out
+
+
 def tree_pids(root: int | None) -> set[int]:
     if root is None:
         return set()
@@ -201,24 +213,27 @@ class Target:
 class ServeTarget(Target):
     kind = "serve"
 
-    def __init__(self, settings: ServerSettings, run_dir: Path) -> None:
+    def __init__(self, settings: ServerSettings, run_dir: Path | None) -> None:
         self.settings = settings
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # set before the first launch
         self.server: VllmServer | None = None
         self.starts = 0
         self._model: str | None = None
 
     @property
     def url(self) -> str:  # type: ignore[override]
-        return VllmServer(self.settings, self.run_dir).url
+        return VllmServer(self.settings, Path(".")).url
 
     def check(self) -> None:
+        """The launch line must build (model, layers, storage) and the port must be free."""
         s = self.settings
+        build_launch(s, self.run_dir or Path("."))
         if not port_free(s.host, s.port):
             raise UsageError(f"port {s.port} on {s.host} is already in use: pick another with --port, or watch "
                              f"that server with --url {self.url} --restart-cmd CMD")
 
     def launch(self) -> dict[str, Any]:
+        assert self.run_dir is not None
         self.starts += 1
         self.server = VllmServer(self.settings, self.run_dir, log_name=f"server-{self.starts:03d}.log")
         self.server.start()
@@ -236,10 +251,11 @@ class ServeTarget(Target):
     def stop(self) -> dict[str, Any]:
         if self.server is None:
             return {"method": "process-group", "pids": []}
-        pids = sorted(tree_pids(self.server.pid))
+        pgid = self.server.pid
+        pids = sorted(group_pids(pgid) | tree_pids(pgid))
         t0 = time.monotonic()
         stragglers = self.server.stop(grace=10.0)
-        still = [p for p in pids if psutil.pid_exists(p) and _not_zombie(p)]
+        still = sorted(group_pids(pgid) | {p for p in pids if psutil.pid_exists(p) and _not_zombie(p)})
         if still:
             raise TargetError(f"server process(es) {still} of process group {self.server.pid} survived the stop")
         return {"method": "process-group", "pgid": self.server.pid, "pids": pids, "stragglers": stragglers,

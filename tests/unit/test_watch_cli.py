@@ -142,3 +142,23 @@ def test_help_documents_the_modes_and_exit_codes():
     for text in ("--serve", "--docker NAME", "--restart-cmd", "--probe", "--max-restarts", "--on-stall",
                  "--metrics-port", "Exit 1 after giving up"):
         assert text in r.stdout, text
+
+
+def test_serve_on_a_port_in_use_fails_with_one_line_before_anything_starts(tmp_path):
+    import socket
+
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = repro("--serve", "--port", str(port), "--storage", str(tmp_path / "hs"), "--out", str(out))
+    one_line_error(r, EXIT_USAGE, f"port {port} on 127.0.0.1 is already in use")
+    assert not out.exists()
+
+
+def test_serve_with_a_model_directory_that_does_not_exist_fails_before_anything_starts(tmp_path):
+    out = tmp_path / "run"
+    r = repro("--serve", "--model", "/nonexistent/model-dir", "--out", str(out))
+    one_line_error(r, EXIT_USAGE, "--model /nonexistent/model-dir: no such directory")
+    assert not out.exists()
