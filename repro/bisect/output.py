@@ -181,7 +181,8 @@ def issue_section(doc: dict[str, Any]) -> str:
         if doc.get("server_command"):
             out += ["", "```sh", " ".join(shlex.quote(a) for a in doc["server_command"]), "```", "",
                     "Then run the load (stops at the first stall, exit 1; attached as repro_min.py / repro_min.sh):", "",
-                    "```sh", f"python3 repro_min.py --url http://127.0.0.1:8000 --concurrency {doc['config']['concurrency']}",
+                    "```sh", f"python3 repro_min.py --url {(doc.get('load') or {}).get('url', 'http://127.0.0.1:8000')} "
+                    f"--concurrency {doc['config']['concurrency']}",
                     "```"]
     out += ["", "<details><summary>Evidence per configuration</summary>", "",
             "| configuration | hangs | exposure |", "| --- | --- | --- |"]

@@ -69,8 +69,22 @@ def slot_env(slot: int, parallel: int) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": cpu_slices(parallel)[slot]}
 
 
-def _load_started(trial_dir: Path) -> float | None:
-    """Wall time of the stress run's `start` event (when the load began), from events.jsonl."""
+def _parse_wall(w: str) -> float:
+    whole, _, frac = w.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+
+
+def exposure_so_far(trial_dir: Path, duration: float, now: float | None = None) -> float | None:
+    """Exposure of a running stress run from its events.jsonl, never more than it will be credited.
+
+    Time since the `start` event, capped at the duration (the drain after it is not load), at the
+    onset of a suspected stall (`since` of a suspect/stalled detector event), and frozen once the
+    run has stopped. None before the load has started.
+    """
+    now = time.time() if now is None else now
+    started: float | None = None
+    cap = duration
+    stopped_at: float | None = None
     try:
         with open(trial_dir / "events.jsonl") as f:
             for line in f:
@@ -78,13 +92,22 @@ def _load_started(trial_dir: Path) -> float | None:
                     ev = json.loads(line)
                 except ValueError:
                     continue
-                if ev.get("event") == "start" and ev.get("wall"):
-                    w = ev["wall"]
-                    whole, _, frac = w.rstrip("Z").partition(".")
-                    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+                kind = ev.get("event")
+                if kind == "start" and ev.get("wall") and started is None:
+                    started = _parse_wall(ev["wall"])
+                elif kind == "detector":
+                    if ev.get("state") in ("suspect", "stalled") and ev.get("since") is not None:
+                        cap = min(duration, float(ev["since"]))
+                    else:
+                        cap = duration
+                elif kind in ("stop", "stall") and stopped_at is None and ev.get("t") is not None:
+                    stopped_at = float(ev["t"])
     except OSError:
         return None
-    return None
+    if started is None:
+        return None
+    run = now - started if stopped_at is None else stopped_at
+    return max(0.0, min(run, cap))
 
 
 def trial_scenario(base: Scenario, space: SearchSpace, cfg: Config, duration: float, port: int,
@@ -211,9 +234,9 @@ class StressBackend:
             th.start()
             while th.is_alive():
                 th.join(self.heartbeat)
-                started = _load_started(trial_dir)
-                if th.is_alive() and started is not None:
-                    hooks.heartbeat(tid, max(0.0, time.time() - started))
+                done = exposure_so_far(trial_dir, duration)
+                if th.is_alive() and done is not None:
+                    hooks.heartbeat(tid, done)
             log.close()
             if "exc" in box:
                 raise box["exc"]

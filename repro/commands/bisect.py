@@ -18,11 +18,15 @@ from repro.bisect import driver, journal, output
 from repro.bisect.search import Decision, Settings
 from repro.bisect.space import DEFAULT_PLAIN_STORAGE, Change, SearchSpace, parse_range, space_from_toml
 from repro.commands.options import passthrough, server_options, server_settings
+from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, UsageError
 from repro.rundir import new_run_dir
 from repro.scenario import DetectSettings, LoadSettings, Scenario
 from repro.units import format_duration, parse_duration
 
+TOGGLE_OPTIONS = {"extract": "extract=N", "storage": "storage=PATH", "layers": "extract=N",
+                  "async_scheduling": "async-scheduling=on|off", "chunked_prefill": "chunked-prefill=on|off",
+                  "prefix_caching": "prefix-caching=on|off", "max_num_seqs": "max-num-seqs=N"}
 SERVER_START = 60.0  # a vLLM start on the tiny model takes 35-60 s: part of every real trial
 
 
@@ -136,6 +140,7 @@ def _report(d: Decision) -> None:
 @click.option("--on-stall", type=click.Choice(["capture", "exit"]), default="capture",
               help="On a stall in a trial: capture a bundle (evidence) or just end the trial.")
 @click.option("--heartbeat", type=float, default=5.0, help="Seconds between journal heartbeats of a running trial.")
+@ray_options
 @passthrough
 def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     """Shrink a rare, stochastic hang to the smallest configuration that still hangs.
@@ -167,6 +172,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         click.echo(driver.undo_last(Path(kw["undo_dir"])))
         return EXIT_OK
 
+    ctx = click.get_current_context()
+    for param, toggle in TOGGLE_OPTIONS.items():
+        if ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE:
+            raise UsageError(f"--{param.replace('_', '-')} is a search dimension in repro bisect: "
+                             f"give it as --change {toggle} (the baseline has every change, the search removes them)")
     resume = kw["resume"]
     given_space = kw["space_file"] or kw["concurrency"] is not None or kw["changes"] or kw["simulate"]
     sim_model = None
@@ -220,11 +230,35 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if resume and kw["parallel"] != 1:
         parallel = kw["parallel"]
     base_scn: Scenario | None = None
-    if spec.mode == "simulate":
+    ray_session = None
+    ex = executor_settings(kw)
+    if ex.kind == "ray":
+        from repro.executors.cluster import connect
+        from repro.executors.ray_backend import RayBackend
+
+        ray_session = connect(ex.address, ex.ask, parallel)
+        if ray_session.note:
+            _say(f"ray: {ray_session.note}")
+        if spec.mode == "simulate":
+            from repro.bisect.sim import load_model
+
+            backend_ray: Any = RayBackend(ray_session, run_dir, mode="simulate", parallel=parallel,
+                                          heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask,
+                                          model=sim_model or load_model(spec.extra["simulate"]), say=_say)
+        else:
+            base_scn = Scenario.from_dict(spec.extra["scenario"])
+            backend_ray = RayBackend(ray_session, run_dir, mode="real", parallel=parallel,
+                                     heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask, base=base_scn,
+                                     space=spec.space, artifact_dir=ex.artifact_dir, say=_say)
+        _say(f"executor: ray ({ex.address or 'local instance'}, {len(ray_session.nodes)} node(s)), "
+             f"each trial asks {ex.ask.describe()}")
+    if ray_session is not None:
+        backend: Any = backend_ray
+    elif spec.mode == "simulate":
         from repro.bisect.sim import SimBackend, load_model
 
         model = sim_model or load_model(spec.extra["simulate"])
-        backend: Any = SimBackend(model, parallel)
+        backend = SimBackend(model, parallel)
     else:
         from repro.bisect.trials import StressBackend
 
@@ -253,6 +287,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     finally:
         signal.signal(signal.SIGTERM, old)
         jr.close()
+        if ray_session is not None:
+            backend.close()
+            ray_session.close()
     paths = output.write_outputs(run_dir, result, spec.space, spec.settings, base_scn, spec.mode)
     for name, p in paths.items():
         _say(f"wrote {p}")

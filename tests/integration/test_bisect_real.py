@@ -95,3 +95,21 @@ def test_repro_min_py_runs_standalone_and_exits_1_on_a_stall_0_without(vllm_serv
         vllm_server.release()
     assert stalled.returncode == 1, stalled.stdout + stalled.stderr
     assert "STALL" in stalled.stdout and took < 60
+
+
+def test_repro_trial_exits_0_when_clean_and_1_on_a_stall_for_git_bisect_run(vllm_server: SharedServer,
+                                                                              tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "repro", "trial", "--url", vllm_server.url, "--workload", "chat",
+            "--prompt-len", "16-64", "--concurrency", "4", "--window", "3", "--poll-interval", "0.5",
+            "--startup-grace", "2", "--on-stall", "exit"]
+    clean = subprocess.run(base + ["--duration", "6", "--out", str(tmp_path / "clean")], capture_output=True,
+                           text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    vllm_server.inject("stall-after=1")
+    try:
+        bad = subprocess.run(base + ["--duration", "90", "--out", str(tmp_path / "bad")], capture_output=True,
+                             text=True, timeout=180)
+    finally:
+        vllm_server.release()
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "bad (stall)" in bad.stderr

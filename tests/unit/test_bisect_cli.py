@@ -110,3 +110,8 @@ def test_trial_exits_125_when_the_target_cannot_be_reached(tmp_path: Path) -> No
 def test_trial_bad_option_exits_2() -> None:
     r = repro("trial", "--concurrency", "0", "--url", "http://127.0.0.1:1")
     assert r.returncode == 2
+
+
+def test_server_option_that_is_a_search_toggle_must_be_given_as_a_change() -> None:
+    line = one_line_error(repro("bisect", "--concurrency", "1-4", "--prefix-caching"))
+    assert "--change prefix-caching=on|off" in line

@@ -153,3 +153,25 @@ def test_threshold_posterior_is_zero_above_a_hang_and_sums_to_one() -> None:
     assert sum(post) == pytest.approx(1.0)
     assert post[5:] == [0.0, 0.0, 0.0]  # theta in 6..8 impossible: 5 hung
     assert post[3] + post[4] > 0.9  # 3 was clean for long: the threshold is 4 or 5
+
+
+def test_parallel_simulated_trials_pool_exposure_and_finish_sooner() -> None:
+    from repro.bisect.sim import SimBackend
+
+    sp = space()
+
+    class Hooks:
+        def trial_start(self, slot: int, **kw: object) -> int:
+            return slot
+
+        def heartbeat(self, *a: object) -> None: ...
+
+        def trial_end(self, *a: object, **kw: object) -> None: ...
+
+    model = SimModel(sp, Hazard(1e-9, 1, ()), seed=1, overhead=60.0)
+    one = SimBackend(model, 1).run_step(0, Config(1, frozenset()), 3600.0, Hooks())
+    four = SimBackend(model, 4).run_step(0, Config(1, frozenset()), 3600.0, Hooks())
+    assert not one.hung and not four.hung
+    assert four.exposure == pytest.approx(one.exposure)  # the same evidence ...
+    assert four.wall == pytest.approx(60.0 + 900.0)  # ... in a quarter of the time
+    assert four.trial_time == pytest.approx(4 * (60.0 + 900.0))

@@ -1,0 +1,82 @@
+"""Pieces of real trials that need no server: heartbeat exposure from events.jsonl, slot environments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from repro.bisect import trials
+from repro.bisect.space import Change, Config, SearchSpace, apply
+from repro.scenario import Scenario
+
+
+def events(tmp: Path, *evs: dict) -> Path:
+    (tmp / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+    return tmp
+
+
+START = {"t": 0.0, "wall": "2026-11-28T18:00:00.000Z", "event": "start"}
+T0 = trials._parse_wall(START["wall"])
+
+
+def test_heartbeat_exposure_is_time_since_the_load_started(tmp_path: Path) -> None:
+    d = events(tmp_path, START)
+    assert trials.exposure_so_far(d, 600.0, now=T0 + 42.5) == pytest.approx(42.5)
+
+
+def test_heartbeat_exposure_never_counts_the_drain_after_the_duration(tmp_path: Path) -> None:
+    d = events(tmp_path, START)
+    assert trials.exposure_so_far(d, 30.0, now=T0 + 75.0) == pytest.approx(30.0)
+
+
+def test_heartbeat_exposure_stops_at_the_onset_of_a_suspected_stall(tmp_path: Path) -> None:
+    d = events(tmp_path, START, {"t": 12.0, "event": "detector", "state": "suspect", "since": 10.0})
+    assert trials.exposure_so_far(d, 600.0, now=T0 + 50.0) == pytest.approx(10.0)
+    d = events(tmp_path, START, {"t": 12.0, "event": "detector", "state": "suspect", "since": 10.0},
+               {"t": 14.0, "event": "detector", "state": "healthy"})
+    assert trials.exposure_so_far(d, 600.0, now=T0 + 50.0) == pytest.approx(50.0)  # a false alarm: counts again
+
+
+def test_heartbeat_exposure_is_none_before_the_load_starts(tmp_path: Path) -> None:
+    assert trials.exposure_so_far(tmp_path, 60.0) is None
+    assert trials.exposure_so_far(events(tmp_path), 60.0) is None
+
+
+def test_cpu_slices_split_cores_between_parallel_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trials.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert trials.cpu_slices(2) == ["0,1,2,3", "4,5,6,7"]
+    assert trials.cpu_slices(1) == ["nobind"]
+    monkeypatch.setattr(trials.os, "sched_getaffinity", lambda pid: {0})
+    assert trials.cpu_slices(2) == ["nobind", "nobind"]  # fewer cores than servers: do not pin
+
+
+def test_gpu_slices_split_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert trials.gpu_slices(2) == ["0,1", "2,3"]
+    assert trials.gpu_slices(1) == [None]
+
+
+def test_trial_scenario_applies_changes_to_a_plain_server(tmp_path: Path) -> None:
+    sp = SearchSpace(1, 32, tuple(Change.parse(c) for c in ["extract=2", "storage=/dev/shm/repro-bisect-x",
+                                                                "timeout=120", "retries=3", "arg=--max-num-batched-tokens 512"]))
+    base = Scenario()
+    base.server.model = str(tmp_path)  # no config.json: layer ids left to the launcher
+    plain = apply(base, sp, Config(4, frozenset()))
+    assert (plain.server.extract, plain.load.workload, plain.load.retries, plain.load.concurrency) == (False, "chat", 0, 4)
+    full = trials.trial_scenario(base, sp, sp.baseline, 120.0, 8450, 1, 2, tmp_path)
+    assert full.server.extract and full.load.workload == "hidden-states"
+    assert full.server.storage == "/dev/shm/repro-bisect-x/slot1"  # parallel slots never share storage
+    assert (full.load.request_timeout, full.load.retries, full.load.duration) == (120.0, 3, 120.0)
+    assert full.server.extra_args[-2:] == ["--max-num-batched-tokens", "512"]
+    assert full.server.port == 8450
+    assert {"VLLM_CPU_OMP_THREADS_BIND", "CUDA_VISIBLE_DEVICES"} & set(full.server.env)
+
+
+def test_extract_n_turns_into_n_layer_ids(tmp_path: Path) -> None:
+    from repro.bisect.space import layers_for
+
+    assert layers_for(4, 32) == [2, 16, 29, 32]
+    assert layers_for(1, 32) == [32]
+    assert len(layers_for(6, 32)) == 6
