@@ -17,20 +17,8 @@ import pytest
 
 from repro.errors import TargetError, UsageError
 from repro.watch.targets import DockerTarget, ExternalTarget, check_restart_cmd, run_restart_cmd, url_host_port
-from tests.unit.test_watchdog_sh import FakeVllm
+from tests.unit.test_watchdog_sh import FAKE_DOCKER, FakeVllm
 
-FAKE_DOCKER = """#!/bin/sh
-echo "$*" >> "$DOCKER_LOG"
-case "$1" in
-  inspect)
-    for last; do :; done
-    if [ "$last" = "{name}" ]; then echo "true {pid}"; exit 0; fi
-    echo "Error: No such object: $last" >&2; exit 1 ;;
-  logs) echo "(APIServer pid=1) INFO a log line"; sleep 30 ;;
-  stop|start) exit 0 ;;
-esac
-exit 0
-"""
 
 
 @pytest.fixture

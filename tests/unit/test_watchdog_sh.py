@@ -9,16 +9,39 @@ input fails with one line and the repro exit codes, without running the restart.
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from repro.errors import EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "watchdog.sh"
+
+# A `docker` client stand-in: logs its arguments to $DOCKER_LOG, knows one running container.
+# `restart` calls $FAKE_RESTART_URL (if set) so that a scripted server makes progress again.
+FAKE_DOCKER = """#!/bin/sh
+echo "$*" >> "$DOCKER_LOG"
+case "$1" in
+  inspect)
+    for last; do :; done
+    if [ "$last" != "{name}" ]; then echo "Error: No such object: $last" >&2; exit 1; fi
+    case "$*" in
+      *State.Running*) echo "true {pid}" ;;
+      *State.Pid*) echo "{pid}" ;;
+      *State.Status*) echo "running" ;;
+      *) echo "true {pid}" ;;
+    esac ;;
+  logs) echo "(APIServer pid=1) INFO a log line"; sleep 30 ;;
+  restart) [ -n "$FAKE_RESTART_URL" ] && curl -fsS "$FAKE_RESTART_URL" >/dev/null; exit 0 ;;
+  stop|start) exit 0 ;;
+esac
+exit 0
+"""
 
 
 class FakeVllm:
@@ -161,6 +184,51 @@ def test_restart_storms_back_off_and_give_up_after_max_restarts(fake, tmp_path):
     # back-off 1 s then 2 s, on top of the detection window
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, gaps
     assert "back-off: waiting 1s" in r.stderr and "back-off: waiting 2s" in r.stderr
+
+
+def test_with_a_container_it_dumps_that_containers_processes_and_runs_docker_restart(fake, tmp_path):
+    fake.running = 8
+    # the container's init on this host, with an EngineCore below it; a decoy of the same title outside
+    holder = subprocess.Popen(["bash", "-c", '(exec -a "VLLM::EngineCore" sleep 60) & wait'])
+    decoy = subprocess.Popen(["bash", "-c", 'exec -a "VLLM::EngineCore" sleep 60'])
+    engine = None
+    for _ in range(100):
+        kids = psutil.Process(holder.pid).children()
+        if kids and kids[0].cmdline()[:1] == ["VLLM::EngineCore"]:
+            engine = kids[0].pid
+            break
+        time.sleep(0.05)
+    assert engine is not None
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER.format(name="vllm-prod", pid=holder.pid))
+    (bindir / "docker").chmod(0o755)
+    spy = bindir / "fake-py-spy"
+    spy.write_text("#!/bin/sh\necho \"dump $*\" >> \"$DOCKER_LOG\"\n")
+    spy.chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DOCKER_LOG": str(log),
+           "FAKE_RESTART_URL": fake.url + "/progress"}
+    try:
+        r = subprocess.run(["sh", str(SCRIPT), "--url", fake.url, "--interval", "0.2", "--window", "1",
+                            "--container", "vllm-prod", "--pyspy", "--pyspy-cmd", str(spy),
+                            "--dump-dir", str(tmp_path / "dumps"), "--once"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert decoy.poll() is None and holder.poll() is None
+    finally:
+        for p in psutil.Process(holder.pid).children(recursive=True):
+            p.kill()
+        holder.kill()
+        decoy.kill()
+        holder.wait()
+        decoy.wait()
+    assert r.returncode == EXIT_STALL, r.stderr
+    calls = log.read_text().splitlines()
+    assert "restart vllm-prod" in calls
+    dumps = [c for c in calls if c.startswith("dump")]
+    assert dumps == [f"dump dump --pid {engine}"], (dumps, engine, decoy.pid)
+    assert r.stderr.index("STALL") < r.stderr.index("py-spy: stacks of VLLM::EngineCore") \
+        < r.stderr.index("restarting: docker restart vllm-prod")
 
 
 def test_an_unreachable_url_fails_with_one_line_and_runs_no_restart(tmp_path):
