@@ -174,8 +174,10 @@ class Supervisor:
     def _give_up(self) -> int:
         now = self.clock()
         n = self.policy.recent_restarts(now)
+        left = ("stopping it" if self.target.kind == "serve"
+                else "leaving it as it is for inspection")
         msg = (f"giving up: the server stalled again after {n} restart(s) within the last "
-               f"{self.s.policy.period / 3600:g} h (--max-restarts {self.s.policy.max_restarts})")
+               f"{self.s.policy.period / 3600:g} h (--max-restarts {self.s.policy.max_restarts}); {left}")
         self.events.write("give-up", restarts_in_period=n, max_restarts=self.s.policy.max_restarts, message=msg)
         self.metrics.set_state("gave-up")
         self.say(msg)

@@ -36,6 +36,7 @@ from repro.target.launcher import VllmServer, build_launch, http_get, port_free
 from repro.watch.observe import LineSource
 
 RELEASE_POLL = 0.5
+STOP_GRACE = 5.0  # SIGTERM -> SIGKILL for a stalled server: a stuck engine rarely cleans up on SIGTERM
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
 
 
@@ -254,7 +255,7 @@ class ServeTarget(Target):
         pgid = self.server.pid
         pids = sorted(group_pids(pgid) | tree_pids(pgid))
         t0 = time.monotonic()
-        stragglers = self.server.stop(grace=10.0)
+        stragglers = self.server.stop(grace=STOP_GRACE)
         still = sorted(group_pids(pgid) | {p for p in pids if psutil.pid_exists(p) and _not_zombie(p)})
         if still:
             raise TargetError(f"server process(es) {still} of process group {self.server.pid} survived the stop")
