@@ -39,8 +39,9 @@ class EventLog:
             rec = {"seq": self.seq, "t": round(t, 3),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z",
                    "event": event, **fields}
-            self._f.write(json.dumps(rec, default=str) + "\n")
-            self._f.flush()
+            if not self._f.closed:  # a hook may finish after the watch ended: keep it in memory only
+                self._f.write(json.dumps(rec, default=str) + "\n")
+                self._f.flush()
             self.recent.append(rec)
             del self.recent[:-self._keep]
         for cb in self.listeners:

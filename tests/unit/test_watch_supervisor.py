@@ -328,3 +328,12 @@ def test_events_are_numbered_in_order_and_flushed_as_they_happen(tmp_path):
     ev = read_events(tmp_path / "e.jsonl")
     assert [e["seq"] for e in ev] == [1, 2]
     assert ev[0]["time"].endswith("Z") and ev[0]["x"] == 1
+
+
+def test_an_event_after_close_is_kept_in_memory_and_does_not_raise(tmp_path):
+    log = EventLog(tmp_path / "e.jsonl")
+    log.write("a")
+    log.close()
+    log.write("hook-done", rc=0)  # a hook that outlived the watch
+    assert [e["event"] for e in read_events(tmp_path / "e.jsonl")] == ["a"]
+    assert log.recent[-1]["event"] == "hook-done"
