@@ -85,8 +85,8 @@ def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks:
               "|---|---|---|---|---|---|---|"]
     for p in analysis.get("processes", []):
         for t in p["threads"]:
-            if not t["main"] and t["verdict"] not in ("blocked", "busy"):
-                continue
+            if not t["main"] and not any(st["tid"] == t["tid"] for st in analysis.get("stuck_threads", [])):
+                continue  # vLLM's idle helper threads (zmq pollers, queue readers): in analysis.json
             lines.append(f"| {p['label']} ({p['pid']}) | {t['name']} | {t['verdict']} | `{t['stuck_frame']}` | "
                          f"{t['cpu_seconds']} / {t['window_seconds']} | {t['state']} | {t['wchan']} |")
     if errors:

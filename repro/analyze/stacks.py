@@ -278,7 +278,8 @@ def metrics_progress(bundle: Path) -> dict[str, float] | None:
 # vLLM's helper threads that always sit waiting; listed in the analysis but not as "stuck".
 _IDLE_HELPERS = ("process_input_sockets", "process_output_sockets", "MultiprocWorkerMonitor", "monitor_workers",
                  "_handle_workers", "_handle_results", "_handle_tasks", "pydevd", "_worker", "run_forever",
-                 "_monitor", "wait_for_engine_startup")
+                 "_monitor", "wait_for_engine_startup", "SignalCallback._run", "WorkerThread.run", "TMonitor.run",
+                 "death_pipe_monitor", "monitor_engine_liveness")
 
 
 def _idle_helper(t: ThreadVerdict) -> bool:

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from repro.analyze import report
 from repro.capture import context, docker as docker_mod
 from repro.capture.request import CaptureRequest
@@ -116,3 +118,25 @@ def test_timeline_reads_stress_columns_and_marks_the_stall(tmp_path: Path) -> No
 
 def test_docker_logs_command() -> None:
     assert docker_mod.logs_command("vllm", 100) == ["docker", "logs", "--tail", "100", "vllm"]
+
+
+def test_gpu_context_reads_nvidia_smi_and_xid_lines(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With an NVIDIA driver: `nvidia-smi -q` output and the kernel's `NVRM: Xid` lines (stand-ins here)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Driver Version : 580.1'\n")
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_text("#!/bin/sh\necho '[1.0] usb 1-1: new device'\n"
+                     "echo '[2.0] NVRM: Xid (PCI:0000:01:00): 79, GPU has fallen off the bus.'\n")
+    for p in (smi, dmesg):
+        p.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    g = context.nvidia(timeout=10)
+    assert g["present"] and "580.1" in g["smi"]["text"]
+    assert g["xid"]["lines"] == ["[2.0] NVRM: Xid (PCI:0000:01:00): 79, GPU has fallen off the bus."]
+
+
+def test_no_gpu_means_no_gpu_collectors(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if Path("/dev/nvidiactl").exists():
+        pytest.skip("this machine has an NVIDIA driver")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert context.nvidia(timeout=5) == {"present": False}
