@@ -388,6 +388,12 @@ class Search:
         z = sum(w)
         return [x / z for x in w]
 
+    def _family_posterior(self, changes: frozenset[Change], lowest: int) -> RatePosterior:
+        """Rate at concurrencies >= lowest with these changes (scale-free prior)."""
+        vals = [v for v in self.space.values if v >= lowest]
+        return RatePosterior(sum(self.hangs(Config(v, changes)) for v in vals),
+                             sum(self.exposure(Config(v, changes)) for v in vals))
+
     def _check_monotone(self, changes: frozenset[Change], lowest_hang: int) -> None:
         vals = self.space.values
         fam_k = sum(self.hangs(Config(v, changes)) for v in vals if v >= lowest_hang)
@@ -439,12 +445,15 @@ class Search:
             if out.skipped:
                 continue
             if out.hung:
+                fam = self._family_posterior(changes, c)
                 self.decide("concurrency", f"hang at concurrency {c} after {format_duration(out.exposure)}: "
-                            f"the threshold is at most {c}", concurrency=c, hung=True)
+                            f"the threshold is at most {c}; rate from {c} up {fmt_interval(fam)}",
+                            concurrency=c, hung=True)
             else:
                 newcdf = sum(self.threshold_posterior(changes)[: i + 1])
                 self.decide("concurrency", f"concurrency {c} clean for {format_duration(out.exposure)} "
-                            f"(total {format_duration(self.exposure(cfg))}): P(hangs) now {newcdf:.3g}",
+                            f"(total {format_duration(self.exposure(cfg))}): P(hangs) now {newcdf:.3g}; its rate "
+                            f"< {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)",
                             concurrency=c, hung=False, p_hangs=newcdf)
 
     def _exposure_to(self, changes: frozenset[Change], c: int, i: int, target: float) -> float:

@@ -80,3 +80,31 @@ def test_extract_n_turns_into_n_layer_ids(tmp_path: Path) -> None:
     assert layers_for(4, 32) == [2, 16, 29, 32]
     assert layers_for(1, 32) == [32]
     assert len(layers_for(6, 32)) == 6
+
+
+def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sp = SearchSpace(1, 8)
+    backend = trials.StressBackend(Scenario(), sp, tmp_path, parallel=3)
+    seen: list[tuple[int, float]] = []
+
+    def fake(self, step, slot, cfg, duration, hooks):  # type: ignore[no-untyped-def]
+        seen.append((slot, duration))
+        return {"hung": slot == 1, "exposure": 10.0 * (slot + 1), "trial_time": 70.0, "skipped": False,
+                "dir": f"d{slot}"}
+
+    monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
+    out = backend.run_step(0, Config(8, frozenset()), 300.0, hooks=None)
+    assert sorted(seen) == [(0, 100.0), (1, 100.0), (2, 100.0)]  # the cap is shared between the slots
+    assert out.hung and out.exposure == pytest.approx(60.0) and out.trial_time == pytest.approx(210.0)
+
+
+def test_step_is_skipped_only_when_no_slot_could_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = trials.StressBackend(Scenario(), SearchSpace(1, 8), tmp_path, parallel=2)
+
+    def fake(self, step, slot, cfg, duration, hooks):  # type: ignore[no-untyped-def]
+        return {"hung": False, "exposure": 0.0 if slot == 0 else 50.0, "trial_time": 60.0, "skipped": slot == 0,
+                "reason": "vLLM exited", "dir": "d"}
+
+    monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
+    out = backend.run_step(0, Config(8, frozenset()), 100.0, hooks=None)
+    assert not out.skipped and out.exposure == pytest.approx(50.0)
