@@ -10,6 +10,7 @@ counts any twice.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -144,7 +145,7 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
         for s in steps:
             if s.trials and s.wall == 0.0:
                 journal.append("step-end", step=s.step, recovered=True, wall=0.0)
-        journal.append("resume", text=f"resumed by pid {__import__('os').getpid()}")
+        journal.append("resume", text=f"resumed by pid {os.getpid()}")
         return journal, loaded, read_steps(journal)
     if spec is None:
         raise UsageError("nothing to search: give a space (--concurrency/--change or --space FILE) or --resume DIR")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from repro.bisect.space import Change, Config, SearchSpace
-from repro.bisect.stats import RatePosterior, fmt_interval, rate_upper_bound
+from repro.bisect.stats import RatePosterior, binomial_split_pvalue, fmt_interval, rate_upper_bound
 from repro.units import format_duration
 
 
@@ -146,6 +146,7 @@ class Search:
             self.alpha_dd, self.alpha_c = 0.0, settings.alpha
         self._dd_cache: dict[frozenset[Change], bool] = {}
         self._warned: set[int] = set()
+        self.threshold_mass: float | None = None
 
     # -- bookkeeping -------------------------------------------------------
     def decide(self, phase: str, text: str, **data: Any) -> None:
@@ -222,7 +223,7 @@ class Search:
         return Result(status, final if status == "minimal" else None,
                       {c.key(): {"hangs": v[0], "exposure": v[1]} for c, v in self.evidence.items()},
                       post, bpost if bpost.proper else None, self.decisions, self.trial_time, self.wall, self.steps,
-                      getattr(self, "threshold_mass", None), self.warnings)
+                      self.threshold_mass, self.warnings)
 
     def baseline(self) -> RatePosterior:
         cfg = self.space.baseline
@@ -495,6 +496,13 @@ class Search:
                         + (fmt_interval(own) if own.proper else
                            f"below {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)"))
         post = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+        base = self.space.baseline
+        versus = ""
+        if base != cfg and self.hangs(base) and not self.s.prior:
+            k, kb = self.hangs(cfg), self.hangs(base)
+            p = binomial_split_pvalue(k, k + kb, self.exposure(cfg), self.exposure(base))
+            versus = (f"; against the baseline ({kb} hangs in {format_duration(self.exposure(base))}) "
+                      f"P(this few hangs | equal rates) = {p:.2g}")
         self.decide("confirm", f"confirmed: {cfg.describe()} hung {self.hangs(cfg)} times in "
                     f"{format_duration(self.exposure(cfg))}; rate {fmt_interval(post)}; mean time to hang "
-                    f"{format_duration(post.mean_time_to_hang)}")
+                    f"{format_duration(post.mean_time_to_hang)}{versus}")
