@@ -270,23 +270,28 @@ class _Run:
                 st.retries += 1
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), 2.0 ** attempt)
+            checking = False
             if rec.status == "ok":
-                self.handle_ok(prep, rec, body or b"")
+                checking = self.handle_ok(prep, rec, body or b"")
             else:
                 st.finish(rec, self.requests_f)
+            if not checking:
+                self.check_slots.release()  # taken in issue(); a submitted check releases it when done
         except asyncio.CancelledError:
             rec.status, rec.error = "cancelled", rec.error or "cancelled"
             st.finish(rec, self.requests_f)
+            self.check_slots.release()
             raise
 
-    def handle_ok(self, prep: PreparedRequest, rec: RequestRecord, body: bytes) -> None:
+    def handle_ok(self, prep: PreparedRequest, rec: RequestRecord, body: bytes) -> bool:
+        """Count the response; submit its file check (True) or finish the record now (False)."""
         st = self.stats
         try:
             info = read_response(json.loads(body))
         except (ValueError, AttributeError, IndexError, TypeError) as exc:
             rec.status, rec.error, rec.detail = "error", "bad-response", f"{type(exc).__name__}: {exc}"
             st.finish(rec, self.requests_f)
-            return
+            return False
         rec.prompt_tokens = info.prompt_tokens if info.prompt_tokens is not None else rec.prompt_tokens
         rec.completion_tokens = info.completion_tokens
         if info.hs_path is None:
@@ -295,7 +300,7 @@ class _Run:
                             "detail": "the response has no kv_transfer_params.hidden_states_path "
                                       "(is hidden-state extraction on?)"}
             st.finish(rec, self.requests_f)
-            return
+            return False
         expected = prep.prompt_tokens
         if expected is not None and info.prompt_ids is not None and list(expected) != list(info.prompt_ids):
             rec.file = {"ok": False, "error": "bad-tokens", "detail": "response prompt_token_ids differ from the prompt"}
@@ -329,6 +334,7 @@ class _Run:
             st.finish(rec, self.requests_f)
 
         fut.add_done_callback(done)
+        return True
 
     async def issue(self, session: aiohttp.ClientSession, feed: PromptFeed) -> PreparedRequest | None:
         """The next prepared request, or None when the budget is spent or the run stops."""

@@ -88,9 +88,10 @@ def prepare(seq: int, prompt: Prompt, kind: str, model: str, max_tokens: int) ->
         if kind != HIDDEN_STATES:
             body["ignore_eos"] = True
         path = "/v1/chat/completions"
-    n = len(prompt.tokens) if prompt.tokens is not None else None
+    sent_ids = prompt.tokens if path == "/v1/completions" else None  # chat: the server applies its template
+    n = len(sent_ids) if sent_ids is not None else None
     return PreparedRequest(seq, kind, path, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-                           prompt.tokens, n)
+                           sent_ids, n)
 
 
 @dataclass(frozen=True)

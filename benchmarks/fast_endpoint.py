@@ -1,0 +1,185 @@
+"""A fast stand-in for vLLM's OpenAI server, for measuring load generators (not vLLM).
+
+Serves /v1/models, /v1/completions (plain JSON, or SSE when "stream": true, as
+`vllm bench serve` asks), /v1/chat/completions and /metrics with
+vllm:num_requests_running = requests in flight on this side. Each request takes
+--latency seconds (asyncio.sleep: no CPU), so a perfect client at concurrency C
+keeps C in flight here. With --files DIR each completion writes a hidden-state
+safetensors file ([prompt_tokens, --layers, --hidden] float32 + token_ids) under
+the .lock protocol (LOCK_EX while writing) from a thread, and returns its path in
+kv_transfer_params like vLLM's hidden-states connector.
+
+GET /stats returns the time-integral of in-flight (``area``) at time ``t``: the
+mean in flight between two calls is (area2 - area1) / (t2 - t1).
+
+    python benchmarks/fast_endpoint.py --port 8201 --latency 0.1 --files /dev/shm/repro-stress-fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import time
+import uuid
+
+import numpy as np
+from aiohttp import web
+from safetensors.numpy import save_file
+
+
+STATE: web.AppKey["State"] = web.AppKey("state")
+
+
+class State:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.in_flight = 0
+        self.area = 0.0
+        self.t_last = time.monotonic()
+        self.requests = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.area += self.in_flight * (now - self.t_last)
+        self.t_last = now
+
+    def enter(self) -> None:
+        self._tick()
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self._tick()
+        self.in_flight -= 1
+
+
+def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int) -> None:
+    lock = os.open(path + ".lock", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hs = np.zeros((len(token_ids), layers, hidden), dtype=np.float32)
+        save_file({"hidden_states": hs, "token_ids": np.asarray(token_ids, dtype=np.int64)}, path)
+    finally:
+        os.close(lock)
+
+
+def prompt_ids(body: dict) -> list[int]:
+    p = body.get("prompt")
+    if isinstance(p, list) and p and isinstance(p[0], int):
+        return p
+    if isinstance(p, str):
+        return [1 + (ord(c) % 250) for c in p[:4096]] or [1]
+    msgs = body.get("messages") or []
+    text = " ".join(str(m.get("content", "")) for m in msgs)
+    return [1 + (ord(c) % 250) for c in text[:4096]] or [1]
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    st: State = request.app[STATE]
+    st.enter()
+    try:
+        body = await request.json()
+        ids = prompt_ids(body)
+        n_out = int(body.get("max_tokens") or 1)
+        await asyncio.sleep(st.args.latency)
+        rid = f"cmpl-{uuid.uuid4().hex[:16]}"
+        kv = None
+        if st.args.files:
+            path = os.path.join(st.args.files, rid + ".safetensors")
+            await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden)
+            kv = {"hidden_states_path": path}
+        st.requests += 1
+        st.prompt_tokens += len(ids)
+        st.generation_tokens += n_out
+        usage = {"prompt_tokens": len(ids), "completion_tokens": n_out, "total_tokens": len(ids) + n_out}
+        chat = request.path.endswith("/chat/completions")
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            delta = {"delta": {"content": "x"}} if chat else {"text": "x"}
+            await resp.write(f"data: {json.dumps({'id': rid, 'choices': [{'index': 0, **delta}]})}\n\n".encode())
+            await resp.write(f"data: {json.dumps({'id': rid, 'choices': [], 'usage': usage})}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        choice: dict = {"index": 0, "finish_reason": "length", "token_ids": [7] * n_out}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": "x" * n_out}
+        else:
+            choice["text"] = "x" * n_out
+            choice["prompt_token_ids"] = ids
+        out: dict = {"id": rid, "object": "text_completion", "model": st.args.model, "choices": [choice],
+                     "usage": usage, "kv_transfer_params": kv}
+        if chat:
+            out["prompt_token_ids"] = ids
+        return web.Response(body=json.dumps(out, separators=(",", ":")).encode(), content_type="application/json")
+    finally:
+        st.leave()
+
+
+async def models(request: web.Request) -> web.Response:
+    st: State = request.app[STATE]
+    return web.json_response({"object": "list", "data": [{"id": st.args.model, "object": "model", "root": None}]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    st: State = request.app[STATE]
+    m = st.args.model
+    text = (f'vllm:num_requests_running{{engine="0",model_name="{m}"}} {float(st.in_flight)}\n'
+            f'vllm:num_requests_waiting{{engine="0",model_name="{m}"}} 0.0\n'
+            f'vllm:kv_cache_usage_perc{{engine="0",model_name="{m}"}} 0.0\n'
+            f'vllm:prompt_tokens_total{{engine="0",model_name="{m}"}} {float(st.prompt_tokens)}\n'
+            f'vllm:generation_tokens_total{{engine="0",model_name="{m}"}} {float(st.generation_tokens)}\n'
+            f'vllm:request_success_total{{engine="0",finished_reason="length",model_name="{m}"}} {float(st.requests)}\n')
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def stats(request: web.Request) -> web.Response:
+    st: State = request.app[STATE]
+    st._tick()
+    return web.json_response({"t": st.t_last, "area": st.area, "in_flight": st.in_flight, "requests": st.requests})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="")
+
+
+def make_app(args: argparse.Namespace) -> web.Application:
+    app = web.Application(client_max_size=64 << 20)
+    app[STATE] = State(args)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/health", health)
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8201)
+    ap.add_argument("--latency", type=float, default=0.05, help="seconds each request spends in the server")
+    ap.add_argument("--files", default=None, help="write hidden-state files into this directory")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--model", default="fast")
+    args = ap.parse_args()
+    if args.files:
+        os.makedirs(args.files, exist_ok=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(args), host=args.host, port=args.port, access_log=None, backlog=4096, print=None)
+
+
+if __name__ == "__main__":
+    main()

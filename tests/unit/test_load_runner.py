@@ -1,0 +1,133 @@
+"""run_stress end to end against benchmarks/fast_endpoint.py (in-process, loopback): the runner's contracts
+without a vLLM.
+
+Contract: a --requests budget is sent exactly; every hidden-state file is verified
+and consumed; summary.json counts equal requests.jsonl; at concurrency above 100 no
+request starves in the client's own connection pool (the server sees the full
+concurrency and no client timeout happens while it answers fast); responses
+without a file (or with a failed check) never leak a concurrency slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from aiohttp import web
+
+from repro.load.records import count_records
+from repro.load.runner import run_stress
+from repro.scenario import DetectSettings, LoadSettings, Scenario
+from tests.conftest import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import fast_endpoint  # noqa: E402
+
+
+class Endpoint:
+    def __init__(self, latency: float, files: str | None) -> None:
+        self.port = free_port()
+        self.args = argparse.Namespace(latency=latency, files=files, layers=2, hidden=8, model="fast")
+        self.max_in_flight = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = fast_endpoint.make_app(self.args)
+        self.state = app[fast_endpoint.STATE]
+        orig = self.state.enter
+
+        def enter() -> None:
+            orig()
+            self.max_in_flight = max(self.max_in_flight, self.state.in_flight)
+
+        self.state.enter = enter  # type: ignore[method-assign]
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port, backlog=2048).start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def endpoint_factory(tmp_path: Path) -> Iterator:
+    made: list[Endpoint] = []
+
+    def make(latency: float = 0.0, files: bool = True) -> Endpoint:
+        ep = Endpoint(latency, str(tmp_path / "store") if files else None)
+        if files:
+            os.makedirs(tmp_path / "store", exist_ok=True)
+        made.append(ep)
+        return ep
+
+    yield make
+    for ep in made:
+        ep.close()
+
+
+def scenario(url: str, **load: object) -> Scenario:
+    base = dict(concurrency=8, requests=300, prompt_len=(16, 64), vocab_size=250, request_timeout=30.0)
+    base.update(load)
+    return Scenario(load=LoadSettings(**base), detect=DetectSettings(window=60, startup_grace=0), url=url,  # type: ignore[arg-type]
+                    on_stall="exit")
+
+
+def test_request_budget_sent_exactly_files_consumed_and_counts_match(endpoint_factory, tmp_path: Path) -> None:
+    ep = endpoint_factory(latency=0.005)
+    run = tmp_path / "run"
+    res = run_stress(scenario(ep.url, requests=300), run)
+    assert res.exit_code == 0 and res.outcome == "clean"
+    s = json.loads((run / "summary.json").read_text())
+    recount = count_records(run / "requests.jsonl")
+    assert recount["total"] == s["requests"]["total"] == 300 == ep.state.requests
+    assert recount["files_ok"] == s["files"]["verified"] == 300 and s["files"]["bad"] == 0
+    assert os.listdir(tmp_path / "store") == []  # every file and every .lock consumed
+    for name in ("scenario.json", "requests.jsonl", "timeline.csv", "events.jsonl", "summary.json"):
+        assert (run / name).exists()
+
+
+def test_no_starvation_in_the_client_pool_above_100_concurrency(endpoint_factory, tmp_path: Path) -> None:
+    """Concurrency 160 (> aiohttp's default 100-connection pool), server answers in 0.3 s, client timeout 5 s:
+    the server sees all 160 at once and no request times out in the client."""
+    ep = endpoint_factory(latency=0.3)
+    res = run_stress(scenario(ep.url, concurrency=160, requests=1600, request_timeout=5.0), tmp_path / "run")
+    assert res.exit_code == 0
+    assert res.counts["timeouts"] == 0 and res.counts["attempt_timeouts"] == 0 and res.counts["ok"] == 1600
+    assert ep.max_in_flight == 160
+
+
+def test_responses_without_a_file_never_leak_a_slot(endpoint_factory, tmp_path: Path) -> None:
+    """No hidden_states_path (extraction off): each request is recorded with file error no-path, and the
+    run still sends its whole budget (far more than the backlog bound of max(64, 4 x concurrency))."""
+    ep = endpoint_factory(files=False)
+    res = run_stress(scenario(ep.url, concurrency=4, requests=400), tmp_path / "run")
+    assert res.counts["total"] == 400 == ep.state.requests
+    assert res.files["errors"] == {"no-path": 400}
+
+
+def test_chat_workload_and_mixed_share(endpoint_factory, tmp_path: Path) -> None:
+    ep = endpoint_factory()
+    res = run_stress(scenario(ep.url, workload="mixed:0.5", requests=200, max_tokens=4), tmp_path / "run")
+    kinds = res.counts["by_kind"]
+    assert kinds.get("hidden-states", 0) + kinds.get("chat", 0) == 200 and 60 < kinds.get("chat", 0) < 140
+    assert res.files["verified"] == 200 and os.listdir(tmp_path / "store") == []
