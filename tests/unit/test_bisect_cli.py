@@ -25,6 +25,23 @@ seed = 1
 
 
 def repro(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in-process through repro.cli.main (its error handling included)."""
+    import contextlib
+    import io
+
+    from repro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def repro_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=120)
 
 
@@ -102,7 +119,8 @@ def test_space_toml_with_unknown_key_is_refused(tmp_path: Path) -> None:
 
 def test_trial_exits_125_when_the_target_cannot_be_reached(tmp_path: Path) -> None:
     """git bisect run must skip (125), not mark bad, a commit whose server does not answer."""
-    r = repro("trial", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "5", "--out", str(tmp_path / "t"))
+    r = repro_subprocess("trial", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "5",
+                         "--out", str(tmp_path / "t"))
     assert r.returncode == 125, (r.stdout, r.stderr)
     assert "could not test" in r.stderr or "skip" in r.stderr
 

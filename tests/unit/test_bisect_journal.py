@@ -42,6 +42,23 @@ def repro(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def repro_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in-process (repro.cli.main): the same code path, without a new interpreter."""
+    import contextlib
+    import io
+
+    from repro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines() if line.strip()]
 
@@ -82,7 +99,7 @@ def test_killed_trial_counts_exposure_up_to_its_last_heartbeat_and_only_once(tmp
 
 def test_simulated_search_writes_minimal_json_and_resume_of_a_finished_search_adds_no_exposure(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    r = repro("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run))
+    r = repro_here("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run))
     assert r.returncode == 0, r.stderr
     doc = json.loads((run / "minimal.json").read_text())
     assert doc["status"] == "minimal"
@@ -90,7 +107,7 @@ def test_simulated_search_writes_minimal_json_and_resume_of_a_finished_search_ad
     assert doc["rate"]["hangs"] >= 3 and doc["rate"]["ci95_per_hour"][0] < doc["rate"]["per_hour"]
     before = total_exposure(Journal(run / "journal.jsonl"))
     n_steps = len(read_steps(Journal(run / "journal.jsonl")))
-    r2 = repro("bisect", "--resume", str(run))
+    r2 = repro_here("bisect", "--resume", str(run))
     assert r2.returncode == 0, r2.stderr
     assert total_exposure(Journal(run / "journal.jsonl")) == pytest.approx(before)
     assert len(read_steps(Journal(run / "journal.jsonl"))) == n_steps  # everything replayed, nothing re-run
@@ -154,10 +171,10 @@ def test_kill_9_during_a_trial_then_resume_keeps_exposure_equal_to_what_was_run(
 
 def test_undo_voids_the_last_step_and_log_prints_the_journal(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert repro("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run)).returncode == 0
+    assert repro_here("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run)).returncode == 0
     steps = read_steps(Journal(run / "journal.jsonl"))
-    r = repro("bisect", "--undo", str(run))
+    r = repro_here("bisect", "--undo", str(run))
     assert r.returncode == 0 and f"undid step {steps[-1].step}" in r.stdout
     assert read_steps(Journal(run / "journal.jsonl"))[-1].undone
-    log = repro("bisect", "--log", str(run))
+    log = repro_here("bisect", "--log", str(run))
     assert log.returncode == 0 and "start search" in log.stdout and "decision:" in log.stdout
