@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from repro.bisect.journal import Journal, read_steps, total_exposure
+from tests.unit.test_bisect_cli import repro as repro_here  # the CLI in-process
 
 MODEL = """
 [space]
@@ -40,23 +41,6 @@ def write_model(tmp: Path, speed: float = 0.0) -> Path:
 
 def repro(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def repro_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in-process (repro.cli.main): the same code path, without a new interpreter."""
-    import contextlib
-    import io
-
-    from repro.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def records(run: Path) -> list[dict]:
