@@ -122,6 +122,11 @@ class StopSearch(Exception):
 Report = Callable[[Decision], None]
 
 
+def recheck_budget(alpha_dd: float, rnd: int) -> float:
+    """Error budget of the r-th re-check round: 80% for the first, then 10%, 5%, ... (sums to alpha_dd)."""
+    return alpha_dd * (0.8 if rnd == 1 else 0.1 * 0.5 ** (rnd - 2))
+
+
 class Search:
     def __init__(self, space: SearchSpace, settings: Settings, executor: Executor,
                  report: Report | None = None) -> None:
@@ -304,7 +309,7 @@ class Search:
         rnd = 0
         while c:
             rnd += 1
-            budget = self.alpha_dd * (0.8 if rnd == 1 else 0.2 * 0.5 ** (rnd - 2))
+            budget = recheck_budget(self.alpha_dd, rnd)
             level = budget / len(c)
             self.decide("changes", f"re-checking {len(c)} single removal(s) from {', '.join(map(str, c))} at "
                         f"alpha {level:.2g} each")

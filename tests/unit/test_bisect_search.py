@@ -175,3 +175,17 @@ def test_parallel_simulated_trials_pool_exposure_and_finish_sooner() -> None:
     assert four.exposure == pytest.approx(one.exposure)  # the same evidence ...
     assert four.wall == pytest.approx(60.0 + 900.0)  # ... in a quarter of the time
     assert four.trial_time == pytest.approx(4 * (60.0 + 900.0))
+
+
+def test_recheck_rounds_never_spend_more_than_the_change_budget() -> None:
+    from repro.bisect.search import recheck_budget
+
+    assert sum(recheck_budget(0.025, r) for r in range(1, 60)) <= 0.025 + 1e-15
+    assert recheck_budget(0.025, 1) == pytest.approx(0.02)
+
+
+def test_error_budget_is_split_between_changes_and_concurrency() -> None:
+    both = Search(space(), Settings(alpha=0.05), Sim(space(), lambda c: 0.0, 0))
+    assert both.alpha_dd + both.alpha_c == pytest.approx(0.05)
+    only_c = Search(SearchSpace(1, 8), Settings(alpha=0.05), Sim(space(), lambda c: 0.0, 0))
+    assert (only_c.alpha_dd, only_c.alpha_c) == (0.0, 0.05)
