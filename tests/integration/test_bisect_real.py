@@ -39,10 +39,15 @@ def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tm
            "--on-stall", "exit", "--workload-prompt-len", "16-64", "--heartbeat", "2",
            "--port", str(free_port()), "--plain-storage", storage, "--budget", "13m", "--out", str(run)]
     t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=870)  # the search ends itself (budget) before pytest-timeout
+        out, err = proc.communicate(timeout=870)  # the budget ends the search first
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: bisect stops its trial's server group itself
+        out, err = proc.communicate(timeout=90)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     elapsed = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((run / "minimal.json").read_text())
