@@ -102,6 +102,7 @@ def main() -> int:
         ray_constants.ENABLE_RAY_CLUSTER = False
         t0 = time.perf_counter()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                "dashboard_port": 8655,
                                                                 "object_store_memory": 200_000_000})
         cluster.add_node(num_cpus=2, object_store_memory=200_000_000)
         cluster.wait_for_nodes()

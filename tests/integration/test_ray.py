@@ -52,9 +52,11 @@ def cluster() -> Iterator[str]:
 
     tmp = Path(f"/dev/shm/repro-ray-test-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    old_tmpdir = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = str(tmp)
     ray_constants.ENABLE_RAY_CLUSTER = False
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                      "dashboard_port": free_port(),
                                                       "object_store_memory": 150_000_000})
     try:
         c.add_node(num_cpus=2, object_store_memory=150_000_000)
@@ -66,6 +68,10 @@ def cluster() -> Iterator[str]:
             ray.shutdown()
         c.shutdown()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        if old_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmpdir
 
 
 def bisect(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
