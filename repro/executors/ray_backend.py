@@ -153,8 +153,13 @@ class RayBackend:
         if self.mode == "simulate":
             return {"kind": "sim", "model": self.model, "step": step, "slot": slot, "parallel": self.parallel,
                     "each": each, "rate": self.model.hazard.rate_of(self.model.space, cfg), "trial": tid}
-        return {"kind": "trial", "name": name, "trial": tid, "step": step, "slot": slot, "config": cfg.to_dict(),
-                "space": self.space.to_dict(), "scenario": self.base.to_dict(), "duration": each,
+        space, config = self.space.to_dict(), cfg.to_dict()
+        if self.parallel > 1:  # as the local executor does: each slot its own storage directory (same node or not)
+            space["plain_storage"] = f"{space['plain_storage'].rstrip('/')}/slot{slot}"
+            for d in (space, config):
+                d["changes"] = [f"{c.rstrip('/')}/slot{slot}" if c.startswith("storage=") else c for c in d["changes"]]
+        return {"kind": "trial", "name": name, "trial": tid, "step": step, "slot": slot, "config": config,
+                "space": space, "scenario": self.base.to_dict(), "duration": each,
                 "heartbeat": self.heartbeat, "evidence": f"trials/{name}", "artifact_dir": self.artifact_dir,
                 "run_key": self.run_key, "budget": self.budget}
 

@@ -178,3 +178,25 @@ def test_evidence_over_budget_names_what_stayed_on_the_node(tmp_path: Path) -> N
                            "node_path": str(src)}, tmp_path / "home")
     assert (home / "summary.json").exists() and not (home / "server.log").exists()
     assert ev["left_on_node"] == {"path": str(src), "files": ["server.log"]}
+
+
+def test_parallel_real_trials_on_ray_get_a_storage_directory_per_slot_like_local_ones() -> None:
+    """Two slots of one step may land on the same node: each writes hidden states to its own directory."""
+    from repro.executors.ray_backend import RayBackend
+    from repro.scenario import Scenario
+
+    class _Ray:
+        def remote(self, **kw: Any) -> Any:
+            return lambda cls: cls
+
+    space = SearchSpace(1, 8, (Change.parse("storage=/mnt/nfs/hs/"), Change.parse("timeout=120")),
+                        plain_storage="/dev/shm/plain")
+    cfg = Config(8, frozenset(space.changes))
+    rb = RayBackend(RaySession(None, _Ray()), Path("/tmp/run"), mode="real", parallel=2, base=Scenario(), space=space)
+    jobs = [rb.job(3, slot, cfg, 100.0, 7 + slot) for slot in (0, 1)]
+    assert [j["config"]["changes"] for j in jobs] == [["storage=/mnt/nfs/hs/slot0", "timeout=120"],
+                                                      ["storage=/mnt/nfs/hs/slot1", "timeout=120"]]
+    assert [j["space"]["plain_storage"] for j in jobs] == ["/dev/shm/plain/slot0", "/dev/shm/plain/slot1"]
+    assert cfg.to_dict()["changes"] == ["storage=/mnt/nfs/hs/", "timeout=120"]  # the journaled config is unchanged
+    one = RayBackend(RaySession(None, _Ray()), Path("/tmp/run"), mode="real", parallel=1, base=Scenario(), space=space)
+    assert one.job(0, 0, cfg, 10.0, 0)["space"]["plain_storage"] == "/dev/shm/plain"
