@@ -175,4 +175,5 @@ def test_the_documented_watch_command_parses_with_repro_watch():
     assert ctx.params["serve"] is True
     assert ctx.params["port"] == 8000
     assert ctx.params["metrics_port"] == 9400
+    assert ctx.params["metrics_host"] == "0.0.0.0"  # reachable through -p 9400:9400
     assert ctx.params["vllm_args"] == ("--max-num-seqs", "32")
