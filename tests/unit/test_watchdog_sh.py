@@ -56,10 +56,15 @@ class FakeVllm:
         self.lookalike = True  # a series whose name only starts like vllm:num_requests_running
         self.hang_completions = 0.0  # seconds a POST /v1/completions hangs (a stuck engine)
         self.completions = 0
+        self.broken = False  # /metrics answers 503 (a server that is down or wedged)
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/metrics" and fake.broken:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 if self.path == "/metrics":
                     fake.metrics_reads += 1
                     fake.gen += fake.advance
@@ -229,6 +234,22 @@ def test_with_a_container_it_dumps_that_containers_processes_and_runs_docker_res
     assert dumps == [f"dump dump --pid {engine}"], (dumps, engine, decoy.pid)
     assert r.stderr.index("STALL") < r.stderr.index("py-spy: stacks of VLLM::EngineCore") \
         < r.stderr.index("restarting: docker restart vllm-prod")
+
+
+def test_metrics_that_stop_answering_for_the_window_lead_to_a_restart(fake, tmp_path):
+    marker = tmp_path / "restarted"
+    fake.running = 0  # idle, not stalled, while it still answers
+    proc = subprocess.Popen(["sh", str(SCRIPT), "--url", fake.url, "--interval", "0.2", "--window", "1",
+                             "--startup-grace", "1", "--restart-cmd", f"touch {marker}", "--once"],
+                            stderr=subprocess.PIPE, text=True)
+    while fake.metrics_reads < 2:  # watching a healthy-looking server first
+        time.sleep(0.05)
+    fake.broken = True
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_STALL, err
+    assert "/metrics does not answer" in err and "/metrics has not answered" in err
+    assert marker.exists()
+    assert "did not answer within 1s of the restart" in err
 
 
 def test_an_unreachable_url_fails_with_one_line_and_runs_no_restart(tmp_path):
