@@ -77,6 +77,8 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
                    "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}.")
 @click.option("--vocab-size", type=int, default=None, help="Synthetic token ids stay below this. "
                                                            "Default: the model's config, else 500.")
+@click.option("--check-threads", type=int, default=None,
+              help="Threads verifying hidden-state files (default: concurrency/16 within 4..16; more for slow storage).")
 @click.option("--max-tokens", type=int, default=16, help="Tokens to generate per chat request.")
 @click.option("--consume", default="delete", metavar="delete|move:DIR|keep",
               help="What to do with each verified hidden-state file.")
@@ -133,7 +135,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"), retries=kw["retries"],
         seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
         max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
-        model_name=kw["model_name"], vocab_size=kw["vocab_size"])
+        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"])
     detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
                             min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
                             startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))

@@ -648,7 +648,7 @@ class _Run:
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread: the caller handles signals
         c = self.L.concurrency
-        threads = self.L.check_threads or min(32, max(4, c // 4))
+        threads = self.L.check_threads or min(16, max(4, c // 16))  # CPU-bound on local storage: few threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="repro-check")
         prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
         self.check_slots = asyncio.Semaphore(max(64, 4 * c))
