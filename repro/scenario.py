@@ -69,7 +69,7 @@ class LoadSettings:
     keep_budget: int = 1 << 30  # bytes kept at most with consume=keep
     model_name: str | None = None  # None: from /v1/models
     vocab_size: int | None = None  # synthetic token ids are drawn below this; None: from the model's config
-    check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/4 in 4..32
+    check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/16 in 4..16
 
     def validate(self) -> None:
         if self.concurrency < 1:
