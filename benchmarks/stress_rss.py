@@ -54,6 +54,8 @@ def main() -> None:
                 rss = ps.memory_info().rss
             except psutil.NoSuchProcess:
                 break
+            if rss == 0:  # exiting (zombie): not a sample
+                break
             samples.append((round(time.monotonic() - t0, 1), n, rss))
             if base is None and n >= args.after:
                 base = (n, rss)
