@@ -32,21 +32,10 @@ def cli() -> None:
 
 
 def _add_commands() -> None:
-    from repro.commands import options
-
-    names = ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]
-    pending = {"stress": "issue 3", "capture": "issue 4", "watch": "issue 5", "bisect": "issue 6",
-               "trial": "issue 6", "analyze": "issue 4", "issue": "issue 4"}
     import importlib
 
-    for name in names:
-        try:
-            mod = importlib.import_module(f"repro.commands.{name}")
-            cli.add_command(mod.command, name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"repro.commands.{name}":
-                raise
-            cli.add_command(options.not_built(name, pending.get(name, "")), name)
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]:
+        cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 
 _add_commands()

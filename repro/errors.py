@@ -49,12 +49,6 @@ class ServerStartError(TargetError):
     """vLLM exited or did not become ready; the message carries its log tail."""
 
 
-class NotBuiltError(ReproError):
-    """A command the kit will have but which is not built yet. Exit 2."""
-
-    exit_code = EXIT_USAGE
-
-
 PTRACE_HELP = """\
 py-spy needs permission to read another process's memory (ptrace). Depending on
 where repro runs:

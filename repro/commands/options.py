@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -110,22 +109,3 @@ def server_settings(kwargs: dict[str, Any], extra_args: tuple[str, ...] = ()) ->
 def passthrough(f: Callable[..., Any]) -> Callable[..., Any]:
     """Collect vLLM arguments given after `--`."""
     return click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- VLLM_ARGS...]")(f)
-
-
-def not_built(name: str, issue: str) -> click.Command:
-    """A command the kit will have; until it is built it says so and exits 2."""
-
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   help=f"(not built yet: {issue})", add_help_option=True)
-    @functools.wraps(lambda: None)
-    def _cmd() -> None:
-        from repro.errors import NotBuiltError
-
-        raise NotBuiltError(f"`repro {name}` is not built yet ({issue})")
-
-    return _cmd
-
-
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise UsageError(message)

@@ -15,7 +15,7 @@ from repro.commands.options import passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
 from repro.rundir import new_run_dir
-from repro.scenario import DetectSettings, LoadSettings, Scenario
+from repro.scenario import CaptureSettings, DetectSettings, LoadSettings, Scenario
 from repro.units import parse_duration, parse_size
 
 
@@ -93,6 +93,12 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--on-stall", type=click.Choice(["capture", "exit", "restart"]), default="capture",
               help="capture: hand the run to the capture stage, then exit 1; exit: exit 1 at once; "
                    "restart: not supported by stress (use `repro watch`).")
+@click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True,
+              help="On a stall: py-spy dumps of every vLLM process, this many rounds.")
+@click.option("--sample-interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="On a stall: seconds between dump rounds.")
+@click.option("--bundle-budget", default="20MB", show_default=True, metavar="SIZE",
+              help="On a stall: size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.")
 @click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
 @click.option("--replicas", type=int, default=1,
               help="With --executor ray: this many independent soaks, each with its own server on its node.")
@@ -139,7 +145,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
                             min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
                             startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
-    scn = Scenario(server=server, load=load, detect=detect, url=url.rstrip("/") if url else None,
+    capture = CaptureSettings(samples=kw["samples"], interval=kw["sample_interval"],
+                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"))
+    scn = Scenario(server=server, load=load, detect=detect, capture=capture, url=url.rstrip("/") if url else None,
                    log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
                    on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"])
     scn.validate()

@@ -553,15 +553,7 @@ class _Run:
         if self.scn.on_stall != "capture":
             self.capture_info = {"status": "skipped", "reason": f"--on-stall {self.scn.on_stall}"}
             return
-        try:
-            from repro.capture import run as capture_run  # built by the capture issue
-        except ImportError as exc:
-            self.capture_info = {"status": "not-built", "detail": str(exc),
-                                 "evidence": str(self.run_dir / "detection.json")}
-            self.progress.message(f"capture is not built yet: detector evidence written to "
-                                  f"{self.run_dir / 'detection.json'}")
-            self.event("capture", status="not-built")
-            return
+        from repro.capture import run as capture_run
         from repro.capture.request import CaptureRequest
 
         log_path = (self.server.log_path if self.server is not None

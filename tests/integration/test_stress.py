@@ -114,10 +114,13 @@ def test_c_pause_shorter_than_the_window_is_not_a_stall(vllm_server: SharedServe
     assert any(e["event"] == "slow" for e in vllm_server.injected_events())
 
 
-def test_b_injected_scheduler_stall_is_an_engine_stall(vllm_server: SharedServer, tmp_path: Path) -> None:
+def test_b_injected_scheduler_stall_is_an_engine_stall_captured_at_that_moment(vllm_server: SharedServer,
+                                                                               tmp_path: Path) -> None:
     """GIVEN the scheduler stalls for good 30 s after the load starts and --window 20,
-    THEN stress exits 1 with class engine-stall and records when the stall began and when it
-    was detected, also relative to the injected ground truth.
+    THEN stress exits 1 with class engine-stall, records when the stall began and when it
+    was detected (also relative to the injected ground truth), and -- the default
+    --on-stall capture -- writes a bundle taken while the engine was stuck, whose
+    analysis finds EngineCore blocked in the injected frame.
 
     The stall is armed through the shared server's control file with the same spec as
     `--inject stall-after=30` (the plugin parses both the same way and stalls in the same
@@ -128,7 +131,7 @@ def test_b_injected_scheduler_stall_is_an_engine_stall(vllm_server: SharedServer
     vllm_server.inject("stall-after=30")
     try:
         p = stress(["--url", vllm_server.url, "--concurrency", "16", "--duration", "300", "--prompt-len", "16-256",
-                    "--window", "20", "--startup-grace", "0", "--on-stall", "exit", "--out", str(run)], timeout=300)
+                    "--window", "20", "--startup-grace", "0", "--samples", "2", "--out", str(run)], timeout=400)
     finally:
         vllm_server.release()
     no_traceback(p)
@@ -144,6 +147,13 @@ def test_b_injected_scheduler_stall_is_an_engine_stall(vllm_server: SharedServer
     assert s["exposure_seconds"] == pytest.approx(st["since_s"], abs=2.0)
     assert "STALL detected: engine-stall" in p.stderr
     assert any(e["event"] == "stall" and e["class"] == "engine-stall" for e in events(run))
+    cap = s["capture"]
+    assert cap["status"] == "done", cap
+    assert Path(cap["tarball"]).is_file() and Path(cap["tarball"]).stat().st_size < 25_000_000
+    analysis = json.loads((Path(cap["dir"]) / "analysis.json").read_text())
+    assert analysis["stuck_process"] == "EngineCore" and analysis["verdict"] == "blocked"
+    assert "repro_injected_scheduler_stall" in analysis["stuck_frame"]
+    assert any(e["event"] == "capture" and e["status"] == "done" for e in events(run))
 
 
 def test_d_killed_server_is_server_dead_not_a_traceback(tmp_path: Path) -> None:
