@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from repro.errors import UsageError
 from repro.scenario import ServerSettings
 from repro.vllm_plugins import faultspec
 
