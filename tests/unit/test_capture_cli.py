@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,13 @@ def test_capture_of_a_pid_that_does_not_exist(capsys: pytest.CaptureFixture[str]
 
 
 def test_capture_of_a_process_that_is_not_vllm(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["capture", "--pid", str(os.getpid())], capsys)
+    """A plain process with no vLLM below it (not pytest itself: a session's shared vLLM server is its child)."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        code, _, err = run_cli(["capture", "--pid", str(other.pid)], capsys)
+    finally:
+        other.kill()
+        other.wait()
     assert code == EXIT_USAGE
     assert "is not a vLLM server" in one_line(err)
 
