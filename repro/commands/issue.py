@@ -8,6 +8,7 @@ import click
 
 from repro.analyze.issue import find_template, render_issue
 from repro.analyze.load import open_bundle
+from repro.errors import UsageError
 
 
 @click.command("issue")
@@ -17,18 +18,28 @@ from repro.analyze.load import open_bundle
 @click.option("--out", default=None, metavar="FILE",
               help="Where to write (default: ISSUE.md inside the bundle directory, or <name>.ISSUE.md beside "
                    "a tarball). '-' prints to stdout.")
-def command(bundle: Path, template: str | None, out: str | None) -> int:
+@click.option("--bisect", "bisect_dir", default=None, type=click.Path(path_type=Path), metavar="DIR",
+              help="A `repro bisect` run directory: its minimal reproducer section (ISSUE_bisect.md) is added.")
+def command(bundle: Path, template: str | None, out: str | None, bisect_dir: Path | None) -> int:
     """Render ISSUE.md (vLLM's bug-report shape) from BUNDLE (directory or .tar.gz).
 
     Title `[Bug]: ...`, "Your current environment" with collect-env in <details>,
     "🐛 Describe the bug" with the reproducer commands, what was observed, the stuck
     stacks (EngineCore first, collapsed) and the signature. Attach the bundle's .tar.gz.
     """
+    section = None
+    if bisect_dir is not None:
+        part = bisect_dir / "ISSUE_bisect.md"
+        if not part.is_file():
+            raise UsageError(f"--bisect {bisect_dir}: no ISSUE_bisect.md there (is it a `repro bisect` run directory?)")
+        section = part.read_text().strip()
     tpl = find_template(template)
     is_tar = bundle.is_file()
     bdir = open_bundle(bundle)
     tarball = bundle if is_tar else None
     text = render_issue(bdir, tpl, tarball)
+    if section:
+        text = text.rstrip() + "\n\n" + section + "\n"
     if out == "-":
         click.echo(text, nl=False)
         return 0

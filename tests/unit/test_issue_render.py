@@ -80,3 +80,23 @@ def test_repro_issue_on_a_tarball_writes_issue_md_beside_it(tmp_path: Path, caps
     out = tmp_path / "write-stall.ISSUE.md"
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_text().startswith("# [Bug]: ")
+
+
+def test_a_bisect_run_adds_its_minimal_reproducer_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bisect = tmp_path / "bisect"
+    bisect.mkdir()
+    (bisect / "ISSUE_bisect.md").write_text("### Minimal reproducer (repro bisect)\n\nconcurrency 4, 1.2 hangs/h\n")
+    out = tmp_path / "ISSUE.md"
+    with pytest.raises(SystemExit) as ei:
+        main(["issue", str(TRACES / "scheduler-stall"), "--bisect", str(bisect), "--out", str(out)])
+    assert ei.value.code == 0
+    md = out.read_text()
+    assert "### 🐛 Describe the bug" in md and md.rstrip().endswith("concurrency 4, 1.2 hangs/h")
+    assert fences_balanced(md)
+
+
+def test_bisect_dir_without_its_section_is_one_usage_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["issue", str(TRACES / "scheduler-stall"), "--bisect", str(tmp_path), "--out", str(tmp_path / "x.md")])
+    assert ei.value.code == 2
+    assert "no ISSUE_bisect.md" in capsys.readouterr().err
