@@ -22,6 +22,17 @@ server-dead     process gone, ``EngineDeadError``/fatal line, or connection refu
 slow            progress, but below ``slow_floor`` tokens/s over a whole window
 ==============  ================================================================
 
+``abort-storm`` is a *warning*, not a stall (``Assessment.warning``): over the last
+``abort_window`` seconds at least ``abort_min`` requests ended in client timeouts
+(each aborts the request on the server) and they are at least ``abort_share`` of
+all requests that ended, so goodput has collapsed while the engine keeps
+working. vLLM then shows single stats windows of ``0.0 tokens/s`` with requests
+running; while a storm holds and the server made progress within
+``abort_window``, a poll without progress is not counted as bad (no
+``engine-stall``/``queue-stall``/``client-stall`` suspicion). A real stall during a
+storm stops all progress: once none was seen for ``abort_window`` seconds the
+usual classes apply again (detection is later by at most ``abort_window``).
+
 An idle server (nothing running, waiting or in flight) is healthy. A bad
 condition becomes a stall only when it has lasted ``window`` seconds AND at
 least ``min_bad_evaluations`` consecutive observations were bad; any progress
@@ -58,6 +69,8 @@ HEALTHY, SUSPECT, STALLED = "healthy", "suspect", "stalled"
 ENGINE_STALL, QUEUE_STALL, CLIENT_STALL, SERVER_DEAD, SLOW = (
     "engine-stall", "queue-stall", "client-stall", "server-dead", "slow")
 CLASSES = (ENGINE_STALL, QUEUE_STALL, CLIENT_STALL, SERVER_DEAD, SLOW)
+ABORT_STORM = "abort-storm"  # a warning (Assessment.warning), never a stall class
+WARNINGS = (ABORT_STORM,)
 
 REFUSED = "refused"  # Observation.metrics_error for a refused/reset connection
 _KV_EPS = 1e-9
@@ -71,7 +84,7 @@ class ClientSnapshot:
     in_flight: int = 0  # sent, no response yet
     completed: int = 0  # successful responses
     failed: int = 0  # requests that failed after all retries
-    aborted: int = 0  # client timeouts (each one aborts the request on the server)
+    aborted: int = 0  # client timeouts of single attempts (each one aborts the request on the server)
 
 
 @dataclass(frozen=True)
@@ -98,10 +111,11 @@ class Assessment:
     changed: bool  # state or class differs from the previous assessment
     progress: bool  # this observation showed progress
     evidence: dict[str, Any] = field(default_factory=dict)
+    warning: str | None = None  # abort-storm while it holds (the engine works; the client throws its work away)
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "class": self.stall_class, "since": self.since, "t": self.t,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "warning": self.warning}
 
 
 class Detector:
@@ -129,6 +143,8 @@ class Detector:
         self._token_hist: deque[tuple[float, float]] = deque()  # (t, tokens) over the window, for `slow`
         self._busy_hist: deque[tuple[float, bool]] = deque()
         self.probe_failed = False  # a probe got no answer during the current bad period
+        self._ends: deque[tuple[float, int, int]] = deque()  # (t, completed, aborted) over the abort window
+        self.storm_since: float | None = None
 
     # -- helpers ------------------------------------------------------------
     def stats_interval(self) -> float | None:
@@ -204,6 +220,25 @@ class Detector:
         rate = (tokens - tok_old) / span
         return rate if rate < self.s.slow_floor else None
 
+    def _abort_storm(self, t: float, c: ClientSnapshot | None) -> dict[str, Any] | None:
+        """Evidence of an abort storm over the last ``abort_window`` seconds, else None."""
+        if c is None:
+            return None
+        w = self.s.abort_window
+        self._ends.append((t, c.completed, c.aborted))
+        while len(self._ends) > 2 and t - self._ends[1][0] >= w:
+            self._ends.popleft()
+        t0, ok0, ab0 = self._ends[0]
+        span = t - t0
+        if span < 0.5 * w:
+            return None
+        d_ok, d_ab = c.completed - ok0, c.aborted - ab0
+        ended = d_ok + d_ab
+        if d_ab < self.s.abort_min or ended <= 0 or d_ab / ended < self.s.abort_share:
+            return None
+        return {"window_s": round(span, 3), "aborted": d_ab, "completed": d_ok, "abort_share": round(d_ab / ended, 4),
+                "goodput_per_s": round(d_ok / span, 3), "aborts_per_s": round(d_ab / span, 3)}
+
     # -- the state machine -----------------------------------------------------
     def observe(self, ob: Observation) -> Assessment:
         t = ob.t
@@ -232,6 +267,11 @@ class Detector:
         c = ob.client
         in_flight = c.in_flight if c else None
         silent = self._silent_after_zero_line(t)
+        storm = self._abort_storm(t, c)
+        if storm is None:
+            self.storm_since = None
+        elif self.storm_since is None:
+            self.storm_since = t
 
         ev: dict[str, Any] = {
             "running": running, "waiting": waiting, "server_view": source,
@@ -289,6 +329,14 @@ class Detector:
                     bad = ENGINE_STALL
         if first and bad != SERVER_DEAD:
             bad = None
+        if (storm is not None and bad in (ENGINE_STALL, QUEUE_STALL, CLIENT_STALL) and not self.probe_failed
+                and self.last_progress_t is not None and t - self.last_progress_t < self.s.abort_window):
+            reasons.append(f"not counted as {bad}: abort storm, and the server made progress "
+                           f"{t - self.last_progress_t:.1f} s ago")
+            bad = None
+        if storm is not None:
+            storm["since"] = self.storm_since
+            ev["abort_storm"] = storm
         if progress:
             ev["progress"] = why
 
@@ -317,4 +365,5 @@ class Detector:
             ev["consecutive_bad"] = self.bad_count
         ev["reasons"] = reasons
         changed = (self.state, self.stall_class) != (prev_state, prev_class)
-        return Assessment(self.state, self.stall_class, self.since, t, changed, progress, ev)
+        return Assessment(self.state, self.stall_class, self.since, t, changed, progress, ev,
+                          ABORT_STORM if storm is not None else None)
