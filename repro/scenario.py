@@ -110,6 +110,9 @@ class DetectSettings:
     startup_grace: float = 60.0
     probe: bool = True  # when the server reports nothing running but the client waits: send a 1-token probe
     probe_timeout: float = 10.0  # seconds a probe may take before it counts as no answer
+    abort_window: float = 10.0  # abort-storm: seconds of client endings looked at
+    abort_share: float = 0.5  # abort-storm: at least this share of the requests that ended were aborted
+    abort_min: int = 10  # abort-storm: and at least this many aborts in the window
 
     def validate(self) -> None:
         if self.poll_interval <= 0:
@@ -149,6 +152,8 @@ class Scenario:
     log_file: str | None = None  # server log to follow when attaching
     docker: str | None = None  # container name when the server runs in Docker
     storage_path: str | None = None  # hidden-state storage to watch when attaching
+    storage_horizon: float = 1800.0  # storage-exhaustion warns when the store is projected full within this
+    orphan_grace: float = 30.0  # an unclaimed file younger than this may still be claimed (or written late)
     on_stall: str = "capture"
     out_dir: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never serialised
@@ -156,6 +161,10 @@ class Scenario:
     def validate(self) -> None:
         self.load.validate()
         self.detect.validate()
+        if self.storage_horizon <= 0:
+            raise UsageError("--storage-horizon must be positive")
+        if self.orphan_grace < 0:
+            raise UsageError("--orphan-grace must not be negative")
         if self.on_stall not in ON_STALL:
             raise UsageError(f"unknown --on-stall {self.on_stall!r}: use capture, exit or restart")
 

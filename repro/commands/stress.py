@@ -56,7 +56,11 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--log-file", default=None, metavar="FILE", help="Server log to follow when attaching (--url).")
 @click.option("--docker", default=None, metavar="NAME", help="Follow the log of this container (docker logs -f).")
 @click.option("--storage-path", default=None, metavar="DIR",
-              help="Hidden-state storage of an attached server (for capture).")
+              help="Hidden-state storage of an attached server: orphan census while the run goes, and capture.")
+@click.option("--storage-horizon", default="30m", metavar="DUR",
+              help="Warn storage-exhaustion when the store is projected to fill within this.")
+@click.option("--orphan-grace", default="30s", metavar="DUR",
+              help="An unclaimed hidden-state file younger than this is pending, not yet an orphan (files appear late).")
 @click.option("--workload", default="hidden-states", metavar="hidden-states|chat|mixed:RATIO",
               help="hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and consumed; "
                    "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states.")
@@ -149,8 +153,14 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                               size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"))
     scn = Scenario(server=server, load=load, detect=detect, capture=capture, url=url.rstrip("/") if url else None,
                    log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
-                   on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"])
+                   on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"],
+                   storage_horizon=parse_duration(kw["storage_horizon"], "--storage-horizon"),
+                   orphan_grace=_grace(kw["orphan_grace"]))
     scn.validate()
+    if scn.storage_path:
+        from repro.storage.census import StorageCensus
+
+        StorageCensus.open(scn.storage_path)  # missing or unreadable -> one line, exit 2, before anything starts
     if load.prompts_file:
         from repro.load.prompts import load_prompts_file
 
@@ -180,8 +190,26 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         st = s.get("stall") or {}
         click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "
                    f"({'; '.join(res.stall.evidence.get('reasons', []))})", file=err)
+    storm = s.get("abort_storm")
+    if storm:
+        click.echo(f"warning: abort-storm for {storm.get('seconds')} s ({storm.get('episodes')} episode(s), peak abort "
+                   f"share {storm.get('peak_abort_share')}, goodput down to {storm.get('min_goodput_per_s')} req/s): "
+                   f"client timeouts throw the engine's work away; not a stall", file=err)
+    sto = s.get("storage")
+    if sto:
+        click.echo(f"storage {sto['path']}: {sto.get('orphan_files')} orphaned files ({(sto.get('orphan_bytes') or 0) / 1e6:.1f} MB) "
+                   f"no response claimed, {sto.get('claimed_files')} claimed and still present; "
+                   f"warnings: {', '.join(sto.get('warnings') or {}) or 'none'}", file=err)
+    if s.get("storage_cause"):
+        click.echo(f"storage cause: {s['storage_cause']['kind']}: {s['storage_cause']['line'][:200]}", file=err)
     click.echo(f"run directory: {run_dir}", file=err)
     return res.exit_code
+
+
+def _grace(text: str) -> float:
+    if str(text).strip() in ("0", "0s"):
+        return 0.0
+    return parse_duration(text, "--orphan-grace")
 
 
 def _fleet(scn: Scenario, kw: dict[str, Any], ex: Any) -> int:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import random
 import signal
 import time
@@ -42,11 +43,13 @@ from repro.load.feed import PromptFeed
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load.workloads import HIDDEN_STATES, FileChecker, PreparedRequest, Workload, read_response
-from repro.monitor.detector import (CLIENT_STALL, REFUSED, STALLED, SUSPECT, Assessment, ClientSnapshot, Detector,
-                                    Observation)
+from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
+                                    ClientSnapshot, Detector, Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
 from repro.scenario import Scenario
+from repro.storage.causes import storage_cause
+from repro.storage.watch import StorageWarning, StorageWatch
 from repro.target.launcher import VllmServer
 
 SUMMARY_SCHEMA = "repro.stress.summary"
@@ -54,7 +57,8 @@ SUMMARY_VERSION = 1
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started", "finished", "ok", "failed",
                    "timeouts", "server_running", "server_waiting", "server_in_system", "kv_usage",
-                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class", "completions", "probe"]
+                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class", "completions", "probe",
+                   "orphan_files", "store_bytes", "fs_free_bytes"]
 
 
 @dataclass
@@ -134,6 +138,13 @@ class _Run:
         self._probe_result: tuple[str, int] | None = None
         self._probe_next = 0.0
         self.probes = 0
+        self.storage: StorageWatch | None = None  # the hidden-state store's census, when its path is known
+        self.storage_warnings: dict[str, dict[str, Any]] = {}  # kind -> first/last seen, count, last evidence
+        self.storage_active: set[str] = set()
+        self.storm: dict[str, Any] | None = None  # abort-storm episodes, for the summary
+        self.storage_death: dict[str, str] | None = None
+        self.claims_made = 0
+        self._scans_total = 0
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
             headers["Authorization"] = f"Bearer {scn.api_key}"
@@ -301,6 +312,9 @@ class _Run:
                                       "(is hidden-state extraction on?)"}
             st.finish(rec, self.requests_f)
             return False
+        if self.storage is not None:
+            self.claims_made += 1
+            self.storage.claim(info.hs_path)  # before the check: the client owns it whatever the check finds
         expected = prep.prompt_tokens
         if expected is not None and info.prompt_ids is not None and list(expected) != list(info.prompt_ids):
             rec.file = {"ok": False, "error": "bad-tokens", "detail": "response prompt_token_ids differ from the prompt"}
@@ -330,6 +344,8 @@ class _Run:
                 if r.detail or prev_bad:
                     rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
                 rec.file = {k: v for k, v in rec.file.items() if v is not None}
+                if self.storage is not None and r.consumed in ("deleted", "moved"):
+                    self.storage.forget(info.hs_path)
                 rec.client_s["check"] = round(r.seconds, 6)
             st.finish(rec, self.requests_f)
 
@@ -432,7 +448,7 @@ class _Run:
         alive = self.server.alive() if self.server is not None else None
         st = self.stats
         client = ClientSnapshot(in_flight=st.in_flight, completed=st.completions, failed=st.failed,
-                                aborted=st.timeouts)
+                                aborted=st.attempt_timeouts)
         probe, self._probe_result = self._probe_result, None
         return Observation(time.monotonic(), metrics, err, alive, tuple(stats_lines), fatal, client,
                            probe=probe[0] if probe else None, probe_tokens=probe[1] if probe else 0)
@@ -458,6 +474,8 @@ class _Run:
                 info = read_response(data)
                 result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
                 if info.hs_path:  # the probe's own hidden-state file: remove it, count nothing
+                    if self.storage is not None:
+                        self.storage.claim(info.hs_path)
                     asyncio.get_running_loop().run_in_executor(self.pool, self.checker.discard, info.hs_path)
         except asyncio.TimeoutError:
             result = ("timeout", 0)
@@ -480,6 +498,10 @@ class _Run:
             self.last = a
             if ob.metrics is not None:
                 self.last_metrics = ob.metrics
+            self.poll_storage()
+            self.track_storm(a)
+            if a.stall_class == SERVER_DEAD and a.state == STALLED:
+                self.name_storage_cause(a)
             self.record_sample(ob, a)
             self.maybe_probe(session, a)
             if a.changed:
@@ -516,7 +538,8 @@ class _Run:
             st.ok, st.failed, st.timeouts, running, waiting, in_sys, None if m is None else m.kv_usage,
             None if m is None else m.prompt_tokens, None if m is None else m.generation_tokens,
             None if fid is None else round(fid, 4), ob.metrics_error or "", a.state, a.stall_class or "",
-            st.completions, ob.probe or ""])
+            st.completions, ob.probe or "",
+            *self.storage_columns()])
         self.timeline_f.flush()
         self.requests_f.flush()
         self.progress.update(self.snapshot(ob, a))
@@ -541,6 +564,172 @@ class _Run:
                                and recent_fill < 0.9),
             "state": a.state, "class": a.stall_class,
         }
+
+    # -- storage and abort storms ---------------------------------------------------
+    def poll_storage(self, force: bool = False) -> None:
+        """Scan the store when due (StorageWatch rate-limits itself) and log its warnings as events."""
+        if self.storage is None:
+            return
+        before = self.storage.last
+        try:
+            warnings = self.storage.poll(force=force)
+        except OSError as exc:  # the store went away under us: say so once, never crash the run
+            self.event("storage-error", error=f"{type(exc).__name__}: {exc}")
+            self.storage = None
+            return
+        if self.storage.last is before:
+            return  # not due
+        self._scans_total += 1
+        if warnings or self.storage_active:
+            now = {w.kind for w in warnings}
+            for w in warnings:
+                self.note_storage_warning(w)
+            for kind in self.storage_active - now:
+                self.event(f"{kind}-end")
+            self.storage_active = now
+
+    def note_storage_warning(self, w: StorageWarning) -> None:
+        rec = self.storage_warnings.get(w.kind)
+        t = round(self.rel(time.monotonic()), 3)
+        if rec is None:
+            rec = self.storage_warnings[w.kind] = {"first_s": t, "count": 0}
+        rec.update(last_s=t, message=w.message, evidence=w.evidence)
+        rec["count"] += 1
+        if w.kind not in self.storage_active:  # one event per episode, not per scan
+            self.event(w.kind, message=w.message, evidence=w.evidence)
+            self.progress.message(f"warning: {w.kind}: {w.message}")
+
+    def storage_columns(self) -> list[Any]:
+        last = self.storage.last if self.storage is not None else None
+        if last is None:
+            return [None, None, None]
+        return [last.orphan_files, last.bytes, last.fs_free_bytes]
+
+    def track_storm(self, a: Assessment) -> None:
+        active = self.storm is not None and self.storm.get("active")
+        if a.warning == ABORT_STORM:
+            ev = a.evidence.get("abort_storm") or {}
+            if self.storm is None:
+                self.storm = {"episodes": 0, "first_s": round(self.rel(a.t), 3), "seconds": 0.0,
+                              "peak_abort_share": 0.0, "min_goodput_per_s": None}
+            s = self.storm
+            if not active:
+                s["episodes"] += 1
+                s["active"] = True
+                s["_start"] = a.t
+                self.event(ABORT_STORM, evidence=ev)
+                self.progress.message(f"warning: abort-storm: {ev.get('aborted')} of "
+                                      f"{ev.get('aborted', 0) + ev.get('completed', 0)} requests in "
+                                      f"{ev.get('window_s')} s ended in client timeouts")
+            s["last_s"] = round(self.rel(a.t), 3)
+            s["peak_abort_share"] = max(s["peak_abort_share"], ev.get("abort_share") or 0.0)
+            g = ev.get("goodput_per_s")
+            if g is not None:
+                s["min_goodput_per_s"] = g if s["min_goodput_per_s"] is None else min(s["min_goodput_per_s"], g)
+            s["last_evidence"] = ev
+        elif active:
+            assert self.storm is not None
+            self.storm["active"] = False
+            self.storm["seconds"] = round(self.storm["seconds"] + a.t - self.storm.pop("_start", a.t), 3)
+            self.event(f"{ABORT_STORM}-end")
+
+    def storm_summary(self) -> dict[str, Any] | None:
+        if self.storm is None:
+            return None
+        s = {k: v for k, v in self.storm.items() if not k.startswith("_")}
+        if s.pop("active", False) and "_start" in self.storm and self.last is not None:
+            s["seconds"] = round(s["seconds"] + self.last.t - self.storm["_start"], 3)
+        s["verdict"] = ("warning: most requests ended in client timeouts (each aborts the request on the server) "
+                        "and goodput collapsed; the engine kept working -- a client policy problem, not a stall")
+        return s
+
+    def name_storage_cause(self, a: Assessment) -> None:
+        """A dead server whose log shows ENOSPC or another I/O error: put the storage cause in the evidence."""
+        if self.storage_death is not None:
+            return
+        text = ""
+        log_path = (self.server.log_path if self.server is not None
+                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        if log_path is not None:
+            with contextlib.suppress(OSError):
+                with open(log_path, "rb") as f:
+                    f.seek(0, 2)
+                    f.seek(max(0, f.tell() - 2_000_000))
+                    text = f.read().decode("utf-8", "replace")
+        cause = storage_cause(text) if text else None
+        if cause is None:
+            return
+        self.storage_death = cause
+        a.evidence["storage_cause"] = cause
+        a.evidence.setdefault("reasons", []).append(
+            f"storage: {cause['kind']} in the hidden-state write ({cause['line'][:200]})")
+
+    def storage_summary(self) -> dict[str, Any] | None:
+        w = self.storage
+        if w is None:
+            return None
+        last = w.last
+        proj = w.last_projection
+        hist = list(w.census.history)
+        d: dict[str, Any] = {
+            "path": str(w.census.path), "grace_s": w.census.grace, "horizon_s": w.horizon,
+            "scans": len(hist),  # history is bounded; total scans below
+            "scans_total": getattr(self, "_scans_total", len(hist)),
+            "scan_seconds_total": round(sum(s.scan_seconds for s in hist), 6),
+            "scan_seconds_max": round(max((s.scan_seconds for s in hist), default=0.0), 6),
+            "warnings": self.storage_warnings,
+        }
+        if last is not None:
+            d.update({
+                "files": last.files, "bytes": last.bytes, "lock_files": last.lock_files,
+                "claimed_files": last.claimed_files, "claimed_bytes": last.claimed_bytes,
+                "orphan_files": last.orphan_files, "orphan_bytes": last.orphan_bytes,
+                "pending_files": last.pending_files, "oldest_orphan_age_s": last.oldest_orphan_age,
+                "fs_free_bytes": last.fs_free_bytes, "fs_total_bytes": last.fs_total_bytes,
+                "fs_free_inodes": last.fs_free_inodes, "fs_total_inodes": last.fs_total_inodes,
+                "claims_made": self.claims_made,
+            })
+        if proj is not None:
+            d["rates"] = {"orphan_files_per_s": proj.orphan_files_per_s, "orphan_bytes_per_s": proj.orphan_bytes_per_s,
+                          "used_bytes_per_s": proj.used_bytes_per_s, "window_s": proj.window_s}
+            d["projected_seconds_to_full"] = proj.seconds_to_full
+            d["projected_seconds_to_no_inodes"] = proj.seconds_to_no_inodes
+        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)}
+                              for n, b, age in w.census.orphans(limit=10)]
+        return d
+
+    async def settle_storage(self) -> None:
+        """End of the run: wait for late writes (vLLM writes an aborted request's file after the abort), then take
+        the final census with no grace -- no response can claim a file any more, so every unclaimed file is an orphan."""
+        w = self.storage
+        if w is None:
+            return
+        from repro.storage.census import DATA_SUFFIX
+
+        def count() -> int:
+            try:
+                return sum(1 for n in os.listdir(w.census.path) if n.endswith(DATA_SUFFIX))
+            except OSError:
+                return -1
+
+        deadline = time.monotonic() + min(15.0, max(2.0, w.census.grace))
+        prev, stable_since = await asyncio.to_thread(count), time.monotonic()
+        while time.monotonic() < deadline and not self.interrupted:
+            await asyncio.sleep(0.5)
+            n = await asyncio.to_thread(count)
+            if n != prev:
+                prev, stable_since = n, time.monotonic()
+            elif time.monotonic() - stable_since >= 3.0:
+                break
+        grace = w.census.grace
+        w.census.grace = 0.0
+        try:
+            self.poll_storage(force=True)
+        finally:
+            w.census.grace = grace
+        if w.last is not None:
+            self.event("storage-final", files=w.last.files, claimed=w.last.claimed_files,
+                       orphans=w.last.orphan_files, orphan_bytes=w.last.orphan_bytes)
 
     # -- on a stall ------------------------------------------------------------------
     async def on_stall(self) -> None:
@@ -703,6 +892,7 @@ class _Run:
                 deadline = time.monotonic() + 60.0
                 while self.stats.in_check > 0 and time.monotonic() < deadline and not self.interrupted:
                     await asyncio.sleep(0.05)
+                await self.settle_storage()
         finally:
             if mon_task is not None:
                 mon_task.cancel()
@@ -772,6 +962,9 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
                      "class": run.last.stall_class if run.last else None,
                      "settings": scn.to_dict()["detect"]},
         "stall": run.detection_dict(),
+        "abort_storm": run.storm_summary(),
+        "storage": run.storage_summary(),
+        "storage_cause": run.storage_death,
         "capture": run.capture_info,
         "log_warnings": run.warnings,
         "files_written": {k: str(v) for k, v in res.paths.items()},
@@ -801,6 +994,9 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
         owned = server = VllmServer(scenario.server, run_dir)
     url = scenario.url or (server.url if server is not None else "")
     run = _Run(scenario, run_dir, server, url, progress)
+    if scenario.storage_path:  # attached (or told): the path must be there now -> UsageError, exit 2
+        run.storage = StorageWatch.open(scenario.storage_path, grace=scenario.orphan_grace,
+                                        horizon=scenario.storage_horizon)
     result = StressResult(EXIT_OK, "clean", None, 0.0, 0.0, {}, {}, run_dir, paths)
     try:
         try:
@@ -817,6 +1013,9 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
 
                 owned.wait_ready(on_wait=waiting)
                 progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
+            if run.storage is None and server is not None and server.settings.extract:
+                run.storage = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
+                                                horizon=scenario.storage_horizon)
             (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
             asyncio_run(run.main())
         except TargetError as exc:
