@@ -143,6 +143,10 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
         title = f"{proc} stops making progress ({cul.get('verdict')} in {cfn})"
     else:
         title = f"{proc} stops making progress ({analysis.get('verdict')})"
+    cause = (det.get("evidence") or {}).get("storage_cause")
+    if cause:  # a storage death is no hang: name what killed the engine
+        where = " in the hidden-state write" if cause.get("in_hidden_state_write") == "yes" else ""
+        title = f"EngineCore dies when the hidden-state store fails ({cause.get('kind')}{where})"
     tar = tarball or (bundle.parent / f"{bundle.name}.tar.gz")
     size = f"{tar.stat().st_size / 1e6:.2f} MB" if tar.exists() else "size unknown"
     cls = det.get("class") or det.get("classification") or man.get("reason") or "unknown"

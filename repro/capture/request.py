@@ -24,6 +24,7 @@ class CaptureRequest:
     log_path: Path | None = None  # the server log (repro's own, or --log-file)
     docker: str | None = None  # container name when the server runs in Docker
     storage_path: str | None = None  # the hidden-state storage directory
+    storage_accounting: dict[str, Any] | None = None  # the run's orphan census, growth curve and projection (stress)
     scenario: dict[str, Any] | None = None  # Scenario.to_dict() of the run
     events: list[dict[str, Any]] = field(default_factory=list)  # detector events of the run so far
     timeline_csv: Path | None = None  # the run's timeline (for the plot)

@@ -432,6 +432,8 @@ def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | Non
         return None
     t0 = time.monotonic()
     info = context.storage_census(path)
+    if req.storage_accounting:  # what only the client knows: which files no response ever named
+        info["accounting"] = req.storage_accounting
     w.write_json("context/storage.json", info)
     w.record("storage census", command=f"statvfs+walk {path}", exit_code=0 if "error" not in info else 1,
              duration=time.monotonic() - t0, output="context/storage.json", error=info.get("error"))

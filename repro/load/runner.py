@@ -14,6 +14,12 @@ SIGINT/SIGTERM. Files in the run directory:
 ``events.jsonl``   detector transitions, capture, stop reasons
 ``summary.json``   ``{"schema": "repro.stress.summary", "version": 1, ...}``
 
+Storage (issue 8): with a known storage path (``--storage-path``, or the launched
+server's ``--storage``) every returned hidden-state path is claimed, the store is
+censused in a thread at a bounded rate, ``storage-leak``/``storage-exhaustion`` and
+``abort-storm`` are warning events (the run goes on), and a server-dead verdict
+names the storage cause from the log (ENOSPC in the hidden-state write).
+
 Load fidelity (issue 9): prompts are built ahead in a thread, hidden-state files
 are checked in a thread pool after the concurrency slot is released, the HTTP
 pool is sized to the concurrency, and nothing on the request path grows with the
@@ -145,6 +151,8 @@ class _Run:
         self.storage_death: dict[str, str] | None = None
         self.claims_made = 0
         self._scans_total = 0
+        self._scanning = False  # a census scan runs in a thread: claims/forgets wait in _claim_queue meanwhile
+        self._claim_queue: list[tuple[bool, str]] = []
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
             headers["Authorization"] = f"Bearer {scn.api_key}"
@@ -314,7 +322,7 @@ class _Run:
             return False
         if self.storage is not None:
             self.claims_made += 1
-            self.storage.claim(info.hs_path)  # before the check: the client owns it whatever the check finds
+            self.claim(info.hs_path)  # before the check: the client owns it whatever the check finds
         expected = prep.prompt_tokens
         if expected is not None and info.prompt_ids is not None and list(expected) != list(info.prompt_ids):
             rec.file = {"ok": False, "error": "bad-tokens", "detail": "response prompt_token_ids differ from the prompt"}
@@ -344,8 +352,8 @@ class _Run:
                 if r.detail or prev_bad:
                     rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
                 rec.file = {k: v for k, v in rec.file.items() if v is not None}
-                if self.storage is not None and r.consumed in ("deleted", "moved"):
-                    self.storage.forget(info.hs_path)
+                if r.consumed in ("deleted", "moved"):
+                    self.claim(info.hs_path, forget=True)
                 rec.client_s["check"] = round(r.seconds, 6)
             st.finish(rec, self.requests_f)
 
@@ -474,8 +482,7 @@ class _Run:
                 info = read_response(data)
                 result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
                 if info.hs_path:  # the probe's own hidden-state file: remove it, count nothing
-                    if self.storage is not None:
-                        self.storage.claim(info.hs_path)
+                    self.claim(info.hs_path)
                     asyncio.get_running_loop().run_in_executor(self.pool, self.checker.discard, info.hs_path)
         except asyncio.TimeoutError:
             result = ("timeout", 0)
@@ -498,7 +505,7 @@ class _Run:
             self.last = a
             if ob.metrics is not None:
                 self.last_metrics = ob.metrics
-            self.poll_storage()
+            await self.poll_storage()
             self.track_storm(a)
             if a.stall_class == SERVER_DEAD and a.state == STALLED:
                 self.name_storage_cause(a)
@@ -566,17 +573,38 @@ class _Run:
         }
 
     # -- storage and abort storms ---------------------------------------------------
-    def poll_storage(self, force: bool = False) -> None:
-        """Scan the store when due (StorageWatch rate-limits itself) and log its warnings as events."""
+    def claim(self, path: str, forget: bool = False) -> None:
+        """Claim (or forget) a returned hidden-state path; queued while a scan runs in its thread (event loop only)."""
         if self.storage is None:
             return
-        before = self.storage.last
+        if self._scanning:
+            self._claim_queue.append((forget, path))
+        elif forget:
+            self.storage.forget(path)
+        else:
+            self.storage.claim(path)
+
+    async def poll_storage(self, force: bool = False) -> None:
+        """Scan the store when due (StorageWatch rate-limits itself) and log its warnings as events.
+
+        The scan runs in a thread (a rescan of 200,000 files takes most of a second): claims and forgets that
+        arrive meanwhile are queued and applied after it, in order."""
+        w = self.storage
+        if w is None or not (force or w.due()):
+            return
+        before = w.last
+        self._scanning = True
         try:
-            warnings = self.storage.poll(force=force)
+            warnings = await asyncio.to_thread(w.poll, force)
         except OSError as exc:  # the store went away under us: say so once, never crash the run
             self.event("storage-error", error=f"{type(exc).__name__}: {exc}")
             self.storage = None
             return
+        finally:
+            self._scanning = False
+            queued, self._claim_queue = self._claim_queue, []
+            for forget, path in queued:
+                (w.forget if forget else w.claim)(path)
         if self.storage.last is before:
             return  # not due
         self._scans_total += 1
@@ -698,6 +726,18 @@ class _Run:
                               for n, b, age in w.census.orphans(limit=10)]
         return d
 
+    def storage_accounting(self) -> dict[str, Any] | None:
+        """For the bundle: the summary's storage figures, the orphan census with a sample of names, the growth curve."""
+        d = self.storage_summary()
+        if d is None or self.storage is None:
+            return None
+        c = self.storage.census
+        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)} for n, b, age in c.orphans(limit=50)]
+        d["growth_curve"] = [{"t": round(s.t, 3), "files": s.files, "bytes": s.bytes, "orphan_files": s.orphan_files,
+                              "orphan_bytes": s.orphan_bytes, "fs_free_bytes": s.fs_free_bytes,
+                              "fs_free_inodes": s.fs_free_inodes} for s in c.history]
+        return d
+
     async def settle_storage(self) -> None:
         """End of the run: wait for late writes (vLLM writes an aborted request's file after the abort), then take
         the final census with no grace -- no response can claim a file any more, so every unclaimed file is an orphan."""
@@ -724,7 +764,7 @@ class _Run:
         grace = w.census.grace
         w.census.grace = 0.0
         try:
-            self.poll_storage(force=True)
+            await self.poll_storage(force=True)
         finally:
             w.census.grace = grace
         if w.last is not None:
@@ -757,6 +797,7 @@ class _Run:
             root_pid=self.server.pid if self.server is not None and self.server.alive() else None,
             url=self.url, api_key=self.scn.api_key, log_path=log_path, docker=self.scn.docker,
             storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
+            storage_accounting=self.storage_accounting(),
             timeline_csv=self.run_dir / "timeline.csv", detection=detection,
             server_command=self.server.command if self.server is not None else None,
             server_env=self.server.env if self.server is not None else None, reason="stall")

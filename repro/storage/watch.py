@@ -24,6 +24,10 @@ from repro.storage.census import CensusSnapshot, StorageCensus
 from repro.storage.projection import Projection, project
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 @dataclass(frozen=True)
 class StorageWarning:
     kind: str  # storage-leak | storage-exhaustion
@@ -90,7 +94,7 @@ class StorageWatch:
             what = "space" if soonest == proj.seconds_to_full else "inodes"
             out.append(StorageWarning(
                 "storage-exhaustion",
-                f"the hidden-state store runs out of {what} in about {soonest / 60:.0f} min at the current pace "
+                f"the hidden-state store runs out of {what} in about {_span(soonest)} at the current pace "
                 f"({last.fs_free_bytes / 1e6:.0f} MB free); a full store kills vLLM's engine (ENOSPC in the write)",
                 {"seconds_to_full": proj.seconds_to_full, "seconds_to_no_inodes": proj.seconds_to_no_inodes,
                  "fs_free_bytes": last.fs_free_bytes, "fs_free_inodes": last.fs_free_inodes,

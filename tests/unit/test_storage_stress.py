@@ -152,3 +152,60 @@ def test_server_dead_names_the_storage_cause_only_when_the_log_shows_one(
     assert s["storage_cause"]["kind"] == kind and s["storage_cause"]["in_hidden_state_write"] == "yes"
     assert s["stall"]["evidence"]["storage_cause"]["kind"] == kind
     assert any("storage: no-space in the hidden-state write" in r for r in s["stall"]["evidence"]["reasons"])
+
+
+def test_bundle_storage_section_carries_the_runs_orphan_census(tmp_path: Path) -> None:
+    """What only the client knows (which files no response named) goes into context/storage.json beside the walk."""
+    from repro.capture.bundle import BundleWriter
+    from repro.capture.redact import Redactor
+    from repro.capture.request import CaptureRequest
+    from repro.capture.run import _write_storage
+    from repro.storage.watch import StorageWatch
+
+    store = tmp_path / "store"
+    store.mkdir()
+    leaked = leak(store, 3)
+    w = StorageWatch.open(store, grace=1.0)
+    w.poll(force=True)
+
+    from repro.load.runner import _Run
+    acc = _Run.storage_accounting(_make_run_stub(w))  # type: ignore[arg-type]
+    bw = BundleWriter(tmp_path / "bundle", Redactor())
+    _write_storage(bw, CaptureRequest(out_dir=tmp_path / "bundle", storage_path=str(store), storage_accounting=acc))
+    info = json.loads((tmp_path / "bundle" / "context" / "storage.json").read_text())
+    assert info["files_waiting"] == 3
+    a = info["accounting"]
+    assert a["orphan_files"] == 3 and a["orphan_bytes"] == 100 + 101 + 102
+    assert {o["name"] for o in a["orphan_sample"]} == leaked and a["oldest_orphan_age_s"] >= 119
+    assert a["growth_curve"] and a["growth_curve"][-1]["orphan_files"] == 3
+    assert "fs_free_bytes" in a and "projected_seconds_to_full" in a
+
+
+def _make_run_stub(w: object) -> object:
+    from repro.load.runner import _Run
+
+    stub = object.__new__(_Run)
+    stub.storage, stub.storage_warnings, stub.claims_made, stub._scans_total = w, {}, 0, 1  # type: ignore[attr-defined]
+    return stub
+
+
+def test_issue_title_names_a_storage_death_not_a_hang(tmp_path: Path) -> None:
+    """A bundle whose detection carries storage_cause (ENOSPC in the hidden-state write) is titled as such."""
+    import shutil as sh
+
+    from repro.analyze.issue import find_template, render_issue
+
+    src = Path(__file__).resolve().parents[2] / "traces" / "write-stall"
+    b = tmp_path / "bundle"
+    sh.copytree(src, b)
+    det_p = b / "context" / "detection.json"
+    det = json.loads(det_p.read_text()) if det_p.exists() else {}
+    det = det or {}
+    det["class"] = "server-dead"
+    det.setdefault("evidence", {})["storage_cause"] = {"kind": "no-space", "line": "No space left on device (os error 28)",
+                                                      "in_hidden_state_write": "yes"}
+    det_p.write_text(json.dumps(det))
+    first = render_issue(b, find_template()).splitlines()[0]
+    assert first == "# [Bug]: EngineCore dies when the hidden-state store fails (no-space in the hidden-state write)"
+    plain = render_issue(src, find_template()).splitlines()[0]
+    assert "store fails" not in plain
