@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from repro.commands.options import passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario
+from repro.target.launcher import check_storage
 from repro.units import parse_duration
 from repro.watch.events import EventLog
 from repro.watch.policy import PolicySettings
@@ -88,6 +90,17 @@ def _say(msg: str) -> None:
 @click.option("--out", default=None, metavar="DIR",
               help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
 @click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
+@click.option("--storage-grace", default="5m", callback=_duration,
+              help="With --storage: a file older than this that is still there counts as unclaimed (watch sends no "
+                   "load, so it cannot know which files a client was given).")
+@click.option("--storage-horizon", default="30m", callback=_duration,
+              help="With --storage: warn storage-exhaustion when the store is projected full within this.")
+@click.option("--on-storage", default=None, metavar="CMD",
+              help="Hook run on a new storage warning (REPRO_STORAGE_WARNING, _MESSAGE, _PATH in its environment).")
+@click.option("--reap-orphans-older-than", "reap_older_than", default=None, callback=_duration, metavar="DUR",
+              help="With --storage: delete hidden-state files (and their .lock) older than this; never outside the "
+                   "store, never a symlink; each deletion is an event. Off by default.")
+@click.option("--reap-dry-run", is_flag=True, default=False, help="List what --reap-orphans-older-than would delete.")
 @passthrough
 @click.pass_context
 def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str | None, pid: int | None,
@@ -97,7 +110,8 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
             capture_samples: int, capture_interval: float, collect_env: bool, max_restarts: int, backoff: float,
             backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
             metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
-            vllm_args: tuple[str, ...], **kwargs: Any) -> int:
+            storage_grace: float, storage_horizon: float, on_storage: str | None, reap_older_than: float | None,
+            reap_dry_run: bool, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
     """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
 
     \b
@@ -154,6 +168,17 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
                        duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key)
 
     storage = settings.storage if "storage" in explicit else None
+    if (reap_older_than is not None or on_storage or reap_dry_run) and storage is None:
+        raise UsageError("--reap-orphans-older-than, --reap-dry-run and --on-storage need --storage PATH")
+    if storage is not None:
+        sp = Path(storage).expanduser()
+        if serve:
+            check_storage(storage)  # repro launches the server: create the store as the launcher would
+        elif not sp.is_dir() or not os.access(sp, os.R_OK | os.X_OK):
+            raise UsageError(f"--storage {storage}: not a readable directory")
+    ws.storage_duty, ws.storage_path = storage is not None, storage
+    ws.storage_grace, ws.storage_horizon, ws.on_storage = storage_grace, storage_horizon, on_storage
+    ws.reap_older_than, ws.reap_dry_run = reap_older_than, reap_dry_run
     target: Target
     target_url = url or f"http://127.0.0.1:{settings.port}"  # --docker without --url: this host, --port
     if serve:

@@ -29,6 +29,8 @@ class WatchMetrics:
                                 "Unix time of the last detected stall (0: none yet)", registry=r)
         self.state = Gauge("repro_watch_state", "0 healthy, 1 suspect, 2 stalled, 3 restarting, 4 gave up, "
                                                 "5 starting", registry=r)
+        self.storage_warnings = Counter("repro_watch_storage_warnings",
+                                        "Storage warnings (storage-leak, storage-exhaustion) raised", ["kind"], registry=r)
         self.up = Gauge("repro_watch_up", "1 while the watched server answers", registry=r)
         self._server: Any = None
 

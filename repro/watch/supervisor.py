@@ -30,6 +30,8 @@ from repro.watch.events import EventLog
 from repro.watch.observe import Observer, Prober
 from repro.watch.policy import PolicySettings, RestartPolicy
 from repro.watch.promstats import WatchMetrics
+from repro.watch.storage import StorageDuty
+from repro.storage.watch import StorageWatch
 from repro.watch.targets import Target
 
 
@@ -47,6 +49,13 @@ class WatchSettings:
     startup_timeout: float = 600.0  # a (re)started server must answer within this
     release_timeout: float = 60.0  # port / GPU memory must be free this long after a stop
     api_key: str | None = field(default=None, repr=False)
+    storage_duty: bool = False  # watch the hidden-state store given with --storage (see repro.watch.storage)
+    storage_path: str | None = None
+    storage_grace: float = 300.0
+    storage_horizon: float = 1800.0
+    on_storage: str | None = None  # hook command for storage warnings
+    reap_older_than: float | None = None
+    reap_dry_run: bool = False
 
 
 class WatchStopped(Exception):
@@ -95,6 +104,16 @@ class Supervisor:
         self.watch_t0: float | None = None  # when the current server became ready
         self.stalls = 0
         self.last: Assessment | None = None
+        self.storage = self._storage_duty() if settings.storage_duty and settings.storage_path else None
+
+    def _storage_duty(self) -> StorageDuty:
+        s = self.s
+        hook = Hook(s.on_storage, s.hook_timeout,
+                    on_done=lambda rec: self.events.write("storage-hook-done", **rec)) if s.on_storage else None
+        return StorageDuty(StorageWatch.open(s.storage_path or "", grace=s.storage_grace, horizon=s.storage_horizon),
+                           self.events.write, hook.fire if hook else None,
+                           lambda kind: self.metrics.storage_warnings.labels(kind).inc(),
+                           s.reap_older_than, s.reap_dry_run)
 
     # -- pieces ----------------------------------------------------------------------------
     def _observer(self, target: Target) -> _ObserverLike:
@@ -263,6 +282,8 @@ class Supervisor:
                     self.events.write("detector", state=a.state, **{"class": a.stall_class},
                                       reasons=a.evidence.get("reasons", []))
                     self.metrics.set_state(a.state)
+                if self.storage is not None:
+                    self.storage.tick()
                 if a.state == STALLED:
                     code = self._on_stall(a)
                     if code is not None:
