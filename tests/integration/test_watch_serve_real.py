@@ -157,7 +157,10 @@ def test_watch_captures_restarts_and_the_load_recovers_then_gives_up_when_the_st
     detects = [e for e in ev if e["event"] == "detect"]
     assert [d["class"] for d in detects] == ["engine-stall", "engine-stall"]
     assert detects[0]["t"] - armed >= 4, "declared a stall before the window had passed"
-    assert "running=" in detects[0]["reasons"][0]  # under load: frozen gauges with requests running
+    # under load: frozen gauges with requests running, or (when the engine froze them at zero between
+    # max_tokens=1 steps) client requests in flight that the engine never answers
+    first = " ".join(detects[0]["reasons"])
+    assert "running=" in first or "the engine does not step" in first, detects[0]["reasons"]
     assert any("probe got no answer" in r for r in detects[1]["reasons"]), detects[1]["reasons"]
     # The first bundle: written before the stop, holding this server's processes and the stuck frame.
     cap = next(e for e in ev if e["event"] == "capture")
