@@ -159,8 +159,8 @@ def test_watch_captures_restarts_and_the_load_recovers_then_gives_up_when_the_st
     assert detects[0]["t"] - armed >= 4, "declared a stall before the window had passed"
     # under load: frozen gauges with requests running, or (when the engine froze them at zero between
     # max_tokens=1 steps) client requests in flight that the engine never answers
-    first = " ".join(detects[0]["reasons"])
-    assert "running=" in first or "the engine does not step" in first, detects[0]["reasons"]
+    why = " ".join(detects[0]["reasons"])
+    assert "running=" in why or "the engine does not step" in why, detects[0]["reasons"]
     assert any("probe got no answer" in r for r in detects[1]["reasons"]), detects[1]["reasons"]
     # The first bundle: written before the stop, holding this server's processes and the stuck frame.
     cap = next(e for e in ev if e["event"] == "capture")
