@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,11 +51,12 @@ def survivors(pids):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_stopping_repro_serve_leaves_no_vllm_process_behind(tmp_path, sig, code):
+def test_stopping_repro_serve_leaves_no_vllm_process_behind(tmp_path, sig, code, request):
     """GIVEN `repro serve` running a real vLLM (stalled for the SIGTERM case, the hardest to stop)
     WHEN it gets SIGTERM or Ctrl-C THEN APIServer, EngineCore and Worker are all gone."""
     extra = ["--inject", "stall-after=0"] if sig == signal.SIGTERM else []
     proc, port, pids, out = start_repro_serve(tmp_path, *extra)
+    request.addfinalizer(lambda: shutil.rmtree(f"/dev/shm/repro-test-serve-{os.getpid()}-{port}", ignore_errors=True))
     assert {"EngineCore", "Worker", "APIServer"} <= set(pids), out
     assert f"http://127.0.0.1:{port}" in out and "log:" in out
     if extra:  # make the engine hang before stopping it
