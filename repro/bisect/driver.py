@@ -126,7 +126,8 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
         saved = header["space"]
         space = SearchSpace(saved["concurrency"][0], saved["concurrency"][1],
                             tuple(Change.parse(c) for c in saved["changes"]), plain_storage=saved["plain_storage"],
-                            max_trial=saved.get("max_trial"), budget=saved.get("budget"), step=saved.get("step", 1))
+                            max_trial=saved.get("max_trial"), budget=saved.get("budget"), step=saved.get("step", 1),
+                            storage_ladder=tuple(saved.get("storage_ladder") or ()))
         if header["search"] != space.identity():
             raise UsageError(f"--resume {run_dir}: the journal's header is damaged (identity mismatch)")
         if spec is not None and spec.identity() != header["search"]:

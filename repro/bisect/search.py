@@ -5,6 +5,10 @@ Phases (each prints its decisions with credible intervals as they happen):
 1. **Baseline.** The top of the concurrency range with every change is run
    until it has hung ``baseline_hangs`` times (or a prior is given). This fixes
    the rate posterior Gamma(k, E) that sizes every clean trial afterwards.
+1b. **Probe.** The smallest configuration (lowest concurrency, plain server) runs
+   for up to ``probe_minimum`` pooled mean times to hang. A hang there is the
+   answer (nothing is smaller); a clean probe decides nothing and the search
+   goes on, its exposure kept as evidence.
 2. **Changes (ddmin).** Delta debugging at the top concurrency towards the
    fewest changes from a plain server. A test "does X hang?" ends at the first
    hang (definitive), or as "does not hang" once its clean exposure T makes
@@ -12,6 +16,8 @@ Phases (each prints its decisions with credible intervals as they happen):
    screening tests use a loose level (``ddmin_alpha``); the answer M is then
    re-checked: every M - {x} must stay clean at the strict level
    ``alpha_dd / |M|`` (only those re-checks can make the answer wrong).
+   With a storage ladder (``storage=P1,...,PN``) and storage in M, the plainer
+   paths are then tried plainest first; the first that hangs replaces PN.
 3. **Concurrency.** A posterior over the threshold theta (the lowest
    concurrency that hangs, monotone above it), with the rate above theta
    integrated out: ``L(theta) = Gamma(a0+K) / (b0+E)^(a0+K)`` where K, E are the
@@ -65,7 +71,8 @@ class Settings:
     rate_ratio: float = 0.5  # "still hangs" means a rate at least this fraction of the baseline's
     lowest_prior: float = 0.3  # prior P(no concurrency dependence): the low end gets this, the rest share
     ddmin_alpha: float = 0.1  # level of ddmin's screening tests (the final re-checks use the strict budget)
-    confirm_hangs: int = 3
+    confirm_hangs: int = 1  # the minimal configuration must have hung this often (a hang is definitive)
+    probe_minimum: float = 3.0  # first run the smallest configuration for this many pooled mean times to hang (0: off)
     max_trial: float | None = None  # cap on one step's clean exposure (None: posterior only)
     min_trial: float = 60.0  # never ask for less clean exposure than this in one step
     budget: float | None = None  # wall seconds for the whole search
@@ -75,7 +82,7 @@ class Settings:
         return {"alpha": self.alpha, "baseline_hangs": self.baseline_hangs,
                 "prior": list(self.prior) if self.prior else None, "rate_ratio": self.rate_ratio, "ddmin_alpha": self.ddmin_alpha,
                 "lowest_prior": self.lowest_prior,
-                "confirm_hangs": self.confirm_hangs, "max_trial": self.max_trial, "min_trial": self.min_trial,
+                "confirm_hangs": self.confirm_hangs, "probe_minimum": self.probe_minimum, "max_trial": self.max_trial, "min_trial": self.min_trial,
                 "budget": self.budget}
 
     @classmethod
@@ -141,14 +148,11 @@ class Search:
         self.wall = 0.0
         self.steps = 0
         self.skips = 0
-        n_changes = len(space.changes)
-        multi = len(space.values) > 1
-        if n_changes and multi:
-            self.alpha_dd, self.alpha_c = settings.alpha / 2, settings.alpha / 2
-        elif n_changes:
-            self.alpha_dd, self.alpha_c = settings.alpha, 0.0
-        else:
-            self.alpha_dd, self.alpha_c = 0.0, settings.alpha
+        # The error budget alpha is split evenly over the parts of the search that can err
+        # (a hang is never wrong: only a "does not hang" can make the answer not minimal).
+        parts = {"dd": bool(space.changes), "storage": bool(space.storage_ladder), "c": len(space.values) > 1}
+        share = settings.alpha / max(1, sum(parts.values()))
+        self.alpha_dd, self.alpha_st, self.alpha_c = (share if parts[k] else 0.0 for k in ("dd", "storage", "c"))
         self._dd_cache: dict[frozenset[Change], bool] = {}
         self._warned: set[int] = set()
         self.threshold_mass: float | None = None
@@ -209,10 +213,15 @@ class Search:
     def run_all(self) -> Result:
         status, text, final = "minimal", "", None
         try:
-            base = self.baseline()
-            changes = self.minimize(list(self.space.changes)) if self.space.changes else []
-            theta, mass = self.concurrency(frozenset(changes)) if len(self.space.values) > 1 else (self.space.hi, 1.0)
-            final = Config(theta, frozenset(changes))
+            self.baseline()
+            if self.probe():
+                final, mass = self.space.minimum, 1.0
+            else:
+                changes = self.minimize(list(self.space.changes)) if self.space.changes else []
+                changes = self.storage_rung(changes)
+                theta, mass = (self.concurrency(frozenset(changes)) if len(self.space.values) > 1
+                               else (self.space.hi, 1.0))
+                final = Config(theta, frozenset(changes))
             self.threshold_mass = mass
             self.confirm(final)
         except StopSearch as stop:
@@ -261,6 +270,34 @@ class Search:
         self.decide("baseline", f"baseline reproduced {self.hangs(cfg)} times: mean time to hang "
                     f"{format_duration(post.mean_time_to_hang)}, rate {fmt_interval(post)}")
         return post
+
+    # probe ------------------------------------------------------------------
+    def probe(self) -> bool:
+        """Run the smallest configuration (lowest concurrency, plain server) first, for a bounded time.
+
+        A hang there ends the search: nothing is smaller. A clean probe decides nothing
+        (it is not sized to say "does not hang"); its exposure stays in the evidence
+        and counts again if the search comes back to that configuration.
+        """
+        cfg = self.space.minimum
+        if self.s.probe_minimum <= 0 or cfg == self.space.baseline:
+            return False
+        post = self.pooled()
+        cap = self.s.probe_minimum * post.mean_time_to_hang
+        self.decide("probe", f"probing the smallest configuration {cfg.describe()} for up to "
+                    f"{format_duration(cap)} ({self.s.probe_minimum:g} x the mean time to hang)",
+                    config=cfg.to_dict(), cap=cap)
+        while True:
+            out = self.run(cfg, cap)
+            if not out.skipped:
+                break
+        if out.hung:
+            self.decide("probe", f"the smallest configuration hangs: {cfg.describe()} hung after "
+                        f"{format_duration(out.exposure)}; nothing smaller to search", config=cfg.to_dict(), hung=True)
+            return True
+        self.decide("probe", f"{cfg.describe()} clean for {format_duration(out.exposure)}: no verdict yet, "
+                    f"searching", config=cfg.to_dict(), hung=False, exposure=out.exposure)
+        return False
 
     # ddmin ------------------------------------------------------------------
     def test_changes(self, changes: frozenset[Change], alpha: float | None = None) -> bool:
@@ -352,6 +389,30 @@ class Search:
                     break
                 n = min(2 * n, len(c))
         return c
+
+    # storage ladder -----------------------------------------------------------
+    def storage_rung(self, changes: list[Change]) -> list[Change]:
+        """With the storage change needed, take the plainest path of the ladder that still hangs.
+
+        Paths are tried plainest first, each at alpha_st / (number of rungs below the
+        baseline's) with everything else in `changes` kept; the first hang decides.
+        """
+        field = self.space.storage_change
+        if not self.space.storage_ladder or field is None or field not in changes:
+            if self.alpha_st and self.alpha_c:  # the ladder's share of the error budget goes to concurrency
+                self.alpha_c, self.alpha_st = self.alpha_c + self.alpha_st, 0.0
+            return changes
+        rest = [c for c in changes if c != field]
+        level = self.alpha_st / len(self.space.storage_ladder)
+        self.decide("storage", f"storage matters; trying the plainer paths {', '.join(self.space.storage_ladder)} "
+                    f"before {field.value} (alpha {level:.2g} each)")
+        for path in self.space.storage_ladder:
+            alt = Change("storage", path)
+            if self.test_changes(frozenset([*rest, alt]), alpha=level):
+                self.decide("storage", f"the plainest storage that still hangs: {path}", storage=path)
+                return sorted([*rest, alt])
+        self.decide("storage", f"only {field.value} hangs among the storage paths", storage=field.value)
+        return changes
 
     # concurrency ------------------------------------------------------------
     def _prior_for_family(self, changes: frozenset[Change]) -> RatePosterior:

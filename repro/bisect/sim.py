@@ -12,6 +12,7 @@ model says which configurations hang and how fast::
     threshold = 12                # hangs only at concurrency >= 12 (default: the low end)
     requires = ["storage"]        # change names (or exact changes) that must all be present
     rate_at_threshold = 0.5       # rate at the threshold relative to the top (linear between; default 1)
+    storage_from = "/data/hs"     # with a storage ladder: this rung and every later one hang (default: the last)
 
     [sim]
     seed = 1
@@ -43,6 +44,7 @@ class Hazard:
     threshold: int
     requires: tuple[str, ...] = ()
     rate_at_threshold: float = 1.0
+    storage_from: str | None = None  # with a storage ladder: the plainest path that hangs (later rungs hang too)
 
     def required(self, space: SearchSpace) -> frozenset[Change]:
         out = set()
@@ -53,8 +55,16 @@ class Hazard:
             out.update(hits)
         return frozenset(out)
 
+    def _present(self, space: SearchSpace, cfg: Config, req: Change) -> bool:
+        if req.name == "storage" and self.storage_from is not None:
+            rungs = space.storage_rungs
+            lowest = rungs.index(self.storage_from)
+            return any(c.name == "storage" and c.value in rungs and rungs.index(c.value) >= lowest
+                       for c in cfg.changes)
+        return req in cfg.changes
+
     def rate_of(self, space: SearchSpace, cfg: Config) -> float:
-        if cfg.concurrency < self.threshold or not self.required(space) <= cfg.changes:
+        if cfg.concurrency < self.threshold or not all(self._present(space, cfg, r) for r in self.required(space)):
             return 0.0
         if space.hi == self.threshold:
             return self.rate
@@ -63,7 +73,10 @@ class Hazard:
 
     def truth(self, space: SearchSpace) -> Config:
         vals = [v for v in space.values if v >= self.threshold]
-        return Config(vals[0] if vals else space.hi, self.required(space))
+        req = self.required(space)
+        if self.storage_from is not None:
+            req = frozenset(Change("storage", self.storage_from) if c.name == "storage" else c for c in req)
+        return Config(vals[0] if vals else space.hi, req)
 
 
 @dataclass
@@ -95,8 +108,14 @@ def model_from_dict(space: SearchSpace, hz: dict[str, Any], sim: dict[str, Any],
     if rate <= 0:
         raise UsageError(f"{where}: the baseline must hang (a positive rate)")
     hazard = Hazard(rate, int(hz.get("threshold", space.lo)), tuple(hz.get("requires", ())),
-                    float(hz.get("rate_at_threshold", 1.0)))
-    hazard.required(space)
+                    float(hz.get("rate_at_threshold", 1.0)), hz.get("storage_from"))
+    req = hazard.required(space)
+    if hazard.storage_from is not None:
+        if hazard.storage_from not in space.storage_rungs:
+            raise UsageError(f"{where}: storage_from {hazard.storage_from!r} is not one of the storage paths "
+                             f"({', '.join(space.storage_rungs) or 'none'})")
+        if not any(c.name == "storage" for c in req):
+            raise UsageError(f"{where}: storage_from needs requires = [\"storage\", ...]")
     if not space.lo <= hazard.threshold <= space.hi:
         raise UsageError(f"{where}: threshold {hazard.threshold} is outside the range {space.lo}-{space.hi}")
     return SimModel(space, hazard, int(sim.get("seed", 0)), parse_duration(sim.get("overhead", 90), "overhead"),

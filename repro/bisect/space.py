@@ -12,6 +12,9 @@ change                 what it does                                    plain (wi
 =====================  =============================================  ==================
 extract=N              hidden-state extraction of N layers             no extraction, chat
 storage=PATH           hidden-state files written to PATH              the plain storage
+storage=P1,P2,...,PN   a ladder of storage paths, plainest first:      the plain storage
+                       the baseline uses PN; once storage matters,
+                       the search takes the plainest Pi that hangs
 async-scheduling=on|off  force vLLM's async scheduling                 vLLM's default
 chunked-prefill=on|off   force chunked prefill                         vLLM's default
 prefix-caching=on|off    force prefix caching                          vLLM's default
@@ -120,8 +123,10 @@ class SearchSpace:
     max_trial: float | None = None  # seconds; None: sized from the posterior only
     budget: float | None = None  # seconds of wall time
     step: int = 1
+    storage_ladder: tuple[str, ...] = ()  # storage paths between the plain one and the baseline's, plainest first
 
     def __post_init__(self) -> None:
+        self.changes = tuple(self._split_storage_ladder(c) for c in self.changes)
         if self.lo < 1:
             raise UsageError(f"concurrency range {self.lo}-{self.hi}: the low end must be at least 1")
         if self.hi < self.lo:
@@ -134,6 +139,33 @@ class SearchSpace:
             raise UsageError(f"toggle {dup[0]!r} given twice: each toggle may appear once")
         if len(set(self.changes)) != len(self.changes):
             raise UsageError("the same change is given twice")
+        if self.storage_ladder and self.storage_change is None:
+            raise UsageError("storage alternatives need a storage change (storage=P1,...,PN)")
+        rungs = self.storage_rungs
+        if len(set(rungs)) != len(rungs) or self.plain_storage in rungs:
+            raise UsageError(f"storage ladder {','.join(rungs)}: each path may appear once, and not the plain "
+                             f"storage ({self.plain_storage})")
+
+    def _split_storage_ladder(self, c: Change) -> Change:
+        if c.name != "storage" or "," not in c.value:
+            return c
+        parts = [p.strip() for p in c.value.split(",")]
+        if any(not p for p in parts):
+            raise UsageError(f"toggle {c}: an empty path in the storage ladder (write storage=P1,P2,...)")
+        if self.storage_ladder:
+            raise UsageError("the storage ladder is given twice")
+        self.storage_ladder = tuple(parts[:-1])
+        return Change("storage", parts[-1])
+
+    @property
+    def storage_change(self) -> Change | None:
+        return next((c for c in self.changes if c.name == "storage"), None)
+
+    @property
+    def storage_rungs(self) -> tuple[str, ...]:
+        """Every storage path a trial may use besides the plain one, plainest first (the baseline's last)."""
+        c = self.storage_change
+        return (*self.storage_ladder, c.value) if c is not None else ()
 
     @property
     def values(self) -> list[int]:
@@ -146,15 +178,23 @@ class SearchSpace:
     def baseline(self) -> Config:
         return Config(self.hi, frozenset(self.changes))
 
+    @property
+    def minimum(self) -> Config:
+        """The smallest configuration of the space: the lowest concurrency on a plain server."""
+        return Config(self.lo, frozenset())
+
     def identity(self) -> str:
         """A fingerprint of the search (a journal from another search has another one)."""
         d = {"lo": self.lo, "hi": self.hi, "step": self.step, "changes": sorted(str(c) for c in self.changes),
              "plain_storage": self.plain_storage}
+        if self.storage_ladder:
+            d["storage_ladder"] = list(self.storage_ladder)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return {"concurrency": [self.lo, self.hi], "step": self.step, "changes": [str(c) for c in self.changes],
-                "plain_storage": self.plain_storage, "max_trial": self.max_trial, "budget": self.budget}
+                "plain_storage": self.plain_storage, "storage_ladder": list(self.storage_ladder),
+                "max_trial": self.max_trial, "budget": self.budget}
 
 
 def parse_range(text: str | list[int] | tuple[int, ...] | int) -> tuple[int, int]:
@@ -183,15 +223,23 @@ def parse_range(text: str | list[int] | tuple[int, ...] | int) -> tuple[int, int
 def space_from_toml(path: str | Path) -> SearchSpace:
     d = load_toml(path)
     d = d.get("space", d)
-    known = {"concurrency", "changes", "plain_storage", "max_trial", "budget", "step"}
+    known = {"concurrency", "changes", "plain_storage", "storage", "max_trial", "budget", "step"}
     unknown = set(d) - known - {"hazard", "sim"}
     if unknown:
         raise UsageError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     if "concurrency" not in d:
         raise UsageError(f"{path}: missing 'concurrency' (e.g. concurrency = [1, 32])")
     lo, hi = parse_range(d["concurrency"])
+    changes = list(d.get("changes", []))
+    if "storage" in d:  # storage = ["/dev/shm/hs", "/data/hs", "/mnt/nfs/hs"]: a ladder, plainest first
+        paths = d["storage"] if isinstance(d["storage"], list) else [d["storage"]]
+        if not paths or not all(isinstance(p, str) for p in paths):
+            raise UsageError(f"{path}: storage must be a path or a list of paths, plainest first")
+        if any(str(c).startswith("storage") for c in changes):
+            raise UsageError(f"{path}: give storage either as 'storage = [...]' or as a change, not both")
+        changes.append("storage=" + ",".join(paths))
     return SearchSpace(
-        lo, hi, tuple(Change.parse(c) for c in d.get("changes", [])),
+        lo, hi, tuple(Change.parse(c) for c in changes),
         plain_storage=d.get("plain_storage", DEFAULT_PLAIN_STORAGE),
         max_trial=parse_duration(d["max_trial"], "max_trial") if "max_trial" in d else None,
         budget=parse_duration(d["budget"], "budget") if "budget" in d else None,

@@ -2,7 +2,9 @@
 
 Each trial launches its own vLLM server (its own port, storage directory and
 CPU/GPU slice), waits for it, runs the load for at most the step's share of
-clean exposure, and stops the server's process group. The outcome:
+clean exposure, and stops the server's process group. Trials of one step run
+side by side (``--parallel``); the first stall among them ends the others (their
+exposure up to then counts as clean). The outcome:
 
 * hung: the stress run detected a classified stall (exit 1); exposure is the
   load time before the stall began (not the detection delay);
@@ -160,9 +162,11 @@ class StressBackend:
         errors: list[BaseException] = []
         t0 = time.monotonic()
 
+        group_stop = threading.Event() if n > 1 else None  # the first stall ends the step's other trials
+
         def one(slot: int) -> None:
             try:
-                results[slot] = self.run_trial(step, slot, cfg, each, hooks)
+                results[slot] = self.run_trial(step, slot, cfg, each, hooks, group_stop)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(exc)
 
@@ -195,7 +199,8 @@ class StressBackend:
         for s in servers:
             s.stop(grace=5.0)
 
-    def run_trial(self, step: int, slot: int, cfg: Config, duration: float, hooks: Any) -> dict[str, Any]:
+    def run_trial(self, step: int, slot: int, cfg: Config, duration: float, hooks: Any,
+                  group_stop: threading.Event | None = None) -> dict[str, Any]:
         from repro.load.display import Progress
         from repro.load.runner import run_stress
 
@@ -226,7 +231,8 @@ class StressBackend:
             def go() -> None:
                 try:
                     box["res"] = run_stress(scn, trial_dir, server=server,
-                                            progress=Progress(tty=False, every=60.0, stream=log))
+                                            progress=Progress(tty=False, every=60.0, stream=log),
+                                            group_stop=group_stop)
                 except BaseException as exc:  # noqa: BLE001
                     box["exc"] = exc
 

@@ -65,6 +65,7 @@ def build_space(space_file: str | None, concurrency: str | None, step: int | Non
             sp.lo, sp.hi = parse_range(concurrency)
         if changes:
             sp.changes = tuple(Change.parse(c) for c in changes)
+            sp.storage_ladder = ()
         if plain_storage:
             sp.plain_storage = plain_storage
         if step:
@@ -104,7 +105,7 @@ def _report(d: Decision) -> None:
 @click.option("--step", type=click.IntRange(min=1), default=None, help="Step between tested concurrencies.")
 @click.option("--change", "changes", multiple=True, metavar="TOGGLE[=VALUE]",
               help="A difference from a plain server/client present in the baseline (repeat): extract=N, "
-                   "storage=PATH, async-scheduling=on|off, chunked-prefill=on|off, prefix-caching=on|off, "
+                   "storage=PATH (or a ladder storage=P1,...,PN, plainest first), async-scheduling=on|off, chunked-prefill=on|off, prefix-caching=on|off, "
                    "max-num-seqs=N, timeout=S, retries=N, consume=keep|move:DIR, arg='--flag value'.")
 @click.option("--plain-storage", default=None, metavar="DIR",
               help=f"Storage of the plain configuration (default {DEFAULT_PLAIN_STORAGE}).")
@@ -118,8 +119,12 @@ def _report(d: Decision) -> None:
               help="Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h).")
 @click.option("--rate-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
               help="A configuration 'still hangs' if it hangs at least this fraction as often as the baseline.")
-@click.option("--confirm-hangs", type=click.IntRange(min=1), default=3,
-              help="Hangs the final configuration must show.")
+@click.option("--confirm-hangs", type=click.IntRange(min=1), default=1,
+              help="Hangs the final configuration must show (1: the hang that found it is enough; 3 narrows the "
+                   "rate interval in minimal.json at about 2 more mean times to hang).")
+@click.option("--probe-minimum", type=click.FloatRange(min=0.0), default=3.0, metavar="MULT",
+              help="After the baseline, run the smallest configuration (lowest concurrency, plain server) for up "
+                   "to MULT x the mean time to hang: if it hangs, nothing smaller needs searching. 0: skip.")
 @click.option("--min-trial", default="60", metavar="DUR", help="Shortest clean exposure asked of one step.")
 @click.option("--parallel", type=click.IntRange(min=1), default=1,
               help="Trials side by side, each with its own server, port and CPU/GPU slice.")
@@ -147,8 +152,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
 
     \b
     1. reproduce the baseline (top of --concurrency, every --change) --baseline-hangs times;
-    2. ddmin over the changes towards a plain server; 3. Bayesian bisection over concurrency;
-    4. confirm the result with --confirm-hangs hangs.
+    2. probe the smallest configuration (--probe-minimum); 3. ddmin over the changes towards a
+    plain server (then the plainest storage path of a ladder); 4. Bayesian bisection over
+    concurrency; 5. confirm the result with --confirm-hangs hangs.
     Clean trials are sized from the Gamma-Poisson posterior so that the overall chance of a
     non-minimal answer stays within --alpha. Every fact goes to an fsync'ed journal in the run
     directory: --resume DIR continues after a crash without losing or double-counting exposure.
@@ -198,6 +204,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         min_trial = parse_duration(kw["min_trial"], "--min-trial")
         settings = Settings(alpha=kw["alpha"], baseline_hangs=kw["baseline_hangs"], prior=parse_prior(kw["prior"]),
                             rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
+                            probe_minimum=kw["probe_minimum"],
                             max_trial=space.max_trial, min_trial=min_trial, budget=space.budget)
         if sim_model is not None and sim_model.space.identity() != space.identity():
             raise UsageError(f"--simulate {kw['simulate']}: the model's space differs from the one given; "

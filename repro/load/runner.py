@@ -35,6 +35,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,8 +105,9 @@ class _Run:
     """One stress run on one event loop."""
 
     def __init__(self, scn: Scenario, run_dir: Path, server: VllmServer | None, url: str,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, group_stop: threading.Event | None = None) -> None:
         self.scn = scn
+        self.group_stop = group_stop  # shared by sibling runs (bisect --parallel): a stall in one ends them all
         self.L = scn.load
         self.D = scn.detect
         self.run_dir = run_dir
@@ -413,6 +415,14 @@ class _Run:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    async def watch_group(self) -> None:
+        """End this run when a sibling run (same bisect step) has found a stall: the step has its answer."""
+        assert self.group_stop is not None
+        while not self.group_stop.is_set():
+            await asyncio.sleep(0.5)
+        if self.stall is None:
+            self.request_stop("sibling-stall")
+
     def request_stop(self, reason: str) -> None:
         if not self.stopping:
             self.stopping = True
@@ -520,6 +530,8 @@ class _Run:
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
                            detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
+                if self.group_stop is not None:
+                    self.group_stop.set()
                 return  # the verdict stands; what follows (capture, cancelled requests) is not the server's state
 
     def record_sample(self, ob: Observation, a: Assessment) -> None:
@@ -904,6 +916,7 @@ class _Run:
                     tasks = [asyncio.ensure_future(self.worker(session, feed)) for _ in range(c)]
                 load = asyncio.ensure_future(asyncio.gather(*tasks))
                 stopper = asyncio.ensure_future(self.stop_event.wait())
+                sibling = asyncio.ensure_future(self.watch_group()) if self.group_stop is not None else None
                 dur = self.L.duration
                 done, _ = await asyncio.wait({load, stopper, mon_task}, timeout=dur,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -929,6 +942,8 @@ class _Run:
                             t.cancel()
                 await asyncio.gather(load, return_exceptions=True)
                 stopper.cancel()
+                if sibling is not None:
+                    sibling.cancel()
                 # file checks hold no slot: wait for them (bounded by their own timeouts)
                 deadline = time.monotonic() + 60.0
                 while self.stats.in_check > 0 and time.monotonic() < deadline and not self.interrupted:
@@ -1014,11 +1029,13 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
 
 
 def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = None,
-               progress: Progress | None = None) -> StressResult:
+               progress: Progress | None = None, group_stop: threading.Event | None = None) -> StressResult:
     """Run one stress run into ``run_dir`` and return its result (also written to summary.json).
 
     ``server``: a running server the caller owns (bisect); otherwise ``scenario.url`` is attached
-    to, or a server is launched from ``scenario.server`` and stopped at the end. Raises
+    to, or a server is launched from ``scenario.server`` and stopped at the end. ``group_stop``:
+    an event shared with sibling runs; this run sets it on a stall and ends (clean, stop reason
+    ``sibling-stall``) when a sibling sets it. Raises
     UsageError for bad settings; a target that cannot be started or reached is exit code 3 in
     the result (and summary.json), not an exception.
     """
@@ -1034,7 +1051,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     if server is None and not scenario.url:
         owned = server = VllmServer(scenario.server, run_dir)
     url = scenario.url or (server.url if server is not None else "")
-    run = _Run(scenario, run_dir, server, url, progress)
+    run = _Run(scenario, run_dir, server, url, progress, group_stop)
     if scenario.storage_path:  # attached (or told): the path must be there now -> UsageError, exit 2
         run.storage = StorageWatch.open(scenario.storage_path, grace=scenario.orphan_grace,
                                         horizon=scenario.storage_horizon)

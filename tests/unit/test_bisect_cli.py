@@ -133,3 +133,35 @@ def test_trial_bad_option_exits_2() -> None:
 def test_server_option_that_is_a_search_toggle_must_be_given_as_a_change() -> None:
     line = one_line_error(repro("bisect", "--concurrency", "1-4", "--prefix-caching"))
     assert "--change prefix-caching=on|off" in line
+
+
+def test_storage_ladder_from_a_change_keeps_the_last_path_as_the_baselines() -> None:
+    sp = SearchSpace(1, 4, (Change.parse("storage=/dev/shm/a,/data/hs,/mnt/nfs/hs"),))
+    assert sp.changes == (Change("storage", "/mnt/nfs/hs"),)
+    assert sp.storage_ladder == ("/dev/shm/a", "/data/hs")
+    assert sp.storage_rungs == ("/dev/shm/a", "/data/hs", "/mnt/nfs/hs")
+
+
+def test_storage_ladder_from_toml_list_matches_the_change_form(tmp_path: Path) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text('concurrency = [1, 4]\nstorage = ["/data/hs", "/mnt/nfs/hs"]\nchanges = ["timeout=10"]\n')
+    sp = space_from_toml(p)
+    same = SearchSpace(1, 4, (Change.parse("timeout=10"), Change.parse("storage=/data/hs,/mnt/nfs/hs")))
+    assert sp.identity() == same.identity()
+    assert sp.identity() != SearchSpace(1, 4, (Change.parse("timeout=10"), Change.parse("storage=/mnt/nfs/hs"))).identity()
+
+
+@pytest.mark.parametrize("value, msg", [("/a,,/b", "empty path"), ("/a,/a", "appear once"),
+                                        ("/dev/shm/repro-bisect-hs,/b", "not the plain")])
+def test_bad_storage_ladder_is_refused(value: str, msg: str) -> None:
+    line = one_line_error(repro("bisect", "--concurrency", "1-8", "--change", f"storage={value}"))
+    assert msg in line
+
+
+def test_storage_ladder_survives_resume(tmp_path: Path) -> None:
+    """The journal's header keeps the ladder: --resume rebuilds the same search."""
+    (tmp_path / "m.toml").write_text(MODEL.replace('"storage=/mnt/nfs/hs"', '"storage=/data/hs,/mnt/nfs/hs"'))
+    run = tmp_path / "run"
+    assert repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(run)).returncode == 0
+    r = repro("bisect", "--resume", str(run))
+    assert r.returncode == 0, r.stderr

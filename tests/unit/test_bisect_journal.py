@@ -83,7 +83,7 @@ def test_killed_trial_counts_exposure_up_to_its_last_heartbeat_and_only_once(tmp
 
 def test_simulated_search_writes_minimal_json_and_resume_of_a_finished_search_adds_no_exposure(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    r = repro_here("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run))
+    r = repro_here("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run), "--confirm-hangs", "3")
     assert r.returncode == 0, r.stderr
     doc = json.loads((run / "minimal.json").read_text())
     assert doc["status"] == "minimal"

@@ -79,8 +79,11 @@ def test_first_screening_test_is_sized_from_the_baseline_posterior_not_a_point_e
     base = [e for e in sim.requests if e[0] == sp_baseline()]
     assert len(base) == 3  # the baseline reproduced 3 times (each trial ends at its hang)
     k, e = 3, sum(min(c, 1e18) for _, c in base[:0]) or s.evidence[sp_baseline()][1]
-    cfg, cap = sim.requests[3]  # the plain server, screened first
-    assert cfg.changes == frozenset()
+    probe_cfg, probe_cap = sim.requests[3]  # the smallest configuration, probed for 3 mean times to hang
+    assert probe_cfg == Config(1, frozenset())
+    assert probe_cap == pytest.approx(3 * e / k, rel=1e-6)
+    cfg, cap = sim.requests[4]  # the plain server at the top, screened first
+    assert cfg == Config(16, frozenset())
     expected = RatePosterior(k, e).clean_needed(0.1, ratio=0.5)
     assert cap == pytest.approx(expected, rel=1e-6)
     # ... which is the Gamma mixture's answer, longer than the point estimate's ln(10)/(ratio*rate)
@@ -189,3 +192,74 @@ def test_error_budget_is_split_between_changes_and_concurrency() -> None:
     assert both.alpha_dd + both.alpha_c == pytest.approx(0.05)
     only_c = Search(SearchSpace(1, 8), Settings(alpha=0.05), Sim(space(), lambda c: 0.0, 0))
     assert (only_c.alpha_dd, only_c.alpha_c) == (0.0, 0.05)
+
+
+def test_error_budget_is_split_three_ways_with_a_storage_ladder() -> None:
+    sp = SearchSpace(1, 16, (Change.parse("extract=4"), Change.parse("storage=/data/hs,/mnt/nfs/hs")))
+    s = Search(sp, Settings(alpha=0.06), Sim(sp, lambda c: 0.0, 0))
+    assert (s.alpha_dd, s.alpha_st, s.alpha_c) == pytest.approx((0.02, 0.02, 0.02))
+
+
+def test_a_hang_in_the_probe_of_the_smallest_configuration_ends_the_search() -> None:
+    """GIVEN a hang that needs nothing WHEN the probe of (lowest concurrency, plain server) hangs
+    THEN no change or concurrency is tested: the next trials only confirm that configuration."""
+    hz = Hazard(1 / 3600, 1, ())
+    for seed in range(10):
+        s, sim = search_with(hz, seed)
+        r = s.run_all()
+        assert r.config == Config(1, frozenset())
+        tested = {cfg for cfg, _ in sim.requests}
+        if any(d.phase == "probe" and d.data.get("hung") for d in r.decisions):
+            assert tested == {sp_baseline(), Config(1, frozenset())}
+            assert not [d for d in r.decisions if d.phase in ("changes", "concurrency")]
+
+
+def test_a_clean_probe_decides_nothing_and_its_exposure_counts_later() -> None:
+    """GIVEN a threshold at 6 THEN the probe at 1 stays clean, the search still finds 6, and the
+    probe's exposure is in the evidence of concurrency 1 on a plain server."""
+    hz = Hazard(1 / 3600, 6, ())
+    s, sim = search_with(hz, 3)
+    r = s.run_all()
+    assert r.config == Config(6, frozenset())
+    probe_cap = sim.requests[3][1]
+    assert sim.requests[3][0] == Config(1, frozenset())
+    assert s.exposure(Config(1, frozenset())) >= probe_cap
+
+
+def test_probe_can_be_switched_off() -> None:
+    hz = Hazard(1 / 3600, 1, ())
+    s, sim = search_with(hz, 0, probe_minimum=0.0)
+    s.run_all()
+    assert not [d for d in s.decisions if d.phase == "probe"]
+    assert sim.requests[3][0] == Config(16, frozenset())  # straight into ddmin
+
+
+def ladder_space() -> SearchSpace:
+    return SearchSpace(1, 8, (Change.parse("extract=4"), Change.parse("storage=/ssd/hs,/hdd/hs,/mnt/nfs/hs")))
+
+
+@pytest.mark.parametrize("hangs_from", ["/ssd/hs", "/hdd/hs", "/mnt/nfs/hs"])
+def test_storage_ladder_finds_the_plainest_path_that_still_hangs(hangs_from: str) -> None:
+    """GIVEN storage paths ordered plainest first, and hangs from one rung up
+    WHEN searching 40 seeds THEN >= 38 answers name that rung (and never a plainer one)."""
+    sp = ladder_space()
+    hz = Hazard(1 / 3600, 1, ("storage",), storage_from=hangs_from)
+    truth = hz.truth(sp)
+    assert truth.changes == frozenset({Change("storage", hangs_from)})
+    right = 0
+    for seed in range(40):
+        sim = Sim(sp, lambda cfg: hz.rate_of(sp, cfg), seed)
+        r = Search(sp, Settings(), sim).run_all()  # type: ignore[arg-type]
+        assert r.config is not None
+        used = [c.value for c in r.config.changes if c.name == "storage"]
+        assert used and sp.storage_rungs.index(used[0]) >= sp.storage_rungs.index(hangs_from)
+        right += r.config == truth
+    assert right >= 38, f"{right}/40"
+
+
+def test_sim_hazard_with_a_storage_ladder_hangs_from_its_rung_up() -> None:
+    sp = ladder_space()
+    hz = Hazard(1.0, 1, ("storage",), storage_from="/hdd/hs")
+    rate = {p: hz.rate_of(sp, Config(8, frozenset({Change("storage", p)}))) for p in sp.storage_rungs}
+    assert rate == {"/ssd/hs": 0.0, "/hdd/hs": 1.0, "/mnt/nfs/hs": 1.0}
+    assert hz.rate_of(sp, Config(8, frozenset())) == 0.0  # the plain storage

@@ -131,3 +131,32 @@ def test_chat_workload_and_mixed_share(endpoint_factory, tmp_path: Path) -> None
     kinds = res.counts["by_kind"]
     assert kinds.get("hidden-states", 0) + kinds.get("chat", 0) == 200 and 60 < kinds.get("chat", 0) < 140
     assert res.files["verified"] == 200 and os.listdir(tmp_path / "store") == []
+
+
+def test_a_sibling_stall_ends_the_run_cleanly_with_its_reason(endpoint_factory, tmp_path: Path) -> None:
+    """bisect --parallel: when another trial of the step sets the shared event, this run stops (exit 0,
+    stop reason sibling-stall) long before its duration; its exposure so far is clean exposure."""
+    ep = endpoint_factory(latency=0.01)
+    group = threading.Event()
+    threading.Timer(2.0, group.set).start()
+    run = tmp_path / "run"
+    res = run_stress(scenario(ep.url, requests=None, duration=600.0), run, group_stop=group)
+    assert res.exit_code == 0 and res.outcome == "clean" and res.stall is None
+    stops = [json.loads(ln) for ln in (run / "events.jsonl").read_text().splitlines()
+             if json.loads(ln).get("event") == "stop"]
+    assert [e["reason"] for e in stops] == ["sibling-stall"]
+    assert 0 < res.exposure_s < 600.0
+
+
+def test_own_stall_sets_the_shared_event_for_the_siblings(endpoint_factory, tmp_path: Path) -> None:
+    """A run that finds a stall tells its siblings: the server stops answering, the detector calls
+    client-stall/engine-stall, and the shared event is set."""
+    ep = endpoint_factory(latency=0.01)
+    group = threading.Event()
+    sc = scenario(ep.url, requests=None, duration=600.0, request_timeout=600.0)
+    sc.detect = DetectSettings(window=2, startup_grace=0, poll_interval=0.5)
+    # every request from 2 s on takes 6 s: a stall for a 2 s window, short enough to let the endpoint close
+    threading.Timer(2.0, lambda: setattr(ep.args, "latency", 6.0)).start()
+    res = run_stress(sc, tmp_path / "run", group_stop=group)
+    assert res.exit_code == 1 and res.stall is not None
+    assert group.is_set()
