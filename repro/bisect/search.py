@@ -149,10 +149,13 @@ class Search:
         self.steps = 0
         self.skips = 0
         # The error budget alpha is split evenly over the parts of the search that can err
-        # (a hang is never wrong: only a "does not hang" can make the answer not minimal).
+        # (a hang is never wrong: only a "does not hang" can make the answer not minimal);
+        # what a phase leaves unspent (no re-check needed, no storage ladder to climb) moves
+        # on to the next phase (a union bound along the path the search took).
         parts = {"dd": bool(space.changes), "storage": bool(space.storage_ladder), "c": len(space.values) > 1}
         share = settings.alpha / max(1, sum(parts.values()))
         self.alpha_dd, self.alpha_st, self.alpha_c = (share if parts[k] else 0.0 for k in ("dd", "storage", "c"))
+        self.carry = 0.0  # error budget a finished phase did not spend: it goes to the next phase
         self._dd_cache: dict[frozenset[Change], bool] = {}
         self._warned: set[int] = set()
         self.threshold_mass: float | None = None
@@ -358,6 +361,8 @@ class Search:
                     break
             else:
                 break
+        # Only the re-check rounds that ran could have erred; the rest of the budget moves on.
+        self.carry += max(0.0, self.alpha_dd - sum(recheck_budget(self.alpha_dd, r) for r in range(1, rnd + 1)))
         self.decide("changes", f"fewest changes that still hang: {', '.join(map(str, c)) or 'none'}",
                     changes=[str(x) for x in c])
         return c
@@ -399,16 +404,17 @@ class Search:
         """
         field = self.space.storage_change
         if not self.space.storage_ladder or field is None or field not in changes:
-            if self.alpha_st and self.alpha_c:  # the ladder's share of the error budget goes to concurrency
-                self.alpha_c, self.alpha_st = self.alpha_c + self.alpha_st, 0.0
+            self.carry += self.alpha_st  # not needed: the ladder's share of the error budget moves on
             return changes
         rest = [c for c in changes if c != field]
-        level = self.alpha_st / len(self.space.storage_ladder)
+        budget, self.carry = self.alpha_st + self.carry, 0.0
+        level = budget / len(self.space.storage_ladder)
         self.decide("storage", f"storage matters; trying the plainer paths {', '.join(self.space.storage_ladder)} "
                     f"before {field.value} (alpha {level:.2g} each)")
-        for path in self.space.storage_ladder:
+        for i, path in enumerate(self.space.storage_ladder):
             alt = Change("storage", path)
             if self.test_changes(frozenset([*rest, alt]), alpha=level):
+                self.carry = budget - i * level  # only the i clean verdicts could have erred
                 self.decide("storage", f"the plainest storage that still hangs: {path}", storage=path)
                 return sorted([*rest, alt])
         self.decide("storage", f"only {field.value} hangs among the storage paths", storage=field.value)
@@ -478,6 +484,10 @@ class Search:
                               f"although concurrency {lowest_hang} hung")
 
     def concurrency(self, changes: frozenset[Change]) -> tuple[int, float]:
+        if self.carry:
+            self.decide("concurrency", f"error budget for the threshold: {self.alpha_c:.3g} + {self.carry:.3g} "
+                        f"left unspent by the earlier phases")
+            self.alpha_c, self.carry = self.alpha_c + self.carry, 0.0
         vals = self.space.values
         while True:
             post = self.threshold_posterior(changes)

@@ -1,8 +1,12 @@
 """Real trials: a stress run (``repro.load.runner.run_stress``) on a server of the trial's own.
 
-Each trial launches its own vLLM server (its own port, storage directory and
-CPU/GPU slice), waits for it, runs the load for at most the step's share of
-clean exposure, and stops the server's process group. Trials of one step run
+Each trial slot has its own vLLM server (its own port, storage directory and
+CPU/GPU slice); a trial runs the load for at most the step's share of clean
+exposure. A server that stayed clean is kept for the slot's next trial when that
+trial's server settings are the same (a concurrency step, a client toggle): the
+hazard model is memoryless, so exposure on a warm server counts like any other,
+and the start-up (a minute or more on CPU) is paid once. A hung or dead server is
+stopped by process group and replaced; ``--fresh-server`` starts one per trial. Trials of one step run
 side by side (``--parallel``); the first stall among them ends the others (their
 exposure up to then counts as clean). The outcome:
 
@@ -20,6 +24,7 @@ kill -9 loses at most one heartbeat interval of exposure.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import json
 import os
 import threading
@@ -134,6 +139,20 @@ def trial_scenario(base: Scenario, space: SearchSpace, cfg: Config, duration: fl
     return scn
 
 
+def server_key(settings: Any) -> str:
+    """What makes two trials' servers interchangeable: every launch setting but the port."""
+    d = dataclasses.asdict(settings)
+    d.pop("port", None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def reusable_injection(spec: str | None) -> bool:
+    """A server may serve several trials unless its injected fault is timed from its start (stall-after=...)."""
+    if not spec:
+        return True
+    return all(part.split("=")[0].strip() in ("hazard", "min_running", "seed") for part in spec.split(","))
+
+
 def pick_port(base_port: int, slot: int, host: str) -> int:
     for p in range(base_port + slot, base_port + slot + 200, max(1, 1)):
         if port_free(host, p):
@@ -145,8 +164,10 @@ class StressBackend:
     """Runs a step as `parallel` real stress runs of one configuration; exposure adds across them."""
 
     def __init__(self, base: Scenario, space: SearchSpace, run_dir: Path, parallel: int = 1,
-                 heartbeat: float = 5.0, say: Any = None) -> None:
+                 heartbeat: float = 5.0, say: Any = None, reuse: bool = True) -> None:
         self.base = base
+        self.reuse = reuse and reusable_injection(base.server.inject)
+        self._idle: dict[int, tuple[str, VllmServer, str]] = {}  # slot -> (settings key, server, its first trial)
         self.space = space
         self.run_dir = Path(run_dir)
         self.parallel = max(1, parallel)
@@ -194,10 +215,33 @@ class StressBackend:
                                "reason": "; ".join(r.get("reason", "") for r in done if r["skipped"])[:300]})
 
     def stop_all(self) -> None:
+        """Stop every server of this backend: running trials' and idle ones kept for reuse."""
         with self._lock:
             servers = list(self._servers)
+            self._servers.clear()
+            self._idle.clear()
         for s in servers:
             s.stop(grace=5.0)
+
+    def _server_for(self, slot: int, scn: Scenario, trial_dir: Path) -> tuple[VllmServer, str | None]:
+        """The slot's idle server when it was started with the same settings and still runs, else a new one."""
+        key = server_key(scn.server)
+        with self._lock:
+            idle = self._idle.pop(slot, None)
+        if idle is not None:
+            k, srv, first = idle
+            if k == key and srv.alive():
+                scn.server.port = srv.settings.port
+                return srv, first
+            srv.stop(grace=5.0)
+            with self._lock:
+                if srv in self._servers:
+                    self._servers.remove(srv)
+        scn.server.port = pick_port(self.base.server.port, slot, self.base.server.host)
+        server = VllmServer(scn.server, trial_dir)
+        with self._lock:
+            self._servers.append(server)
+        return server, None
 
     def run_trial(self, step: int, slot: int, cfg: Config, duration: float, hooks: Any,
                   group_stop: threading.Event | None = None) -> dict[str, Any]:
@@ -206,19 +250,27 @@ class StressBackend:
 
         trial_dir = self.run_dir / "trials" / f"step{step:04d}-slot{slot}"
         trial_dir.mkdir(parents=True, exist_ok=True)
-        port = pick_port(self.base.server.port, slot, self.base.server.host)
-        scn = trial_scenario(self.base, self.space, cfg, duration, port, slot, self.parallel, trial_dir)
-        tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3))
-        server = VllmServer(scn.server, trial_dir)
-        with self._lock:
-            self._servers.append(server)
+        scn = trial_scenario(self.base, self.space, cfg, duration, self.base.server.port, slot, self.parallel,
+                             trial_dir)
+        server, reused = self._server_for(slot, scn, trial_dir) if self.reuse else (None, None)
+        if server is None:
+            scn.server.port = pick_port(self.base.server.port, slot, self.base.server.host)
+            server = VllmServer(scn.server, trial_dir)
+            with self._lock:
+                self._servers.append(server)
+        port = scn.server.port
+        tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3),
+                                **({"server_reused_from": reused} if reused else {}))
         t0 = time.monotonic()
         self.say(f"  trial {tid} (slot {slot}, port {port}): {cfg.describe()}, up to {duration:.0f} s of load; "
-                 f"log {trial_dir / 'server.log'}")
+                 + (f"server reused (clean so far, same settings; log {reused}/server.log)" if reused
+                    else f"log {trial_dir / 'server.log'}"))
+        keep = False
         try:
             try:
-                server.start()
-                server.wait_ready()
+                if not reused:
+                    server.start()
+                    server.wait_ready()
             except ReproError as exc:
                 server.stop()
                 hooks.trial_end(tid, hung=False, exposure=0.0, trial_time=time.monotonic() - t0, skipped=True,
@@ -247,11 +299,18 @@ class StressBackend:
             if "exc" in box:
                 raise box["exc"]
             res = box["res"]
+            # A clean trial leaves a healthy server: the next trial of this slot with the same
+            # settings may load it again (a hung or dead one is always replaced).
+            keep = self.reuse and res.exit_code == 0 and server.alive()
         finally:
-            server.stop(grace=5.0)
-            with self._lock:
-                if server in self._servers:
-                    self._servers.remove(server)
+            if keep:
+                with self._lock:
+                    self._idle[slot] = (server_key(scn.server), server, reused or str(trial_dir))
+            else:
+                server.stop(grace=5.0)
+                with self._lock:
+                    if server in self._servers:
+                        self._servers.remove(server)
         spent = time.monotonic() - t0
         if res.exit_code == EXIT_INTERRUPTED:
             raise KeyboardInterrupt

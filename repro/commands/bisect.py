@@ -145,6 +145,9 @@ def _report(d: Decision) -> None:
 @click.option("--on-stall", type=click.Choice(["capture", "exit"]), default="capture",
               help="On a stall in a trial: capture a bundle (evidence) or just end the trial.")
 @click.option("--heartbeat", type=float, default=5.0, help="Seconds between journal heartbeats of a running trial.")
+@click.option("--fresh-server", is_flag=True, default=False,
+              help="Start a new vLLM server for every trial. By default a server that stayed clean serves the "
+                   "slot's next trial when its settings are the same (e.g. another concurrency), saving start-up.")
 @ray_options
 @passthrough
 def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
@@ -217,7 +220,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
             raise UsageError(f"--budget {format_duration(space.budget)} is too small for one trial "
                              f"(at least {format_duration(one_trial)}: start-up + warm-up + --min-trial)")
         extra: dict[str, Any] = {"simulate": str(Path(kw["simulate"]).resolve()) if kw["simulate"] else None,
-                                 "parallel": kw["parallel"], "heartbeat": kw["heartbeat"]}
+                                 "parallel": kw["parallel"], "heartbeat": kw["heartbeat"],
+                                 "reuse_server": not kw["fresh_server"]}
         if base is not None:
             extra["scenario"] = base.to_dict()
         spec = driver.SearchSpec(space, settings, mode, extra)
@@ -270,7 +274,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         from repro.bisect.trials import StressBackend
 
         base_scn = Scenario.from_dict(spec.extra["scenario"])
-        backend = StressBackend(base_scn, spec.space, run_dir, parallel, float(spec.extra.get("heartbeat", 5.0)), _say)
+        backend = StressBackend(base_scn, spec.space, run_dir, parallel, float(spec.extra.get("heartbeat", 5.0)), _say,
+                                reuse=bool(spec.extra.get("reuse_server", True)))
 
     _say(f"bisect run directory: {run_dir} (journal {jr.path})")
     s = spec.settings
@@ -293,6 +298,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, old)
+        if ray_session is None and hasattr(backend, "stop_all"):
+            backend.stop_all()  # servers kept idle for reuse
         jr.close()
         if ray_session is not None:
             backend.close()

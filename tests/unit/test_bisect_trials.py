@@ -87,24 +87,92 @@ def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, 
     backend = trials.StressBackend(Scenario(), sp, tmp_path, parallel=3)
     seen: list[tuple[int, float]] = []
 
-    def fake(self, step, slot, cfg, duration, hooks):  # type: ignore[no-untyped-def]
+    groups = set()
+
+    def fake(self, step, slot, cfg, duration, hooks, group_stop=None):  # type: ignore[no-untyped-def]
         seen.append((slot, duration))
+        groups.add(id(group_stop))
         return {"hung": slot == 1, "exposure": 10.0 * (slot + 1), "trial_time": 70.0, "skipped": False,
                 "dir": f"d{slot}"}
 
     monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
     out = backend.run_step(0, Config(8, frozenset()), 300.0, hooks=None)
     assert sorted(seen) == [(0, 100.0), (1, 100.0), (2, 100.0)]  # the cap is shared between the slots
+    assert len(groups) == 1 and id(None) not in groups  # one shared stop event: a stall ends the siblings
     assert out.hung and out.exposure == pytest.approx(60.0) and out.trial_time == pytest.approx(210.0)
 
 
 def test_step_is_skipped_only_when_no_slot_could_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = trials.StressBackend(Scenario(), SearchSpace(1, 8), tmp_path, parallel=2)
 
-    def fake(self, step, slot, cfg, duration, hooks):  # type: ignore[no-untyped-def]
+    def fake(self, step, slot, cfg, duration, hooks, group_stop=None):  # type: ignore[no-untyped-def]
         return {"hung": False, "exposure": 0.0 if slot == 0 else 50.0, "trial_time": 60.0, "skipped": slot == 0,
                 "reason": "vLLM exited", "dir": "d"}
 
     monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
     out = backend.run_step(0, Config(8, frozenset()), 100.0, hooks=None)
     assert not out.skipped and out.exposure == pytest.approx(50.0)
+
+
+class FakeServer:
+    """Stands in for VllmServer in the reuse bookkeeping (no process)."""
+
+    made: list["FakeServer"] = []
+
+    def __init__(self, settings, run_dir) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self.run_dir = run_dir
+        self.stopped = False
+        self.dead = False
+        FakeServer.made.append(self)
+
+    def alive(self) -> bool:
+        return not self.stopped and not self.dead
+
+    def stop(self, grace: float = 20.0) -> list[int]:
+        self.stopped = True
+        return []
+
+
+def _scn(space: SearchSpace, cfg: Config, tmp: Path, slot: int = 0) -> Scenario:
+    return trials.trial_scenario(Scenario(), space, cfg, 60.0, 9100, slot, 1, tmp)
+
+
+def test_a_clean_servers_slot_reuses_it_for_the_same_settings_only(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Another concurrency on the same server settings reuses the idle server; another toggle, a dead
+    server or stop_all replaces/stops it."""
+    monkeypatch.setattr(trials, "VllmServer", FakeServer)
+    monkeypatch.setattr(trials, "port_free", lambda host, port: True)
+    FakeServer.made = []
+    sp = SearchSpace(1, 8, (Change.parse("prefix-caching=on"),))
+    be = trials.StressBackend(Scenario(), sp, tmp_path)
+    first, reused = be._server_for(0, _scn(sp, Config(8, frozenset()), tmp_path), tmp_path / "t0")
+    assert reused is None
+    be._idle[0] = (trials.server_key(first.settings), first, "t0")
+    again, reused = be._server_for(0, _scn(sp, Config(3, frozenset()), tmp_path), tmp_path / "t1")
+    assert again is first and reused == "t0"  # only the client's concurrency changed
+    be._idle[0] = (trials.server_key(first.settings), first, "t0")
+    other, reused = be._server_for(0, _scn(sp, Config(3, frozenset(sp.changes)), tmp_path), tmp_path / "t2")
+    assert other is not first and reused is None and first.stopped  # a server toggle: a new server
+    be._idle[0] = (trials.server_key(other.settings), other, "t2")
+    other.dead = True
+    fresh, reused = be._server_for(0, _scn(sp, Config(3, frozenset(sp.changes)), tmp_path), tmp_path / "t3")
+    assert fresh is not other and reused is None
+    be._idle[0] = (trials.server_key(fresh.settings), fresh, "t3")
+    be.stop_all()
+    assert all(s.stopped for s in FakeServer.made) and not be._idle
+
+
+def test_server_key_ignores_the_port_but_not_the_launch_settings() -> None:
+    a, b = Scenario().server, Scenario().server
+    b.port = a.port + 7
+    assert trials.server_key(a) == trials.server_key(b)
+    b.prefix_caching = True
+    assert trials.server_key(a) != trials.server_key(b)
+
+
+@pytest.mark.parametrize("spec, ok", [(None, True), ("hazard=3600,min_running=4", True),
+                                      ("hazard=10,min_running=2,seed=3", True), ("stall-after=30", False),
+                                      ("stall-for=10,after=5", False), ("write-stall", False)])
+def test_servers_with_faults_timed_from_their_start_are_never_reused(spec: str | None, ok: bool) -> None:
+    assert trials.reusable_injection(spec) is ok
