@@ -22,6 +22,7 @@ from repro.units import parse_duration
 from repro.watch.events import EventLog
 from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
+from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
 from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
 
@@ -101,6 +102,16 @@ def _say(msg: str) -> None:
               help="With --storage: delete hidden-state files (and their .lock) older than this; never outside the "
                    "store, never a symlink; each deletion is an event. Off by default.")
 @click.option("--reap-dry-run", is_flag=True, default=False, help="List what --reap-orphans-older-than would delete.")
+@click.option("--restart-min-free", default="5%", metavar="SIZE|PCT",
+              help="After a death the server's log blames on the hidden-state store (ENOSPC), restart only once "
+                   "the store's filesystem has this much free (e.g. 2GB, or 5% of its size) -- and at least "
+                   "--restart-runway of the write rate measured before the death (known with --storage), capped at "
+                   "half the filesystem. A read-only or unwritable store must be writable again.")
+@click.option("--restart-runway", default="10m", callback=_duration,
+              help="After a storage death: the free space must last this long at the measured write rate.")
+@click.option("--storage-wait-max", default="10m", callback=_duration,
+              help="After a storage death: when the store has not enough space again within this, stop (exit 1) "
+                   "with one line saying why instead of restarting into a full store.")
 @passthrough
 @click.pass_context
 def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str | None, pid: int | None,
@@ -111,7 +122,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
             backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
             metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
             storage_grace: float, storage_horizon: float, on_storage: str | None, reap_older_than: float | None,
-            reap_dry_run: bool, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
+            reap_dry_run: bool, restart_min_free: str, restart_runway: float, storage_wait_max: float, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
     """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
 
     \b
@@ -124,8 +135,13 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     line, an unanswered probe, a dead server) lasting --window and --min-bad evaluations.
     Then: capture (at most --capture-budget), stop by process group or container (never by
     name), confirm the port (and GPU memory) are free, back off, start, wait until the model
-    answers. Every decision goes to events.jsonl. Exit 1 after giving up (--max-restarts in an
-    hour), 3 when the target cannot be reached or restarted, 0 after --duration or SIGTERM.
+    answers. A death the log blames on the hidden-state store (ENOSPC, read-only, I/O error) is
+    restarted only once the store has space again (--restart-min-free, --restart-runway), else
+    watch stops after --storage-wait-max saying why. Every decision goes to events.jsonl.
+
+    Exit 1 after giving up (--max-restarts in an hour, or no space within
+    --storage-wait-max), 3 when the target cannot be reached or restarted, 0 after --duration
+    or SIGTERM.
     """
     modes = [m for m, on in (("--serve", serve), ("--docker", bool(docker_name)), ("--url", bool(url)))
              if on]
@@ -150,7 +166,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     if metrics_port is not None and metrics_port == settings.port and serve:
         raise UsageError(f"--metrics-port {metrics_port} is the server's --port")
     for name, value in (("--poll-interval", poll_interval), ("--window", window), ("--probe-interval", probe_interval),
-                        ("--capture-budget", capture_budget)):
+                        ("--capture-budget", capture_budget), ("--storage-wait-max", storage_wait_max)):
         if value <= 0:
             raise UsageError(f"{name} must be positive")
 
@@ -165,7 +181,9 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
                if do_capture else None)
     ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
                        on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
-                       duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key)
+                       duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key,
+                       recovery=RecoverySettings(min_free=MinFree.parse(restart_min_free), runway=restart_runway,
+                                                 max_wait=storage_wait_max))
 
     storage = settings.storage if "storage" in explicit else None
     if (reap_older_than is not None or on_storage or reap_dry_run) and storage is None:

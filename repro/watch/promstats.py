@@ -2,7 +2,8 @@
 
 ``repro_watch_stalls_total{class}``, ``repro_watch_restarts_total``,
 ``repro_watch_captures_total{status}``, ``repro_watch_last_stall_timestamp_seconds``,
-``repro_watch_state`` (0 healthy, 1 suspect, 2 stalled, 3 restarting, 4 gave up) and
+``repro_watch_state`` (0 healthy, 1 suspect, 2 stalled, 3 restarting, 4 gave up, 5 starting,
+6 waiting for the hidden-state store to have space again) and
 ``repro_watch_up`` (1 while the watched server answers). A private registry, so two
 watchdogs in one process (tests) never collide.
 """
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from repro.errors import UsageError
 
-STATES = {"healthy": 0, "suspect": 1, "stalled": 2, "restarting": 3, "gave-up": 4, "starting": 5}
+STATES = {"healthy": 0, "suspect": 1, "stalled": 2, "restarting": 3, "gave-up": 4, "starting": 5, "storage-wait": 6}
 
 
 class WatchMetrics:
@@ -28,7 +29,7 @@ class WatchMetrics:
         self.last_stall = Gauge("repro_watch_last_stall_timestamp_seconds",
                                 "Unix time of the last detected stall (0: none yet)", registry=r)
         self.state = Gauge("repro_watch_state", "0 healthy, 1 suspect, 2 stalled, 3 restarting, 4 gave up, "
-                                                "5 starting", registry=r)
+                                                "5 starting, 6 waiting for storage space", registry=r)
         self.storage_warnings = Counter("repro_watch_storage_warnings",
                                         "Storage warnings (storage-leak, storage-exhaustion) raised", ["kind"], registry=r)
         self.up = Gauge("repro_watch_up", "1 while the watched server answers", registry=r)

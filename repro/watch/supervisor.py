@@ -8,13 +8,19 @@ gets its startup grace and a clean baseline), the bundle is
 is injected (``clock``, ``sleep``, ``make_detector``, ``make_observer``, ``capture_fn``,
 the target), so the loop runs in unit tests on a fake clock.
 
+A death the server's log blames on the hidden-state store (ENOSPC, a read-only or failing
+filesystem) is restarted only once the store is usable again (:mod:`repro.watch.recovery`):
+``storage-wait`` events while waiting, ``restart`` when the space is back, ``give-up`` when it
+is not back within ``--storage-wait-max``.
+
 Exit codes: 0 when the watch ends on its own (``--duration``), 1 when it gave up after
-``--max-restarts`` restarts within an hour, 3 when the target could not be started,
+``--max-restarts`` restarts within an hour (or waited in vain for the store), 3 when the target could not be started,
 reached, stopped or restarted (raised as TargetError).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +36,9 @@ from repro.watch.events import EventLog
 from repro.watch.observe import Observer, Prober
 from repro.watch.policy import PolicySettings, RestartPolicy
 from repro.watch.promstats import WatchMetrics
+from repro.watch.recovery import GIVE_UP, RESTART, FsReading, RecoverySettings, StorageRecovery, measured_rates
 from repro.watch.storage import StorageDuty
+from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWatch
 from repro.watch.targets import Target
 
@@ -56,6 +64,11 @@ class WatchSettings:
     on_storage: str | None = None  # hook command for storage warnings
     reap_older_than: float | None = None
     reap_dry_run: bool = False
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)  # after a storage-caused death
+
+
+def _writable(path: str) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 class WatchStopped(Exception):
@@ -87,7 +100,8 @@ class Supervisor:
                  make_observer: Callable[[Target], _ObserverLike] | None = None,
                  capture_fn: Callable[[CaptureRequest], Bundle] | None = None,
                  say: Callable[[str], None] = lambda msg: None,
-                 scenario: dict[str, Any] | None = None, repro_command: list[str] | None = None) -> None:
+                 scenario: dict[str, Any] | None = None, repro_command: list[str] | None = None,
+                 statvfs: Callable[[str], Any] = os.statvfs, writable: Callable[[str], bool] = _writable) -> None:
         self.target, self.s, self.run_dir, self.events = target, settings, Path(run_dir), events
         self.metrics = metrics or WatchMetrics()
         self.clock, self.wall, self.sleep = clock, wall, sleep
@@ -105,6 +119,9 @@ class Supervisor:
         self.stalls = 0
         self.last: Assessment | None = None
         self.storage = self._storage_duty() if settings.storage_duty and settings.storage_path else None
+        self.statvfs, self.writable = statvfs, writable
+        self._log_from = 0  # where the current server's part of the log begins
+        self.storage_death: dict[str, str] | None = None  # the storage cause of the last death, until restarted
 
     def _storage_duty(self) -> StorageDuty:
         s = self.s
@@ -129,6 +146,7 @@ class Supervisor:
             self.observer.close()
         self.detector = self.make_detector(self.s.detect)
         self.observer = self.make_observer(self.target)
+        self._log_from = self.target.log_mark()
         self.watch_t0 = self.clock()
         self.metrics.set_state("healthy")
         self.metrics.up.set(1)
@@ -214,7 +232,15 @@ class Supervisor:
             self.events.write("stop", **stopped)
             for name, fields in self.target.released(stopped, self.s.release_timeout):
                 self.events.write(name, **fields)
-            delay = self.policy.delay(self.clock())
+            waited = 0.0
+            if self.storage_death is not None:
+                t0 = self.clock()
+                code = self._await_storage(self.storage_death)
+                if code is not None:
+                    return code
+                self.storage_death = None
+                waited = self.clock() - t0
+            delay = max(0.0, self.policy.delay(self.clock()) - waited)  # waiting for space counts as back-off
             if delay > 0:
                 self.events.write("backoff", seconds=delay, **self.policy.describe(self.clock()))
                 self.say(f"waiting {delay:g} s before restarting (back-off)")
@@ -233,9 +259,62 @@ class Supervisor:
             self._begin_watch()
             return None
 
+    # -- a death the log blames on the hidden-state store ---------------------------------------
+    def _name_storage_cause(self, a: Assessment) -> None:
+        """Read the log of the server that just stalled or died; a storage cause goes into the evidence."""
+        cause = storage_cause(self.target.log_tail(self._log_from))
+        self.storage_death = cause
+        if cause is not None:
+            a.evidence["storage_cause"] = cause
+            a.evidence.setdefault("reasons", []).append(f"storage: {cause['kind']} ({cause['line'][:200]})")
+
+    def _store_path(self) -> str | None:
+        return self.s.storage_path or self.target.capture_fields().get("storage_path")
+
+    def _read_store(self, path: str) -> tuple[FsReading | None, str | None]:
+        try:
+            return FsReading.of(self.statvfs(path), self.writable(path)), None
+        except OSError as exc:
+            return None, f"{type(exc).__name__}: {exc.strerror or exc}"
+
+    def _await_storage(self, cause: dict[str, str]) -> int | None:
+        """After a storage-caused death: poll the store until it is usable (None) or give up (exit code)."""
+        path = self._store_path()
+        if not path:
+            msg = (f"the server died of {cause['kind']} in its hidden-state store, but watch does not know where the "
+                   f"store is (--storage PATH): it cannot wait for space; restarting under the usual back-off")
+            self.events.write("storage-wait", status="unknown-store", cause=cause["kind"], message=msg)
+            self.say(msg)
+            return None
+        bps, ips = (measured_rates(self.storage.storage.census.history, self.s.recovery.runway)
+                    if self.storage is not None else (None, None))
+        rec = StorageRecovery(self.s.recovery, cause, path, self.clock(), bps, ips,
+                              reaping=self.storage is not None and self.s.reap_older_than is not None)
+        self.metrics.set_state("storage-wait")
+        while True:
+            if self.storage is not None:  # warnings, and reaping when --reap-orphans-older-than is on: a scan
+                self.storage.tick(force=True)  # every poll costs little while the server is down
+            reading, error = self._read_store(path)
+            d = rec.decide(self.clock(), reading, error)
+            if d.action == RESTART:
+                self.events.write("restart", reason="storage recovered", message=d.message, **d.fields)
+                self.say(d.message)
+                return None
+            if d.action == GIVE_UP:
+                self.events.write("give-up", reason="storage", message=d.message, **d.fields)
+                self.metrics.set_state("gave-up")
+                self.say(d.message)
+                self.gave_up_message = d.message
+                return EXIT_STALL
+            if d.announce:
+                self.events.write("storage-wait", status="waiting", message=d.message, **d.fields)
+                self.say(d.message)
+            self.sleep(self.s.recovery.poll)
+
     def _on_stall(self, a: Assessment) -> int | None:
         self.stalls += 1
         n = self.stalls
+        self._name_storage_cause(a)
         reasons = a.evidence.get("reasons", [])
         self.events.write("detect", n=n, **{"class": a.stall_class}, detection=self._detection(a), reasons=reasons)
         self.metrics.stalls.labels(a.stall_class or "unknown").inc()

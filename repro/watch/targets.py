@@ -200,6 +200,27 @@ class Target:
     def log_source(self) -> LineSource | None:
         return None
 
+    def log_mark(self) -> int:
+        """Where the log of the server being watched begins (bytes into --log-file; 0 for a log of its own)."""
+        path = self.capture_fields().get("log_path")
+        try:
+            return os.path.getsize(path) if path else 0
+        except OSError:
+            return 0
+
+    def log_tail(self, since: int = 0, max_bytes: int = 2_000_000) -> str:
+        """The last `max_bytes` of the log written since `since` ('' when there is no log to read)."""
+        path = self.capture_fields().get("log_path")
+        if not path:
+            return ""
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, since if since <= size else 0, size - max_bytes))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     def capture_fields(self) -> dict[str, Any]:
         return {}
 
@@ -277,6 +298,9 @@ class ServeTarget(Target):
 
     def log_source(self) -> LineSource | None:
         return LogFollower(self.server.log_path) if self.server is not None else None
+
+    def log_mark(self) -> int:
+        return 0  # every start writes a log of its own
 
     def capture_fields(self) -> dict[str, Any]:
         srv = self.server
@@ -420,6 +444,17 @@ class DockerTarget(_AttachedTarget):
             return DockerLogFollower(self.name)
         except OSError:
             return None
+
+    def log_tail(self, since: int = 0, max_bytes: int = 2_000_000) -> str:
+        if self.log_file:
+            return super().log_tail(since, max_bytes)
+        from repro.capture import docker as docker_mod
+
+        try:  # the container's log since its last start is what `docker logs` keeps
+            r = subprocess.run(docker_mod.logs_command(self.name, 5000), capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return (r.stdout + r.stderr)[-max_bytes:]
 
     def capture_fields(self) -> dict[str, Any]:
         return {**super().capture_fields(), "docker": self.name}
