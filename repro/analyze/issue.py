@@ -4,6 +4,12 @@ The template uses ``{{ name }}`` placeholders (no logic). The first line that
 starts with ``title:`` becomes the title line of ISSUE.md (``# [Bug]: ...``)
 and an HTML comment at the top of the template is dropped. Unknown placeholders
 are left visible so a typo in an edited template shows instead of vanishing.
+
+A bundle that shows a storage problem (``storage-leak`` / ``storage-exhaustion`` warnings, or a
+death the log blames on the hidden-state store) is worded as a storage report from
+``ISSUE_TEMPLATE_STORAGE.md`` (see :mod:`repro.storage.finding`): what leaks, under which client
+behaviour, how fast, the census -- not as a hang. When the same bundle also shows a genuine
+stall, the storage report is a second file beside ISSUE.md.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from repro.analyze.report import time_to_stall
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.errors import UsageError
+from repro.storage import finding as storage_finding
 
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 MAX_STACK_CHARS = 12_000  # per process in ISSUE.md; the bundle has everything
@@ -26,15 +33,17 @@ COLLECT_ENV_MAX = 30_000
 ROLE_ORDER = {"engine_core": 0, "worker": 1, "api_server": 2, "launcher": 3, "other": 4}
 
 
-def find_template(explicit: str | Path | None = None) -> Path:
-    """--template, else ./ISSUE_TEMPLATE.md, else the one at the top of the repro checkout."""
-    cands = [Path(explicit)] if explicit else [Path.cwd() / "ISSUE_TEMPLATE.md",
-                                               Path(__file__).resolve().parents[2] / "ISSUE_TEMPLATE.md"]
+STALL_TEMPLATE, STORAGE_TEMPLATE = "ISSUE_TEMPLATE.md", "ISSUE_TEMPLATE_STORAGE.md"
+
+
+def find_template(explicit: str | Path | None = None, name: str = STALL_TEMPLATE) -> Path:
+    """--template, else ./<name>, else the one at the top of the repro checkout."""
+    cands = [Path(explicit)] if explicit else [Path.cwd() / name, Path(__file__).resolve().parents[2] / name]
     for c in cands:
         if c.is_file():
             return c
     raise UsageError(f"no issue template found (looked at {', '.join(map(str, cands))})",
-                     help="Pass --template PATH (copy ISSUE_TEMPLATE.md from the repro repository).")
+                     help=f"Pass --template PATH (copy {name} from the repro repository).")
 
 
 def _read(p: Path, default: str = "") -> str:
@@ -143,10 +152,10 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
         title = f"{proc} stops making progress ({cul.get('verdict')} in {cfn})"
     else:
         title = f"{proc} stops making progress ({analysis.get('verdict')})"
-    cause = (det.get("evidence") or {}).get("storage_cause")
-    if cause:  # a storage death is no hang: name what killed the engine
-        where = " in the hidden-state write" if cause.get("in_hidden_state_write") == "yes" else ""
-        title = f"EngineCore dies when the hidden-state store fails ({cause.get('kind')}{where})"
+    found = find_storage(bundle, det, man)
+    store = storage_finding.values(found) if found else {}
+    if found and found.cause:  # a storage death is no hang: name what killed the engine
+        title = store["storage_title"]
     tar = tarball or (bundle.parent / f"{bundle.name}.tar.gz")
     size = f"{tar.stat().st_size / 1e6:.2f} MB" if tar.exists() else "size unknown"
     cls = det.get("class") or det.get("classification") or man.get("reason") or "unknown"
@@ -171,7 +180,28 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
         "repro_version": str(man.get("repro_version")),
         "captured_at": str(man.get("created")),
         "errors": _read(bundle / "errors.txt").strip(),
+        "report": "none" if not found else ("stall+storage" if found.hang else "storage"),
+        **store,
     }
+
+
+def _json(p: Path) -> Any:
+    try:
+        return json.loads(_read(p, "null") or "null")
+    except ValueError:
+        return None
+
+
+def find_storage(bundle: Path, det: dict[str, Any], man: dict[str, Any]) -> storage_finding.StorageFinding | None:
+    """The bundle's storage finding (leak / exhaustion warnings, a storage death), or None."""
+    events = []
+    for line in _read(bundle / "context" / "events.jsonl").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return storage_finding.find(det, _json(bundle / "context" / "storage.json"), events,
+                                _json(bundle / "context" / "scenario.json"), man)
 
 
 def render(template: str, values: dict[str, str]) -> str:
@@ -190,3 +220,18 @@ def render(template: str, values: dict[str, str]) -> str:
 
 def render_issue(bundle: Path, template_path: Path, tarball: Path | None = None) -> str:
     return render(template_path.read_text(), context_values(bundle, tarball))
+
+
+def render_reports(bundle: Path, template_path: Path, storage_template: Path | None = None,
+                   tarball: Path | None = None) -> dict[str, str]:
+    """{"stall": text} for a hang, {"storage": text} for a storage finding, both when the bundle shows both.
+
+    The storage template is looked up (``find_template``) only when the bundle needs it."""
+    values = context_values(bundle, tarball)
+    out = {}
+    if values["report"] in ("none", "stall+storage"):
+        out["stall"] = render(template_path.read_text(), values)
+    if values["report"] in ("storage", "stall+storage"):
+        stpl = storage_template or find_template(None, STORAGE_TEMPLATE)
+        out["storage"] = render(stpl.read_text(), values)
+    return out

@@ -128,8 +128,26 @@ def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[
     """Series for the plot: from the run's timeline CSV when given, else from the /metrics samples taken.
 
     Stress's timeline.csv has `wall` (epoch s), `server_running`, `server_waiting`, `prompt_tokens_total`,
-    `generation_tokens_total` and `ok` (client completions); other spellings are accepted too.
+    `generation_tokens_total` and `ok` (client completions); other spellings are accepted too. With a known
+    hidden-state store it also has `orphan_files`, `store_bytes` and `fs_free_bytes` (the storage panel); without
+    them, the run's census growth curve (``storage_accounting``) gives that panel.
     """
+    out = _timeline_series(req, metrics)
+    if not any(k in out for k in STORAGE_KEYS):
+        curve = (req.storage_accounting or {}).get("growth_curve") or []
+        pts = [p for p in curve if isinstance(p.get("t"), (int, float))]
+        if pts:
+            out["storage_t"] = [float(p["t"]) for p in pts]
+            for key, name in (("orphan_files", "orphan_files"), ("store_bytes", "bytes"),
+                              ("fs_free_bytes", "fs_free_bytes")):
+                out[key] = [float(p.get(name, float("nan"))) for p in pts]
+    return out
+
+
+STORAGE_KEYS = ("orphan_files", "store_bytes", "fs_free_bytes")
+
+
+def _timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     nan = float("nan")
     if req.timeline_csv and Path(req.timeline_csv).exists():
         rows = _read_timeline_csv(Path(req.timeline_csv))
@@ -142,7 +160,8 @@ def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[
                                ("waiting", ("server_waiting", "waiting", "num_requests_waiting")),
                                ("gen_tps", ("gen_tps", "generation_tps")),
                                ("prompt_tps", ("prompt_tps",)),
-                               ("completed", ("ok", "completed", "completions", "client_completed"))):
+                               ("completed", ("ok", "completed", "completions", "client_completed")),
+                               *((k, (k,)) for k in STORAGE_KEYS)):
                 col = _first_col(rows, *names)
                 if col:
                     out[key] = [r.get(col, nan) for r in rows]
@@ -161,7 +180,26 @@ def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[
     return out
 
 
-def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: str) -> bytes | None:
+def _has_storage(series: dict[str, Any]) -> bool:
+    return any(any(v == v for v in series.get(k) or []) for k in STORAGE_KEYS)  # v == v: not NaN
+
+
+def _storage_panel(ax: Any, series: dict[str, Any], x: list[float]) -> None:
+    """Store bytes and free bytes (MB, left axis) and orphaned files (count, right axis) over time."""
+    for key, label in (("store_bytes", "hidden-state files (MB)"), ("fs_free_bytes", "filesystem free (MB)")):
+        if key in series:
+            ax.plot(x, [v / 1e6 for v in series[key]], label=label)
+    ax.set_ylabel("store MB")
+    ax.legend(loc="upper left", fontsize=8)
+    if "orphan_files" in series:
+        ax2 = ax.twinx()
+        ax2.plot(x, series["orphan_files"], color="tab:red", linestyle=":", label="orphaned files")
+        ax2.set_ylabel("orphans")
+        ax2.legend(loc="upper right", fontsize=8)
+
+
+def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -> Any:
+    """The timeline figure (matplotlib): requests, token rates, completions, and storage when the run has it."""
     t = series.get("t") or []
     if len(t) < 1:
         return None
@@ -172,7 +210,8 @@ def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: st
 
     t0 = t[0]
     x = [v - t0 for v in t]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True, dpi=80)
+    storage = _has_storage(series)
+    fig, axes = plt.subplots(4 if storage else 3, 1, figsize=(8, 8 if storage else 6), sharex=True, dpi=80)
     panels = ((("running", "running"), ("waiting", "waiting")), (("gen_tps", "generation tok/s"),
                                                                    ("prompt_tps", "prompt tok/s")))
     for ax, keys, ylabel, step in zip(axes, panels, ("server requests", "tokens/s"), (True, False)):
@@ -188,13 +227,24 @@ def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: st
     if "completed" in series:
         ax.plot(x, series["completed"], marker=".", label="completions (client, else server)")
     ax.set_ylabel("completed")
-    ax.set_xlabel(f"seconds since {_fmt_t(t0)}  (source: {series.get('source')})")
+    if storage:
+        _storage_panel(axes[3], series, [v - t0 for v in series.get("storage_t", t)])
+    axes[-1].set_xlabel(f"seconds since {_fmt_t(t0)}  (source: {series.get('source')})")
     if stall_t is not None:
         for a in axes:
             a.axvline(stall_t - t0, color="red", linestyle="--", linewidth=1)
         axes[0].annotate("stall", (stall_t - t0, 0), color="red", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: str) -> bytes | None:
+    fig = timeline_figure(series, stall_t, title)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
