@@ -20,22 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from repro.storage.fmt import fmt_bytes as _mb
+from repro.storage.fmt import fmt_span as _span
+
 LEAK, EXHAUSTION = "storage-leak", "storage-exhaustion"
 HANG_CLASSES = ("engine-stall", "queue-stall", "client-stall", "slow")
-
-
-def _mb(n: float | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def _span(s: float | None) -> str:
-    if s is None:
-        return "?"
-    if s < 120:
-        return f"{s:.0f} s"
-    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _num(v: Any) -> float | None:

@@ -37,22 +37,14 @@ from typing import Any
 
 from repro.errors import UsageError
 from repro.storage.census import CensusSnapshot
+from repro.storage.fmt import fmt_bytes as _mb
+from repro.storage.fmt import fmt_span as _span
 from repro.storage.projection import slope
 from repro.units import parse_size
 
 WAIT, RESTART, GIVE_UP = "wait", "restart", "give-up"
 RUNWAY_CAP = 0.5  # the rate-based need never asks for more than half of the filesystem
 INODE_FLOOR = 0.01  # share of the filesystem's inodes that must be free after an ENOSPC
-
-
-def _mb(n: float) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.1f} GB"
-    return f"{n / 1e6:.1f} MB"
-
-
-def _span(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def test_a_leak_under_an_abort_heavy_client_is_a_storage_report_with_behaviour_p
     assert "Client timeout per request: 0.08 s, retries: 0, concurrency 32" in md  # under which behaviour
     assert "Consume policy of the files the client was given: `delete`" in md
     assert "310 of 319 requests ended in client timeouts within 10.0 s" in md
-    assert "12.40 files/s (744/min), 0.3 MB/s" in md and "Projected full in about 4 min" in md  # how fast
+    assert "12.40 files/s (744/min), 310 kB/s" in md and "Projected full in about 4 min" in md  # how fast
     assert "| orphaned (never named in a response) | 1468 |" in md and "| orphaned bytes | 36.7 MB |" in md
     assert "| claimed by a response | 12 |" in md and "`cmpl-abc-0.safetensors`" in md
     assert "`storage-exhaustion` at 64.0 s" in md and "`storage-leak` at 61.2 s" in md
@@ -146,7 +146,7 @@ def test_the_recorded_real_storage_death_is_worded_as_a_storage_failure_with_its
                                   "hidden-state write)")
     assert "No space left on device (os error 28)" in md
     assert "`storage-exhaustion` at 7.087 s" in md  # warned 22 s before the death
-    assert "The filesystem fills at 0.2 MB/s" in md and "Projected full in about 19 s" in md
+    assert "The filesystem fills at 163 kB/s" in md and "Projected full in about 19 s" in md
     assert "| filesystem free | 3.1 MB |" in md
     assert "Client timeout per request: 120 s, retries: 3, concurrency 8, Poisson rate 5/s" in md
     assert "`keep`" in md

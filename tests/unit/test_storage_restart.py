@@ -66,7 +66,7 @@ def test_a_full_store_waits_and_restarts_once_the_default_5_percent_is_free() ->
 def test_the_need_grows_with_the_write_rate_measured_before_the_death_capped_at_half_the_filesystem() -> None:
     s = RecoverySettings(runway=600.0)
     small = StorageRecovery(s, NOSPACE, "/store", 0.0, bytes_per_s=1_000)  # 10 min at 1 kB/s = 600 kB
-    assert small.need(fs(0)).bytes == 600_000 and "at the 0.0 MB/s" in small.need(fs(0)).basis
+    assert small.need(fs(0)).bytes == 600_000 and "at the 1 kB/s" in small.need(fs(0)).basis
     assert replay(small, [(0, fs(400_000)), (5, fs(650_000))]) == [(WAIT, True), (RESTART, True)]
     fast = StorageRecovery(s, NOSPACE, "/store", 0.0, bytes_per_s=100_000)  # 60 MB > half of a 4 MB store
     need = fast.need(fs(0))
@@ -80,7 +80,7 @@ def test_space_that_never_comes_back_ends_in_giving_up_with_the_reason_and_the_r
     assert got[-1] == (GIVE_UP, True) and len(got) == 121  # the reading at 600 s of waiting
     d = rec.decide(700.0, fs(10_000))
     assert d.message.startswith("will not restart: the server died of no-space in its hidden-state store /store")
-    assert "0.0 MB free, 0.2 MB needed" in d.message and "--reap-orphans-older-than" in d.message
+    assert "10 kB free, 200 kB needed" in d.message and "--reap-orphans-older-than" in d.message
     with_reaper = StorageRecovery(RecoverySettings(), NOSPACE, "/store", 0.0, reaping=True)
     assert "--reap-orphans-older-than" not in with_reaper.decide(600.0, fs(0)).message
 
