@@ -41,20 +41,23 @@ from repro.bisect.search import Outcome, Search, Settings  # noqa: E402
 from repro.bisect.sim import Hazard, SimModel  # noqa: E402
 from repro.bisect.space import Change, Config, SearchSpace  # noqa: E402
 
-CHANGES = ["extract=4", "storage=/mnt/nfs/hs", "timeout=120", "retries=3", "prefix-caching=on",
+# storage is a ladder: plain (tmpfs) < a local disk < the network path of the field setup
+CHANGES = ["extract=4", "storage=/data/local/hs,/mnt/nfs/hs", "timeout=120", "retries=3", "prefix-caching=on",
            "async-scheduling=off"]
 LO, HI = 1, 32
 OVERHEAD = 90.0
 SHAPES: dict[str, dict[str, Any]] = {
     # hangs only from concurrency 12 up, twice as slowly at 12 as at 32
     "threshold": {"threshold": 12, "rate_at_threshold": 0.5, "requires": ()},
-    # hangs only with the network storage path, at any concurrency
-    "storage": {"threshold": LO, "requires": ("storage",)},
+    # hangs only with the network storage path (not the local disk), at any concurrency
+    "storage": {"threshold": LO, "requires": ("storage",), "storage_from": "/mnt/nfs/hs"},
     # needs extraction AND a client timeout, from concurrency 8 up
     "toggles": {"threshold": 8, "requires": ("extract", "timeout")},
     # hangs whatever the configuration
     "none": {"threshold": LO, "requires": ()},
 }
+TARGETS = [0.95, 0.975, 0.99]  # correctness levels both methods are held to (the target is 95%)
+TARGET_ALPHAS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
 MULTIPLES = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64]
 
 
@@ -66,7 +69,8 @@ def model(shape: str, seed: int) -> SimModel:
     rng = random.Random(f"mtth:{shape}:{seed}")
     mtth = math.exp(rng.uniform(math.log(20 * 60), math.log(6 * 3600)))
     sh = SHAPES[shape]
-    hz = Hazard(1.0 / mtth, sh["threshold"], tuple(sh["requires"]), sh.get("rate_at_threshold", 1.0))
+    hz = Hazard(1.0 / mtth, sh["threshold"], tuple(sh["requires"]), sh.get("rate_at_threshold", 1.0),
+                sh.get("storage_from"))
     return SimModel(space(), hz, seed=seed, overhead=OVERHEAD)
 
 
@@ -136,6 +140,9 @@ class FixedSearch(Search):
     def confirm(self, cfg: Config) -> None:
         return None
 
+    def probe(self) -> bool:
+        return False  # the textbook method: ddmin, then binary search
+
     def baseline(self):  # type: ignore[no-untyped-def]
         post = super().baseline()
         self.D = self.multiple * post.mean_time_to_hang
@@ -165,8 +172,11 @@ def run_grid(shape: str, seed: int, multiple: float) -> dict[str, Any]:
     found: Config | None = None
     for r in range(len(sp.changes) + 1):
         for sub in itertools.combinations(sp.changes, r):
-            for c in sp.values:
-                cfg = Config(c, frozenset(sub))
+            # a subset with storage is tried with every storage path, plainest first
+            variants = ([frozenset(c for c in sub if c.name != "storage") | {Change("storage", p)}
+                         for p in sp.storage_rungs] if any(c.name == "storage" for c in sub) else [frozenset(sub)])
+            for changes, c in itertools.product(variants, sp.values):
+                cfg = Config(c, changes)
                 out = ex.run(cfg, D)
                 hours += out.trial_time / 3600
                 if out.hung and found is None:
@@ -246,6 +256,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sh:<10} {label + f' m={mult:g}':<22} {a:>8.1%} {h:>13.1f} {md:>8.1f}  {h / hours:.1f}x{note}")
             row[label] = {"multiple": mult, "correct": a, "hours": h, "median_hours": md, "ratio": h / hours,
                           "reaches_bisect_correctness": reached}
+        # Both methods held to the same correctness, for several levels: each at its cheapest setting
+        # that reaches the level on these seeds (bisect: alpha on TARGET_ALPHAS; fixed: m on MULTIPLES).
+        tuned = collect([("bisect", sh, s, {**settings, "alpha": a}) for a in TARGET_ALPHAS if a != args.alpha
+                         for s in range(args.seeds)])
+        tuned[("bisect", sh, json.dumps({**settings, "alpha": args.alpha}))] = mine
+
+        def cheapest(rows: list[tuple[Any, list[dict[str, Any]]]], level: float) -> tuple[Any, float, float] | None:
+            ok = [(p, sum(r["correct"] for r in rs) / len(rs), sum(r["hours"] for r in rs) / len(rs))
+                  for p, rs in rows if sum(r["correct"] for r in rs) / len(rs) >= level]
+            return min(ok, key=lambda x: x[2]) if ok else None
+
+        row["at_level"] = {}
+        for level in TARGETS:
+            b = cheapest([(a, tuned[("bisect", sh, json.dumps({**settings, "alpha": a}))]) for a in TARGET_ALPHAS],
+                         level)
+            f = cheapest([(m, res[("fixed", sh, json.dumps((m, False)))]) for m in MULTIPLES], level)
+            if b is None or f is None:
+                print(f"{sh:<10} at {level:.1%}: " + ("bisect never gets there" if b is None else
+                                                      f"bisect alpha={b[0]:g} {b[2]:.1f} h; fixed never gets there"))
+                continue
+            print(f"{sh:<10} at {level:.1%}: bisect alpha={b[0]:g} ({b[1]:.1%}) {b[2]:.1f} h; fixed (stop at hang) "
+                  f"m={f[0]:g} ({f[1]:.1%}) {f[2]:.1f} h: {f[2] / b[2]:.1f}x")
+            row["at_level"][f"{level:.3f}"] = {"bisect": {"alpha": b[0], "correct": b[1], "hours": b[2]},
+                                               "fixed_stop_at_hang": {"multiple": f[0], "correct": f[1], "hours": f[2]},
+                                               "ratio": f[2] / b[2]}
         summary["shapes"][sh] = row
     summary["seconds"] = round(time.time() - t0, 1)
     summary["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()
