@@ -141,6 +141,9 @@ def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[
             for key, name in (("orphan_files", "orphan_files"), ("store_bytes", "bytes"),
                               ("fs_free_bytes", "fs_free_bytes")):
                 out[key] = [float(p.get(name, float("nan"))) for p in pts]
+            if not out.get("t"):  # a dead server answered no /metrics during capture: the census alone
+                out = {"t": out["storage_t"], "source": "the storage census (no /metrics samples)",
+                       **{k: out[k] for k in ("storage_t", *STORAGE_KEYS)}}
     return out
 
 
@@ -188,12 +191,12 @@ def _storage_panel(ax: Any, series: dict[str, Any], x: list[float]) -> None:
     """Store bytes and free bytes (MB, left axis) and orphaned files (count, right axis) over time."""
     for key, label in (("store_bytes", "hidden-state files (MB)"), ("fs_free_bytes", "filesystem free (MB)")):
         if key in series:
-            ax.plot(x, [v / 1e6 for v in series[key]], label=label)
+            ax.plot(x, [v / 1e6 for v in series[key]], marker=".", label=label)
     ax.set_ylabel("store MB")
     ax.legend(loc="upper left", fontsize=8)
     if "orphan_files" in series:
         ax2 = ax.twinx()
-        ax2.plot(x, series["orphan_files"], color="tab:red", linestyle=":", label="orphaned files")
+        ax2.plot(x, series["orphan_files"], color="tab:red", linestyle=":", marker=".", label="orphaned files")
         ax2.set_ylabel("orphans")
         ax2.legend(loc="upper right", fontsize=8)
 
@@ -222,7 +225,8 @@ def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -
                 else:
                     ax.plot(x, series[key], marker=".", label=label)
         ax.set_ylabel(ylabel)
-        ax.legend(loc="upper left", fontsize=8)
+        if ax.get_lines():
+            ax.legend(loc="upper left", fontsize=8)
     ax = axes[2]
     if "completed" in series:
         ax.plot(x, series["completed"], marker=".", label="completions (client, else server)")

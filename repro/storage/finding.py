@@ -178,7 +178,7 @@ def _rate(f: StorageFinding) -> str:
     ex = (f.warnings.get(EXHAUSTION) or {})
     if ex.get("t") is not None:
         lines.append(f"- repro warned `storage-exhaustion` at {ex['t']} s of the run, before anything broke")
-    return "\n".join(lines) or "- No growth rate was measured (a single census)."
+    return "\n".join(lines) or "- No growth rate was measured (too few censuses of the store before the failure)."
 
 
 def _census(f: StorageFinding) -> str:
@@ -186,7 +186,8 @@ def _census(f: StorageFinding) -> str:
     rows = [("store", f"`{c.get('path')}`")]
     for key, label, fmt in (("files", "hidden-state files present", str), ("bytes", "their bytes", _mb),
                             ("claimed_files", "claimed by a response", str),
-                            ("orphan_files", "orphaned (never named in a response)", str),
+                            ("orphan_files", "orphaned (never named in a response)" if f.client["driven_by"] == "repro stress"
+                             else "unclaimed past the grace period (watch sees no responses)", str),
                             ("orphan_bytes", "orphaned bytes", _mb),
                             ("oldest_orphan_age_s", "oldest orphan", _span),
                             ("fs_free_bytes", "filesystem free", _mb), ("fs_total_bytes", "filesystem size", _mb),

@@ -100,3 +100,24 @@ class StorageWatch:
                  "fs_free_bytes": last.fs_free_bytes, "fs_free_inodes": last.fs_free_inodes,
                  "used_bytes_per_s": proj.used_bytes_per_s}))
         return out
+
+    def accounting(self, sample: int = 50) -> dict[str, Any]:
+        """For a bundle (``storage_accounting``): the last scan's figures, rates and projection, a sample of
+        orphans and the growth curve -- what ``repro issue`` words and the timeline plot draws."""
+        c = self.census
+        out: dict[str, Any] = {"path": str(c.path), "grace_s": c.grace, "horizon_s": self.horizon}
+        if self.last is not None:
+            out.update({k: v for k, v in self.last.to_dict().items() if k not in _NOT_FIGURES})
+            out["oldest_orphan_age_s"] = self.last.oldest_orphan_age
+        p = self.last_projection
+        if p is not None:
+            out["rates"] = {k: getattr(p, k) for k in ("orphan_files_per_s", "orphan_bytes_per_s", "used_bytes_per_s",
+                                                       "window_s")}
+            out["projected_seconds_to_full"], out["projected_seconds_to_no_inodes"] = p.seconds_to_full, p.seconds_to_no_inodes
+        out["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(a, 3)} for n, b, a in c.orphans(limit=sample)]
+        out["growth_curve"] = [{k: getattr(s, k) for k in _CURVE} for s in c.history]
+        return out
+
+
+_NOT_FIGURES = ("t", "scan_seconds", "new_stats", "oldest_orphan_age")
+_CURVE = ("t", "files", "bytes", "orphan_files", "orphan_bytes", "fs_free_bytes", "fs_free_inodes")

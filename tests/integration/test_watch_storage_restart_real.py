@@ -5,7 +5,7 @@ One server start (the restart is stopped as soon as it is launched, so the test 
 tmpfs is the store; a filler file leaves ~40 kB; a few hidden-state requests make the engine die of ENOSPC in the
 write. watch captures, names the storage cause, and waits (`storage-wait`, free vs needed bytes) instead of
 restarting into the full store; when the test deletes the filler, watch logs `restart` (storage recovered) and only
-then `start`.
+then `start`. The bundle of the death renders as a storage report (`repro issue`), with a timeline plot.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from repro.analyze.issue import find_template, render_reports
 from repro.target.launcher import port_free
 from tests.integration.conftest import complete, require_vllm
 from tests.integration.test_watch_serve_real import FAST, end_watch, events, wait_event
@@ -88,5 +89,15 @@ def test_a_storage_death_waits_for_space_and_restarts_only_after_it_is_back(tmp_
     i = ev.index("detect")
     second_start = [j for j, k in enumerate(ev) if k == "start"][1]
     assert ev.index("capture", i) < ev.index("storage-wait", i) < ev.index("restart", i) < second_start, ev
+    # the bundle of the death is a storage report, with the store's census and its plot
+    cap = next(e for e in events(out) if e["event"] == "capture")
+    assert cap["status"] == "done", cap
+    bundle = Path(cap["dir"])
+    assert (bundle / "timeline.png").is_file()
+    md = render_reports(bundle, find_template())
+    assert list(md) == ["storage"]
+    assert md["storage"].startswith("# [Bug]: EngineCore dies when the hidden-state store fails (no-space in the "
+                                    "hidden-state write)"), md["storage"][:300]
+    assert "No space left on device" in md["storage"] and "repro watch sends no load" in md["storage"]
     print(f"died {detect['t']:.1f}, waiting with {waiting['free_bytes']} B free of {waiting['need_bytes']} needed, "
           f"restart {restart['t'] - detect['t']:.1f} s after the death; watch exit {rc}")

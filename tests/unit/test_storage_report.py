@@ -191,3 +191,10 @@ def test_without_storage_columns_the_runs_census_curve_gives_the_storage_panel(t
     series = timeline_series(req, ms)
     assert series["orphan_files"][-1] == 1100 and len(series["storage_t"]) == 12
     assert len(timeline_figure(series, None, "t").axes) == 5
+
+
+def test_a_dead_server_with_no_metrics_still_gets_the_storage_panel_from_the_census(tmp_path: Path) -> None:
+    series = timeline_series(CaptureRequest(out_dir=tmp_path, storage_accounting=LEAK_ACCOUNTING), [])
+    assert series["t"] == series["storage_t"] and "running" not in series
+    fig = timeline_figure(series, None, "t")
+    assert [ax.get_ylabel() for ax in fig.axes][-2:] == ["store MB", "orphans"]

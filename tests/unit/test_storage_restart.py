@@ -312,3 +312,23 @@ def test_bad_storage_restart_options_are_one_line_and_exit_2(tmp_path: Path, arg
     r = repro("--url", "http://127.0.0.1:9", "--restart-cmd", "true", "--out", str(out), *args)
     one_line_error(r, EXIT_USAGE, text)
     assert not out.exists()
+
+
+def test_a_watch_bundle_gets_the_stores_census_growth_curve_and_rates(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    for i in range(3):
+        (store_dir / f"r{i}.safetensors").write_bytes(b"x" * (10 + i))
+        os.utime(store_dir / f"r{i}.safetensors", (1, 1))
+    clock = Clock()
+    target = DyingTarget(clock, healthy_for=30, log="ERROR EngineDeadError\n")
+    reqs: list[Any] = []
+    sup = supervise(tmp_path / "run", target, clock, Store(clock, lambda t: MB), duration=45,
+                    storage_duty=True, storage_path=str(store_dir), storage_grace=0.0)
+    sup.capture_fn = lambda req: (reqs.append(req), bundle_for(req))[1]
+    sup.run()
+    acc = reqs[0].storage_accounting
+    assert acc["path"] == str(store_dir) and acc["orphan_files"] == 3 and acc["orphan_bytes"] == 33
+    assert acc["growth_curve"] and acc["growth_curve"][-1]["orphan_files"] == 3
+    assert {"orphan_files_per_s", "used_bytes_per_s"} <= set(acc["rates"])
+    assert sorted(o["name"] for o in acc["orphan_sample"]) == ["r0.safetensors", "r1.safetensors", "r2.safetensors"]
