@@ -198,3 +198,14 @@ def test_a_dead_server_with_no_metrics_still_gets_the_storage_panel_from_the_cen
     assert series["t"] == series["storage_t"] and "running" not in series
     fig = timeline_figure(series, None, "t")
     assert [ax.get_ylabel() for ax in fig.axes][-2:] == ["store MB", "orphans"]
+
+
+def test_a_watch_exhaustion_warning_alone_is_a_storage_report_about_the_store_filling(tmp_path: Path) -> None:
+    events = [{"t": 1.7e9, "event": "watch-start"},
+              {"t": 1.7e9 + 50, "event": "storage-warning", "kind": "storage-exhaustion", "message": "runs out",
+               "evidence": {"seconds_to_full": 1500.0, "fs_free_bytes": 3_000_000_000, "used_bytes_per_s": 2e6}}]
+    md = storage_only(bundle(tmp_path, None, None, events))
+    assert md.splitlines()[0] == ("# [Bug]: hidden-state store fills up under extraction load (full in about 25 min "
+                                  "at the measured pace)")
+    assert "other clients (repro watch sends no load)" in md and "Client timeout" not in md
+    assert "The filesystem fills at 2.0 MB/s" in md and "| filesystem free | 3.00 GB |" in md
