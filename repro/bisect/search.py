@@ -6,7 +6,8 @@ Phases (each prints its decisions with credible intervals as they happen):
    until it has hung ``baseline_hangs`` times (or a prior is given). This fixes
    the rate posterior Gamma(k, E) that sizes every clean trial afterwards.
 1b. **Probe.** The smallest configuration (lowest concurrency, plain server) runs
-   for up to ``probe_minimum`` pooled mean times to hang. A hang there is the
+   until a hang at the pooled rate would have shown with probability
+   ``1 - probe_minimum`` under the posterior. A hang there is the
    answer (nothing is smaller); a clean probe decides nothing and the search
    goes on, its exposure kept as evidence.
 2. **Changes (ddmin).** Delta debugging at the top concurrency towards the
@@ -22,8 +23,9 @@ Phases (each prints its decisions with credible intervals as they happen):
    concurrency that hangs, monotone above it), with the rate above theta
    integrated out: ``L(theta) = Gamma(a0+K) / (b0+E)^(a0+K)`` where K, E are the
    hangs and exposure at concurrencies >= theta, and 0 if anything below theta
-   hung. Clean exposure at c counts against every theta <= c at once, so no
-   step needs its own full-confidence verdict; the search stops when one
+   hung. Each test goes where P(theta <= c) is nearest ``split_quantile`` (the
+   posterior median by default). Clean exposure at c counts
+   against every theta <= c at once, so no step needs its own full-confidence verdict; the search stops when one
    theta holds ``1 - alpha_c`` of the mass. A hang above a long clean run
    that the model cannot explain is reported as contradicting monotonicity.
 4. **Confirmation.** The minimal configuration is run until it has hung
@@ -69,10 +71,14 @@ class Settings:
     baseline_hangs: int = 3
     prior: tuple[int, float] | None = None  # (hangs, exposure seconds) instead of reproducing the baseline
     rate_ratio: float = 0.5  # "still hangs" means a rate at least this fraction of the baseline's
+    # Concurrency tests go where P(threshold <= c) is nearest this (0.5: the posterior median). Above
+    # 0.5 the search leans to where a hang (cheap: it ends the trial) is likely; calibration showed
+    # 0.7-0.8 cheaper on a threshold shape and dearer when nothing is needed, so the median stays.
+    split_quantile: float = 0.5
     lowest_prior: float = 0.3  # prior P(no concurrency dependence): the low end gets this, the rest share
     ddmin_alpha: float = 0.1  # level of ddmin's screening tests (the final re-checks use the strict budget)
     confirm_hangs: int = 1  # the minimal configuration must have hung this often (a hang is definitive)
-    probe_minimum: float = 3.0  # first run the smallest configuration for this many pooled mean times to hang (0: off)
+    probe_minimum: float = 0.05  # probe the smallest configuration first, missing a baseline-like hang this often (0: off)
     max_trial: float | None = None  # cap on one step's clean exposure (None: posterior only)
     min_trial: float = 60.0  # never ask for less clean exposure than this in one step
     budget: float | None = None  # wall seconds for the whole search
@@ -283,12 +289,15 @@ class Search:
         and counts again if the search comes back to that configuration.
         """
         cfg = self.space.minimum
-        if self.s.probe_minimum <= 0 or cfg == self.space.baseline:
+        if not 0 < self.s.probe_minimum < 1 or cfg == self.space.baseline:
             return False
         post = self.pooled()
-        cap = self.s.probe_minimum * post.mean_time_to_hang
+        # Long enough that a configuration hanging like the baseline shows it with probability
+        # 1 - probe_minimum under the posterior (not the point estimate: 3 fast baseline hangs
+        # would make a short probe miss too often).
+        cap = post.clean_needed(self.s.probe_minimum, 1.0)
         self.decide("probe", f"probing the smallest configuration {cfg.describe()} for up to "
-                    f"{format_duration(cap)} ({self.s.probe_minimum:g} x the mean time to hang)",
+                    f"{format_duration(cap)} (P(no hang | it hangs like the baseline) = {self.s.probe_minimum:g})",
                     config=cfg.to_dict(), cap=cap)
         while True:
             out = self.run(cfg, cap)
@@ -507,7 +516,7 @@ class Search:
             below = [i for i, v in enumerate(vals) if v < h]
             if not below:  # h is the lowest value: nothing left to test
                 return h, post[vals.index(h)]
-            i = min(below, key=lambda j: (abs(cdf[j] - 0.5), -j))
+            i = min(below, key=lambda j: (abs(cdf[j] - self.s.split_quantile), -j))
             c = vals[i]
             if c == vals[below[-1]]:
                 target = self.alpha_c * 0.999  # next to the lowest hang: settle it in one run

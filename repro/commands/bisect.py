@@ -122,9 +122,10 @@ def _report(d: Decision) -> None:
 @click.option("--confirm-hangs", type=click.IntRange(min=1), default=1,
               help="Hangs the final configuration must show (1: the hang that found it is enough; 3 narrows the "
                    "rate interval in minimal.json at about 2 more mean times to hang).")
-@click.option("--probe-minimum", type=click.FloatRange(min=0.0), default=3.0, metavar="MULT",
-              help="After the baseline, run the smallest configuration (lowest concurrency, plain server) for up "
-                   "to MULT x the mean time to hang: if it hangs, nothing smaller needs searching. 0: skip.")
+@click.option("--probe-minimum", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05, metavar="P",
+              help="After the baseline, run the smallest configuration (lowest concurrency, plain server) long "
+                   "enough that a hang like the baseline's would be missed with probability P: if it hangs, "
+                   "nothing smaller needs searching. 0: skip the probe.")
 @click.option("--min-trial", default="60", metavar="DUR", help="Shortest clean exposure asked of one step.")
 @click.option("--parallel", type=click.IntRange(min=1), default=1,
               help="Trials side by side, each with its own server, port and CPU/GPU slice.")

@@ -79,9 +79,9 @@ def test_first_screening_test_is_sized_from_the_baseline_posterior_not_a_point_e
     base = [e for e in sim.requests if e[0] == sp_baseline()]
     assert len(base) == 3  # the baseline reproduced 3 times (each trial ends at its hang)
     k, e = 3, sum(min(c, 1e18) for _, c in base[:0]) or s.evidence[sp_baseline()][1]
-    probe_cfg, probe_cap = sim.requests[3]  # the smallest configuration, probed for 3 mean times to hang
+    probe_cfg, probe_cap = sim.requests[3]  # the smallest configuration, probed for a posterior-sized run
     assert probe_cfg == Config(1, frozenset())
-    assert probe_cap == pytest.approx(3 * e / k, rel=1e-6)
+    assert probe_cap == pytest.approx(RatePosterior(k, e).clean_needed(0.05, 1.0), rel=1e-6)
     cfg, cap = sim.requests[4]  # the plain server at the top, screened first
     assert cfg == Config(16, frozenset())
     expected = RatePosterior(k, e).clean_needed(0.1, ratio=0.5)
@@ -228,7 +228,7 @@ def test_a_clean_probe_decides_nothing_and_its_exposure_counts_later() -> None:
 
 def test_probe_can_be_switched_off() -> None:
     hz = Hazard(1 / 3600, 1, ())
-    s, sim = search_with(hz, 0, probe_minimum=0.0)
+    s, sim = search_with(hz, 0, probe_minimum=0.0)  # 0: no probe
     s.run_all()
     assert not [d for d in s.decisions if d.phase == "probe"]
     assert sim.requests[3][0] == Config(16, frozenset())  # straight into ddmin
