@@ -41,6 +41,9 @@ def test_watch_attached_by_url_captures_through_pid_and_restarts_with_the_comman
     proc = subprocess.Popen(
         [sys.executable, "-m", "repro", "watch", "--url", vllm_server.url, "--pid", str(vllm_server.server.pid),
          "--restart-cmd", restart, "--poll-interval", "0.5", "--window", "3", "--startup-grace", "0",
+         # the stall may hit just after a step that finished every request: the gauges then freeze at
+         # running=0 and only an unanswered probe tells the stuck engine from an idle one
+         "--probe", "--probe-interval", "1", "--probe-timeout", "3",
          "--capture-samples", "1", "--no-collect-env", "--capture-budget", "60", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
