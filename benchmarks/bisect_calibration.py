@@ -198,6 +198,7 @@ def _job(args: tuple[str, str, int, Any]) -> tuple[str, str, int, Any, dict[str,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+seeds-1 (held-out checks)")
     ap.add_argument("--shape", action="append", choices=sorted(SHAPES))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--no-grid", action="store_true", help="skip the (slow) grid search")
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bisect Settings field, e.g. rate_ratio=0.5")
     args = ap.parse_args(argv)
     shapes = args.shape or list(SHAPES)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     settings: dict[str, Any] = {"alpha": args.alpha}
     for kv in args.set or []:
         k, _, v = kv.partition("=")
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             out.setdefault(key, []).append(res)
         return out
 
-    ours = collect([("bisect", sh, s, settings) for sh in shapes for s in range(args.seeds)])
+    ours = collect([("bisect", sh, s, settings) for sh in shapes for s in seeds])
     summary: dict[str, Any] = {"seeds": args.seeds, "alpha": args.alpha, "shapes": {}}
     print(f"{'shape':<10} {'method':<22} {'correct':>8} {'trial-h mean':>13} {'median':>8}  ratio to bisect")
     for sh in shapes:
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         comps = [("fixed", (mult, False)) for mult in MULTIPLES] + [("fixed", (mult, True)) for mult in MULTIPLES]
         if not args.no_grid:
             comps += [("grid", mult) for mult in MULTIPLES]
-        res = collect([(k, sh, s, p) for k, p in comps for s in range(args.seeds)])
+        res = collect([(k, sh, s, p) for k, p in comps for s in seeds])
         for label, kind, sessions in (("fixed (stop at hang)", "fixed", False), ("fixed (sessions)", "fixed", True),
                                       ("grid", "grid", None)):
             if kind == "grid" and args.no_grid:
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         # Both methods held to the same correctness, for several levels: each at its cheapest setting
         # that reaches the level on these seeds (bisect: alpha on TARGET_ALPHAS; fixed: m on MULTIPLES).
         tuned = collect([("bisect", sh, s, {**settings, "alpha": a}) for a in TARGET_ALPHAS if a != args.alpha
-                         for s in range(args.seeds)])
+                         for s in seeds])
         tuned[("bisect", sh, json.dumps({**settings, "alpha": args.alpha}))] = mine
 
         def cheapest(rows: list[tuple[Any, list[dict[str, Any]]]], level: float) -> tuple[Any, float, float] | None:
