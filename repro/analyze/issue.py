@@ -37,8 +37,9 @@ STALL_TEMPLATE, STORAGE_TEMPLATE = "ISSUE_TEMPLATE.md", "ISSUE_TEMPLATE_STORAGE.
 
 
 def find_template(explicit: str | Path | None = None, name: str = STALL_TEMPLATE) -> Path:
-    """--template, else ./<name>, else the one at the top of the repro checkout."""
-    cands = [Path(explicit)] if explicit else [Path.cwd() / name, Path(__file__).resolve().parents[2] / name]
+    """--template, else ./<name>, else the one at the top of the repro checkout, else the installed copy."""
+    here = Path(__file__).resolve().parents[1]
+    cands = [Path(explicit)] if explicit else [Path.cwd() / name, here.parent / name, here / "templates" / name]
     for c in cands:
         if c.is_file():
             return c
