@@ -27,7 +27,7 @@ import psutil
 
 from repro.errors import ServerStartError, TargetError, UsageError
 from repro.scenario import ServerSettings
-from repro.target import procs, tinymodel
+from repro.target import procs, shm, tinymodel
 from repro.vllm_plugins import faultspec
 
 TINY_SERVED_NAME = "repro-tiny"
@@ -206,6 +206,7 @@ class VllmServer:
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.model_name: str | None = None
+        self.removed_shm: list[str] = []  # /dev/shm segments the stopped group left and stop() unlinked
 
     @property
     def url(self) -> str:
@@ -281,6 +282,7 @@ class VllmServer:
             members = [self.proc_psutil(), *self.proc_psutil().children(recursive=True)]
         except psutil.NoSuchProcess:
             members = []
+        segs = shm.segments(m.pid for m in members)  # vLLM's psm_* queues: a SIGKILLed group never unlinks them
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(pgid, sig)
@@ -306,6 +308,7 @@ class VllmServer:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.removed_shm = shm.remove_unused(segs)
         return stragglers
 
     def proc_psutil(self) -> psutil.Process:
