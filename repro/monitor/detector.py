@@ -32,6 +32,10 @@ running; while a storm holds and the server made progress within
 ``engine-stall``/``queue-stall``/``client-stall`` suspicion). A real stall during a
 storm stops all progress: once none was seen for ``abort_window`` seconds the
 usual classes apply again (detection is later by at most ``abort_window``).
+A storm whose requests all end before the engine holds any (server gauges at
+zero, client in flight) is not a client-stall: it is held at suspect until a
+1-token probe is answered (the storm: healthy for ``max(abort_window, window)``)
+or times out (an engine frozen with its gauges at zero: engine-stall).
 
 An idle server (nothing running, waiting or in flight) is healthy. A bad
 condition becomes a stall only when it has lasted ``window`` seconds AND at
@@ -145,6 +149,7 @@ class Detector:
         self.probe_failed = False  # a probe got no answer during the current bad period
         self._ends: deque[tuple[float, int, int]] = deque()  # (t, completed, aborted) over the abort window
         self.storm_since: float | None = None
+        self.probe_ok_t: float | None = None  # when a 1-token probe was last answered
 
     # -- helpers ------------------------------------------------------------
     def stats_interval(self) -> float | None:
@@ -230,7 +235,7 @@ class Detector:
             self._ends.popleft()
         t0, ok0, ab0 = self._ends[0]
         span = t - t0
-        if span < 0.5 * w:
+        if span < min(0.5 * w, 2.0):  # hundreds of aborts a second are a storm well before half the window
             return None
         d_ok, d_ab = c.completed - ok0, c.aborted - ab0
         ended = d_ok + d_ab
@@ -259,6 +264,7 @@ class Detector:
         progress, why = self._progress(ob)
         if ob.probe == "ok":
             self.probe_failed = False
+            self.probe_ok_t = t
         elif ob.probe in ("timeout", "error"):
             self.probe_failed = True
         if progress:
@@ -334,6 +340,20 @@ class Detector:
             reasons.append(f"not counted as {bad}: abort storm, and the server made progress "
                            f"{t - self.last_progress_t:.1f} s ago")
             bad = None
+        hold = False
+        if storm is not None and bad == CLIENT_STALL and not self.probe_failed:
+            # In a storm the client's requests do end -- by its own timeout, before the engine holds
+            # them -- so "in flight, server holds none" is the storm, not a stuck client. Only a probe
+            # can tell that from an engine frozen with its gauges at zero: hold at suspect (the runner
+            # probes on a client-stall suspicion) until one is answered (the storm) or not (engine-stall).
+            fresh = max(self.s.abort_window, self.s.window)
+            if self.probe_ok_t is not None and t - self.probe_ok_t <= fresh:
+                reasons.append(f"not counted as {bad}: abort storm, and a probe was answered "
+                               f"{t - self.probe_ok_t:.1f} s ago")
+                bad = None
+            else:
+                hold = True
+                reasons.append("abort storm: held at suspect until a 1-token probe is answered or not")
         if storm is not None:
             storm["since"] = self.storm_since
             ev["abort_storm"] = storm
@@ -357,7 +377,7 @@ class Detector:
             else:
                 done = (lasted >= self.s.window and self.bad_count >= self.s.min_bad_evaluations
                         and not in_grace)
-            if done:
+            if done and not hold:
                 self.state = STALLED
             elif self.state != STALLED:
                 self.state = SUSPECT

@@ -112,3 +112,35 @@ def test_a_few_timeouts_on_an_idle_server_are_no_storm() -> None:
     obs = [Observation(float(i), m(0.0, 0.0, running=0, waiting=0), client=ClientSnapshot(0, 0, 0, i // 3))
            for i in range(30)]
     assert all(x.warning is None for x in run(Detector(settings()), obs))
+
+
+def early_aborts(t0: int, n: int, probe_at: dict[int, str] | None = None, aborted0: int = 0) -> list[Observation]:
+    """A storm whose requests all time out before the engine holds any: gauges at zero, counters flat,
+    32 in flight in the client, ~370 aborts/s (measured on the CPU build with 0.08 s timeouts)."""
+    probe_at = probe_at or {}
+    return [Observation(float(t0 + i), m(24991.0, 0.0, running=0, waiting=0), probe=probe_at.get(i),
+                        client=ClientSnapshot(32, 0, 0, aborted0 + 370 * (i + 1))) for i in range(n)]
+
+
+def test_a_storm_that_aborts_everything_before_the_engine_holds_it_is_not_a_client_stall() -> None:
+    """No probe answer yet: suspect (so the runner probes), never stalled, however long it lasts."""
+    a = run(Detector(settings()), early_aborts(0, 40))
+    assert not [x for x in a if x.state == STALLED]
+    held = [x for x in a if x.state == SUSPECT]
+    assert len(held) == 39 and all(x.stall_class == "client-stall" for x in held)
+    assert all(x.warning == ABORT_STORM for x in a[2:])  # recognised after 2 s of hundreds of aborts a second
+
+
+def test_an_answered_probe_during_such_a_storm_makes_it_healthy() -> None:
+    a = run(Detector(settings()), early_aborts(0, 30, probe_at={8: "ok"}))
+    after = a[8:8 + 10]  # the answer stays good for max(abort_window, window) = 10 s
+    assert all(x.state == HEALTHY and x.warning == ABORT_STORM for x in after)
+    assert "a probe was answered" in " ".join(after[3].evidence["reasons"])
+    assert not [x for x in a if x.state == STALLED]
+
+
+def test_an_unanswered_probe_during_such_a_storm_is_an_engine_stall() -> None:
+    """The engine froze with its gauges at zero while the client kept timing out: engine-stall."""
+    a = run(Detector(settings()), early_aborts(0, 30, probe_at={8: "timeout"}))
+    stalled = next(x for x in a if x.state == STALLED)
+    assert stalled.stall_class == ENGINE_STALL and stalled.t <= 8 + 2 + 2
