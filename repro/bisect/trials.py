@@ -252,12 +252,7 @@ class StressBackend:
         trial_dir.mkdir(parents=True, exist_ok=True)
         scn = trial_scenario(self.base, self.space, cfg, duration, self.base.server.port, slot, self.parallel,
                              trial_dir)
-        server, reused = self._server_for(slot, scn, trial_dir) if self.reuse else (None, None)
-        if server is None:
-            scn.server.port = pick_port(self.base.server.port, slot, self.base.server.host)
-            server = VllmServer(scn.server, trial_dir)
-            with self._lock:
-                self._servers.append(server)
+        server, reused = self._server_for(slot, scn, trial_dir)  # no idle server is ever kept without reuse
         port = scn.server.port
         tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3),
                                 **({"server_reused_from": reused} if reused else {}))
