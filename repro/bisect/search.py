@@ -25,7 +25,9 @@ Phases (each prints its decisions with credible intervals as they happen):
    hangs and exposure at concurrencies >= theta, and 0 if anything below theta
    hung. Each test goes where P(theta <= c) is nearest ``split_quantile`` (the
    posterior median by default). Clean exposure at c counts
-   against every theta <= c at once, so no step needs its own full-confidence verdict; the search stops when one
+   against every theta <= c at once, so no step needs its own full-confidence verdict: a clean test
+   halves P(theta <= c) (``step_target``) unless c is next to the lowest hang, where it is settled at
+   ``alpha_c`` in one run; the search stops when one
    theta holds ``1 - alpha_c`` of the mass. A hang above a long clean run
    that the model cannot explain is reported as contradicting monotonicity.
 4. **Confirmation.** The minimal configuration is run until it has hung
@@ -75,6 +77,11 @@ class Settings:
     # 0.5 the search leans to where a hang (cheap: it ends the trial) is likely; calibration showed
     # 0.7-0.8 cheaper on a threshold shape and dearer when nothing is needed, so the median stays.
     split_quantile: float = 0.5
+    # A clean test below the lowest hang (not next to it) runs until P(threshold <= c) is this fraction
+    # of what it was: 0.5 halves it. A later clean test higher up counts against c too, so a full
+    # verdict there is mostly wasted; calibration: 0.5 cut the threshold shape's trial-hours by 6-9%
+    # against 0.25 at the same correctness, the other shapes within 2% (BENCHMARKS.md).
+    step_target: float = 0.5
     lowest_prior: float = 0.3  # prior P(no concurrency dependence): the low end gets this, the rest share
     ddmin_alpha: float = 0.1  # level of ddmin's screening tests (the final re-checks use the strict budget)
     confirm_hangs: int = 1  # the minimal configuration must have hung this often (a hang is definitive)
@@ -87,7 +94,7 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "baseline_hangs": self.baseline_hangs,
                 "prior": list(self.prior) if self.prior else None, "rate_ratio": self.rate_ratio, "ddmin_alpha": self.ddmin_alpha,
-                "lowest_prior": self.lowest_prior,
+                "lowest_prior": self.lowest_prior, "split_quantile": self.split_quantile, "step_target": self.step_target,
                 "confirm_hangs": self.confirm_hangs, "probe_minimum": self.probe_minimum, "max_trial": self.max_trial, "min_trial": self.min_trial,
                 "budget": self.budget}
 
@@ -521,7 +528,7 @@ class Search:
             if c == vals[below[-1]]:
                 target = self.alpha_c * 0.999  # next to the lowest hang: settle it in one run
             else:
-                target = max(cdf[i] * 0.25, self.alpha_c * 0.999)
+                target = max(cdf[i] * self.s.step_target, self.alpha_c * 0.999)
             cap = self._exposure_to(changes, c, i, target)
             cfg = Config(c, changes)
             self.decide("concurrency", f"testing concurrency {c}: P(hangs) = {cdf[i]:.3f}; "

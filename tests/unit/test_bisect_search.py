@@ -263,3 +263,31 @@ def test_sim_hazard_with_a_storage_ladder_hangs_from_its_rung_up() -> None:
     rate = {p: hz.rate_of(sp, Config(8, frozenset({Change("storage", p)}))) for p in sp.storage_rungs}
     assert rate == {"/ssd/hs": 0.0, "/hdd/hs": 1.0, "/mnt/nfs/hs": 1.0}
     assert hz.rate_of(sp, Config(8, frozenset())) == 0.0  # the plain storage
+
+
+@pytest.mark.parametrize("step_target", [0.5, 0.25])
+def test_a_clean_test_away_from_the_lowest_hang_cuts_p_threshold_below_it_by_step_target(step_target: float) -> None:
+    """GIVEN a threshold hazard WHEN a concurrency below the lowest hang but not next to it stays clean
+    THEN its P(threshold <= c) falls to step_target x what it was (a later clean test higher up counts
+    against it too, so it is not settled in full), and next to the lowest hang it is settled at alpha."""
+    seen = []
+    for seed in range(6):
+        s, _ = search_with(Hazard(1 / 3600, 6, (), 0.5), seed, step_target=step_target, probe_minimum=0)
+        r = s.run_all()
+        assert r.status == "minimal"
+        pending = None
+        for d in r.decisions:
+            if d.phase != "concurrency":
+                continue
+            if "cap" in d.data:
+                pending = d.data
+            elif d.data.get("hung") is False and pending is not None:
+                assert d.data["concurrency"] == pending["concurrency"]
+                seen.append((pending["p_hangs"], d.data["p_hangs"]))
+                pending = None
+            elif d.data.get("hung") is True:
+                pending = None
+    away = [(before, after) for before, after in seen if after > s.alpha_c]
+    assert away, "no clean test away from the lowest hang in 6 seeds"
+    for before, after in away:
+        assert after == pytest.approx(before * step_target, rel=0.02)
