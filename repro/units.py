@@ -1,4 +1,4 @@
-"""Parsing of human units: durations ("6h", "90m", "1h30m", "45s", "120") and sizes ("20MB")."""
+"""Human units: durations ("6h", "90m", "1h30m", "45s", "120") and sizes ("20MB"), parsed and written."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def parse_size(text: str | int, what: str = "size") -> int:
     if not m or unit not in _SIZE_UNITS:
         raise UsageError(f"cannot parse {what} {text!r}: use e.g. 20MB, 512MiB, 2GB")
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_bytes(n: float | None) -> str:
+    """36864 -> '37 kB', 3076096 -> '3.1 MB', 2.5e9 -> '2.50 GB'."""
+    if n is None:
+        return "?"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} kB"
+
+
+def format_span(s: float | None) -> str:
+    """Seconds under 2 min, minutes under 2 h, hours beyond."""
+    if s is None:
+        return "?"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

@@ -132,7 +132,7 @@ def _duration(s: float) -> str:
 def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
     man = json.loads(_read(bundle / "manifest.json", "{}"))
     analysis = analyze_bundle_dir(bundle)
-    det = json.loads(_read(bundle / "context" / "detection.json", "null") or "null") or man.get("detection") or {}
+    det = _json(bundle / "context" / "detection.json") or man.get("detection") or {}
     stats = [ln for ln in _read(bundle / "context" / "stats-lines.txt").splitlines() if "throughput" in ln]
     ce = _read(bundle / "context" / "collect-env.txt").strip() or "(collect-env was not collected)"
     if len(ce) > COLLECT_ENV_MAX:

@@ -24,11 +24,11 @@ Phases (each prints its decisions with credible intervals as they happen):
    integrated out: ``L(theta) = Gamma(a0+K) / (b0+E)^(a0+K)`` where K, E are the
    hangs and exposure at concurrencies >= theta, and 0 if anything below theta
    hung. Each test goes where P(theta <= c) is nearest ``split_quantile`` (the
-   posterior median by default). Clean exposure at c counts
-   against every theta <= c at once, so no step needs its own full-confidence verdict: a clean test
-   halves P(theta <= c) (``step_target``) unless c is next to the lowest hang, where it is settled at
-   ``alpha_c`` in one run; the search stops when one
-   theta holds ``1 - alpha_c`` of the mass. A hang above a long clean run
+   posterior median by default). Clean exposure at c counts against every
+   theta <= c at once, so no step needs its own full-confidence verdict: a
+   clean test halves P(theta <= c) (``step_target``) unless c is next to the
+   lowest hang, where it is settled at ``alpha_c`` in one run. The search
+   stops when one theta holds ``1 - alpha_c`` of the mass. A hang above a long clean run
    that the model cannot explain is reported as contradicting monotonicity.
 4. **Confirmation.** The minimal configuration is run until it has hung
    ``confirm_hangs`` times; its rate estimate and interval come from that.
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from repro.bisect.space import Change, Config, SearchSpace
@@ -92,11 +92,7 @@ class Settings:
     max_skips: int = 3  # consecutive "could not test" before giving up
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "baseline_hangs": self.baseline_hangs,
-                "prior": list(self.prior) if self.prior else None, "rate_ratio": self.rate_ratio, "ddmin_alpha": self.ddmin_alpha,
-                "lowest_prior": self.lowest_prior, "split_quantile": self.split_quantile, "step_target": self.step_target,
-                "confirm_hangs": self.confirm_hangs, "probe_minimum": self.probe_minimum, "max_trial": self.max_trial, "min_trial": self.min_trial,
-                "budget": self.budget}
+        return {**asdict(self), "prior": list(self.prior) if self.prior else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Settings":

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from repro.storage.fmt import fmt_bytes as _mb
-from repro.storage.fmt import fmt_span as _span
+from repro.units import format_bytes as _mb
+from repro.units import format_span as _span
 
 LEAK, EXHAUSTION = "storage-leak", "storage-exhaustion"
 HANG_CLASSES = ("engine-stall", "queue-stall", "client-stall", "slow")

@@ -39,7 +39,13 @@ def _mapped(pid: int) -> set[str]:
                 out.add(target.removesuffix(" (deleted)"))
     except OSError:
         pass
-    return {p for p in out if "/" not in p[len(SHM):] and p[len(SHM):].startswith(PREFIXES)}
+    return {p for p in out if _ours(p)}
+
+
+def _ours(path: str) -> bool:
+    """A psm_*/sem.mp-* segment directly in /dev/shm (never anything in a subdirectory)."""
+    name = path[len(SHM):]
+    return path.startswith(SHM) and "/" not in name and name.startswith(PREFIXES)
 
 
 def segments(pids: Iterable[int]) -> set[str]:
@@ -52,8 +58,7 @@ def segments(pids: Iterable[int]) -> set[str]:
 
 def remove_unused(paths: Iterable[str]) -> list[str]:
     """Unlink the segments of `paths` that still exist and that no live process maps; return those removed."""
-    left = {p for p in paths if p.startswith(SHM) and p[len(SHM):].startswith(PREFIXES) and "/" not in p[len(SHM):]
-            and os.path.exists(p)}
+    left = {p for p in paths if _ours(p) and os.path.exists(p)}
     if not left:
         return []
     for proc in Path("/proc").iterdir():

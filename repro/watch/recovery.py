@@ -37,9 +37,9 @@ from typing import Any
 
 from repro.errors import UsageError
 from repro.storage.census import CensusSnapshot
-from repro.storage.fmt import fmt_bytes as _mb
-from repro.storage.fmt import fmt_span as _span
 from repro.storage.projection import slope
+from repro.units import format_bytes as _mb
+from repro.units import format_span as _span
 from repro.units import parse_size
 
 WAIT, RESTART, GIVE_UP = "wait", "restart", "give-up"
