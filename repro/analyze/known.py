@@ -340,7 +340,8 @@ def possibly_related(analysis: dict[str, Any]) -> str:
                 f"{injected[0]['title']}); it tests the kit and is not a vLLM bug.")
     if not ms:
         fn = (analysis.get("stuck_frame") or "").split(" (")[0]
-        hint = f"; search vLLM's issues for `{fn}` before filing" if fn else ""
+        hint = f"; search vLLM's issues for `{fn}` before filing" if fn and analysis.get("verdict") in (
+            "blocked", "busy") else ""
         return f"Possibly related: {no_match_text(analysis)} of repro's known-hang list{hint}."
     parts = []
     for m in ms[:3]:

@@ -64,7 +64,7 @@ def _check_text(bundle: Path, results: list[known.Match], c: cat.Catalogue, show
         if m.entry.origin == "injected":
             out.append("      injected by repro: not a vLLM bug")
         else:
-            out.append(f"      {m.entry.refs}; {m.version.text}")
+            out.append(f"      {m.entry.refs}" + (f"; {m.version.text}" if m.matched else ""))
         if not m.matched and m.why_not:
             out.append(f"      why not: {m.why_not}")
         for p in m.parts:
@@ -129,7 +129,7 @@ def command(entry_id: str | None, bundle: Path | None, show_all: bool, as_json: 
         click.echo(_entry_text(entries[0]))  # type: ignore[arg-type]
         return 0
     click.echo(f"{len(c.entries)} known problems (catalogue of {c.date}: {', '.join(p for p, _ in c.files)})\n")
-    for e in c.entries:
+    for e in sorted(c.entries, key=lambda e: cat.ORIGINS.index(e.origin)):  # upstream, repro's findings, injected
         refs = "injected by repro" if e.origin == "injected" else e.refs
         click.echo(f"{e.id:<46} {e.status:<10} {refs}")
         click.echo(f"{'':<46} {e.title}")

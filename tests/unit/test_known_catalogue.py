@@ -356,3 +356,14 @@ def test_fixture_tarball_of_a_trace_still_matches(tmp_path: Path, shipped: cat.C
     d = open_bundle(TRACES / "write-stall.tar.gz", tmp_path)
     assert matched_ids(d, shipped) == ["repro-injected-write-stall"]
     shutil.rmtree(d)
+
+
+def test_the_readme_example_entry_is_a_valid_catalogue(tmp_path: Path) -> None:
+    """The format README.md documents is the format the loader reads."""
+    section = (ROOT / "README.md").read_text().split("## Known hangs", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "readme.toml"
+    f.write_text(example)
+    entries, updated = cat.load_file(f)
+    assert [e.id for e in entries] == ["vllm-52247-async-output-event-wait"] and updated.isoformat() == "2026-12-01"
+    assert entries[0].conditions[0].required and entries[0].upstream[1].kind == "pr"
