@@ -3,8 +3,9 @@
 From the analysis (:func:`repro.analyze.stacks.analyze_bundle_dir`): every thread's shared stack,
 verdict and CUDA wait. From the bundle's files: the ``--native`` dumps, the log tail and stats lines,
 the metrics at capture, the storage finding, the server command and environment, the GPUs, the vLLM
-version, and the faults repro's own plugin injected (its ``repro fault: ...`` log lines,
-``context/injected.jsonl``, ``REPRO_INJECT`` in the server's environment, ``repro_injected_*`` frames).
+version, and the faults repro's own plugin injected (its ``repro fault: ...`` log lines, its event records
+in ``context/injected.jsonl`` or among ``context/events.jsonl``, ``REPRO_INJECT`` in the server's
+environment, ``repro_injected_*`` frames).
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ class Injected:
         return f"{what} ({'; '.join(self.sources)})" if self.sources else what
 
 
+def is_fault_record(e: dict[str, Any]) -> bool:
+    """A record of the fault plugin (REPRO_INJECT_EVENTS): it names its process, and a kind unless a release."""
+    return "pid" in e and "class" not in e and (e.get("event") == "released" or "kind" in e)
+
+
 def _pid_of(line: str) -> str:
     for pat in _PIDS:
         m = pat.search(line)
@@ -129,7 +135,7 @@ def read_injected(log_text: str, events: list[dict[str, Any]], env: dict[str, st
         elif e.get("event"):
             fired.setdefault(pid, set()).add(str(e.get("kind") or e["event"]))
     if events:
-        inj.sources.append("context/injected.jsonl")
+        inj.sources.append("the plugin's event records")
     spec = (env.get("REPRO_INJECT") or "").strip()
     if spec:
         armed |= spec_kinds(spec)
@@ -231,6 +237,8 @@ def gather(bundle: Path, analysis: dict[str, Any]) -> Evidence:
     cmd = man.get("server_command") or _read(bundle / "context" / "server-command.txt").split()
     env = _json(bundle / "context" / "server-env.json") or {}
     events = [e for e in (_loads(x) for x in _read(bundle / "context" / "injected.jsonl").splitlines()) if e]
+    events += [e for e in (_loads(x) for x in _read(bundle / "context" / "events.jsonl").splitlines())
+               if e and is_fault_record(e)]  # capture may carry the plugin's records among the run's events
     gpu = gpu_state.read(bundle, {p["pid"] for p in analysis.get("processes") or []
                                   if p.get("role") in ("engine_core", "worker")})
     version = man.get("vllm_version")

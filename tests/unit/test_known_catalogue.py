@@ -367,3 +367,30 @@ def test_the_readme_example_entry_is_a_valid_catalogue(tmp_path: Path) -> None:
     entries, updated = cat.load_file(f)
     assert [e.id for e in entries] == ["vllm-52247-async-output-event-wait"] and updated.isoformat() == "2026-12-01"
     assert entries[0].conditions[0].required and entries[0].upstream[1].kind == "pr"
+
+
+def test_fault_records_among_the_runs_events_count_and_the_detectors_stall_does_not(tmp_path: Path,
+                                                                                   shipped: cat.Catalogue) -> None:
+    """stress writes its own `stall` event (with a class) to events.jsonl; only the plugin's records (with a pid
+    and a kind) say what was injected."""
+    b = bundle_of("vllm-52247-v1-runner", tmp_path)
+    ev = b / "context" / "events.jsonl"
+    ev.write_text(json.dumps({"t": 30.0, "event": "stall", "class": "engine-stall", "since": 10.0}) + "\n")
+    assert matched_ids(b, shipped) == ["vllm-52247-async-output-event-wait"]
+    with ev.open("a") as f:
+        f.write(json.dumps({"t": 1.0, "event": "stall", "kind": "gpu-hang", "pid": 101}) + "\n")
+    assert matched_ids(b, shipped) == ["repro-injected-gpu-hang"]  # and no upstream entry
+    with ev.open("a") as f:
+        f.write(json.dumps({"t": 2.0, "event": "released", "pid": 101}) + "\n")
+    assert matched_ids(b, shipped) == ["vllm-52247-async-output-event-wait"]
+
+
+def test_repro_issue_refuses_a_malformed_catalogue_in_the_environment(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(LOCAL.replace('status = "unreported"', 'status = "maybe"'))
+    monkeypatch.setenv(cat.ENV, str(f))
+    with pytest.raises(SystemExit) as ei:
+        main(["issue", str(TRACES / "scheduler-stall"), "--out", str(tmp_path / "ISSUE.md")])
+    assert ei.value.code == 2 and "bad.toml: entry 'site-nfs-write': field 'status'" in capsys.readouterr().err
