@@ -49,3 +49,36 @@ def test_missing_files_after_the_stall_began_are_not_written_not_bad(tmp_path: P
     assert count_records(tmp_path / "requests.jsonl")["files_bad"] == 5  # without the stall's time: all bad
     late = [json.loads(x) for x in (tmp_path / "requests.jsonl").read_text().splitlines()][-2:]
     assert all(r["file"]["not_written"] == "engine stalled" for r in late)
+
+
+def test_recorded_stall_run_counts_the_files_the_stalled_engine_never_wrote_apart() -> None:
+    """GIVEN the requests.jsonl of a real stall run (vLLM on CPU, the scheduler stalled for good under load at
+    concurrency 16: the last responses came back, then the engine never stepped again to write their files)
+    WHEN its records are replayed through RunStats in the order they finished, with the stall declared where the
+    run declared it (before the cancellations that ended it) THEN before the declaration those files count as bad,
+    after it they are `not written: engine stalled`, and the figures equal the run's summary.json and a recount."""
+    summary = json.loads((DATA / "summary.json").read_text())
+    since = summary["stall"]["since_s"]
+    lines = (DATA / "requests.jsonl").read_text().splitlines()
+    st = RunStats()
+    bad_before = None
+    for line in lines:
+        d = json.loads(line)
+        if d.get("file"):
+            d["file"].pop("not_written", None)
+        r = RequestRecord(**{"latency": None, **d})  # to_json leaves out the None fields
+        declared = st.stall_since is not None
+        if not declared and (r.status == "cancelled" or (r.file or {}).get("t_end", 0) >= summary["stall"]["detected_s"]):
+            bad_before = st.files_bad
+            st.stall_began(since)
+        st.finish(r, None)
+    if st.stall_since is None:
+        bad_before = st.files_bad
+        st.stall_began(since)
+    files = st.files()
+    assert bad_before and bad_before >= 1  # what the live display said while the stall was only suspected
+    assert files["bad"] == 0 and files["not_written_engine_stalled"] >= bad_before
+    for k in ("verified", "bad", "errors", "not_written_engine_stalled", "not_written_errors"):
+        assert files[k] == summary["files"][k], k
+    recount = count_records(DATA / "requests.jsonl", stall_since=since)
+    assert recount.get("files_bad", 0) == 0 and recount["files_not_written"] == files["not_written_engine_stalled"]
