@@ -573,13 +573,15 @@ class _Run:
         m = ob.metrics
         recent_fill = st.in_flight / self.L.concurrency
         return {
-            "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed), "duration": dur,
+            "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed),
+            "duration": dur,
             "req_s": st.ok / elapsed if elapsed > 0 else 0.0, "in_flight": st.in_flight,
             "concurrency": self.L.concurrency, "in_check": st.in_check,
             "running": None if m is None else m.running, "waiting": None if m is None else m.waiting,
             "kv_pct": None if m is None or m.kv_usage is None else 100 * m.kv_usage,
             "prompt_tps": self._tps[0], "gen_tps": self._tps[1], "ok": st.ok, "files_ok": st.files_ok,
-            "files_bad": st.files_bad, "files_not_written": st.files_not_written, "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
+            "files_bad": st.files_bad, "files_not_written": st.files_not_written,
+            "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
             "since_progress": None if self.detector.last_progress_t is None else ob.t - self.detector.last_progress_t,
             "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
             "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
