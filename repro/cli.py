@@ -25,6 +25,7 @@ def cli() -> None:
     analyze  verdict and signature of trace bundles, and the known upstream hang they look like
     issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
     known    the catalogue of known vLLM hangs; why a bundle matches one
+    report   an HTML page and timeline.png for any run directory or bundle
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -35,7 +36,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 

@@ -116,7 +116,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     Launches a server with the `repro serve` options (or attaches with --url), sends the load,
     polls /metrics and follows the log, and classifies what it sees: engine-stall, queue-stall,
     client-stall, server-dead, slow. /health is never trusted. Writes scenario.json,
-    requests.jsonl, timeline.csv, events.jsonl and summary.json into the run directory.
+    requests.jsonl, timeline.csv, events.jsonl and summary.json into the run directory, and at the
+    end report.html + timeline.png (`repro report`); the last line points at the report.
 
     \b
     Exit codes: 0 no stall, 1 stall, 2 usage error, 3 target unreachable or failed to start,
@@ -178,14 +179,13 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     err = sys.stderr
     if res.exit_code == EXIT_TARGET:
         click.echo(f"error: {res.error}", err=True)
+        _report_line(run_dir, res.summary)
         return res.exit_code
     if res.error:
         click.echo(f"error: {res.error}", err=True)
     s = res.summary
     fid = s.get("fidelity", {})
-    click.echo(f"{res.outcome}: {res.counts.get('ok', 0)} ok / {res.counts.get('total', 0)} requests in "
-               f"{res.load_s:.0f} s, files verified {res.files.get('verified', 0)} (bad {res.files.get('bad', 0)}), "
-               f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')}", file=err)
+    click.echo(f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')} (server running+waiting / concurrency)", file=err)
     if res.stall is not None:
         st = s.get("stall") or {}
         click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "
@@ -202,8 +202,17 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    f"warnings: {', '.join(sto.get('warnings') or {}) or 'none'}", file=err)
     if s.get("storage_cause"):
         click.echo(f"storage cause: {s['storage_cause']['kind']}: {s['storage_cause']['line'][:200]}", file=err)
-    click.echo(f"run directory: {run_dir}", file=err)
+    _report_line(run_dir, s)
     return res.exit_code
+
+
+def _report_line(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The report (never costs the run: a failure is one line) and the one-line summary pointing at it."""
+    from repro.load.display import final_line
+    from repro.report import report_after_run
+
+    rep = report_after_run(Path(run_dir), lambda msg: click.echo(msg, err=True))
+    click.echo(final_line(summary, rep.html if rep is not None else None, run_dir), err=True)
 
 
 def _grace(text: str) -> float:

@@ -15,6 +15,7 @@ import click
 
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
+from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario
 from repro.target.launcher import check_storage
@@ -24,6 +25,7 @@ from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
+from repro.watch.timeline import WatchTimeline
 from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
@@ -141,7 +143,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
 
     Exit 1 after giving up (--max-restarts in an hour, or no space within
     --storage-wait-max), 3 when the target cannot be reached or restarted, 0 after --duration
-    or SIGTERM.
+    or SIGTERM. At the end: report.html + timeline.png in the run directory (`repro report`).
     """
     modes = [m for m, on in (("--serve", serve), ("--docker", bool(docker_name)), ("--url", bool(url)))
              if on]
@@ -223,11 +225,13 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     (run_dir / "watch.json").write_text(json.dumps(watch_json, indent=2, default=str) + "\n")
 
     events = EventLog(run_dir / "events.jsonl")
+    timeline = WatchTimeline(run_dir / "timeline.csv")
     metrics = WatchMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
     sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(),
-                     repro_command=["repro", *sys.argv[1:]] if sys.argv and "repro" in Path(sys.argv[0]).name else None)
+                     repro_command=["repro", *sys.argv[1:]] if sys.argv and "repro" in Path(sys.argv[0]).name else None,
+                     timeline=timeline)
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -240,3 +244,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
             signal.signal(s, h)
         metrics.close()
         events.close()
+        timeline.close()
+        rep = report_after_run(run_dir, _say)  # a failure to draw it is one line, never the exit code
+        if rep is not None:
+            _say(f"{rep.report.headline} -- report: {rep.html}")

@@ -354,6 +354,8 @@ class _Run:
                 if r.detail or prev_bad:
                     rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
                 rec.file = {k: v for k, v in rec.file.items() if v is not None}
+                if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
+                    rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
                 if r.consumed in ("deleted", "moved"):
                     self.claim(info.hs_path, forget=True)
                 rec.client_s["check"] = round(r.seconds, 6)
@@ -527,6 +529,7 @@ class _Run:
                            evidence=a.evidence)
             if a.state == STALLED and self.stall is None:
                 self.stall = a
+                self.stats.stall_began(round(self.rel(a.since or a.t), 3))  # files it never wrote are not bad
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
                            detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
@@ -571,12 +574,14 @@ class _Run:
         recent_fill = st.in_flight / self.L.concurrency
         return {
             "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed),
+            "duration": dur,
             "req_s": st.ok / elapsed if elapsed > 0 else 0.0, "in_flight": st.in_flight,
             "concurrency": self.L.concurrency, "in_check": st.in_check,
             "running": None if m is None else m.running, "waiting": None if m is None else m.waiting,
             "kv_pct": None if m is None or m.kv_usage is None else 100 * m.kv_usage,
             "prompt_tps": self._tps[0], "gen_tps": self._tps[1], "ok": st.ok, "files_ok": st.files_ok,
-            "files_bad": st.files_bad, "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
+            "files_bad": st.files_bad, "files_not_written": st.files_not_written,
+            "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
             "since_progress": None if self.detector.last_progress_t is None else ob.t - self.detector.last_progress_t,
             "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
             "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
