@@ -128,10 +128,19 @@ def _exceptions(body: list[str]) -> list[tuple[str, str, Frame | None]]:
     return out
 
 
+def _continues_chain(lines: list[_Line], i: int) -> bool:
+    """The traceback at `i` is the second part of a chain ("The above exception was the direct cause ...")."""
+    j = i - 1
+    while j >= 0 and not lines[j].body.strip():
+        j -= 1
+    return j >= 0 and lines[j].body.strip().startswith(_CHAIN)
+
+
 def parse_fatal(text: str) -> FatalError | None:
     """The fatal error of a vLLM log, or None when the log shows no traceback."""
     lines = _lines(text)
-    tb_starts = [i for i, ln in enumerate(lines) if ln.body.startswith("Traceback (most recent call last)")]
+    tb_starts = [i for i, ln in enumerate(lines) if ln.body.startswith("Traceback (most recent call last)")
+                 and not _continues_chain(lines, i)]
     if not tb_starts:
         return None
     marker_i = max((i for i, ln in enumerate(lines) if any(m in ln.body for m in FATAL_MARKERS)), default=None)

@@ -354,7 +354,7 @@ def clean_values(src: ReportSource) -> dict[str, str]:
     c = load.get("concurrency", (s.get("fidelity") or {}).get("concurrency"))
     req = s.get("requests") or {}
     hours = exp / 3600.0
-    head = (f"No reproduction in {hours:.2f} hours ({format_span(exp)}) of load at concurrency {c}"
+    head = (f"No reproduction in {hours:.3g} hours ({format_span(exp)}) of load at concurrency {c}"
             + (" (the run was interrupted)" if s.get("outcome") == "interrupted" else ""))
     fid = s.get("fidelity") or {}
     rows = [f"- Load: {s.get('load_seconds', exp):g} s, workload `{load.get('workload')}`, concurrency {c}"
@@ -367,7 +367,7 @@ def clean_values(src: ReportSource) -> dict[str, str]:
         rows.append(f"- Load fidelity (server running + waiting / concurrency): mean {fid['mean']}, p5 {fid.get('p5')}")
     if s.get("abort_storm"):
         rows.append(f"- Abort storm: {s['abort_storm'].get('seconds')} s (client timeouts threw work away)")
-    return {"clean_summary": head + ".", "exposure": "\n".join(rows), "_clean_title": head}
+    return {"clean_summary": head, "exposure": "\n".join(rows), "_clean_title": head}
 
 
 # -- all values ----------------------------------------------------------------------------------
