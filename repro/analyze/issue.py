@@ -99,7 +99,7 @@ PLACEHOLDERS: dict[str, str] = {
 }
 
 
-def find_template(explicit: str | Path | None = None, name: str = STALL_TEMPLATE) -> Path:  # noqa: D103
+def find_template(explicit: str | Path | None = None, name: str = STALL_TEMPLATE) -> Path:
     """--template, else ./<name>, else the one at the top of the repro checkout, else the installed copy."""
     here = Path(__file__).resolve().parents[1]
     cands = [Path(explicit)] if explicit else [Path.cwd() / name, here.parent / name, here / "templates" / name]

@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from repro.analyze.sources import ReportSource, read_json, read_text
+from repro.analyze.sources import ReportSource, read_text
 from repro.target.attached import remote_note
 
 _LOG_VERSION = (re.compile(r"Initializing a V1 LLM engine \(v([^)\s]+)\)"), re.compile(r"\bversion (\d+\.\d+\.\d+\S*)"))
@@ -22,7 +22,11 @@ _WHO = {
 
 
 def repro_argv(src: ReportSource) -> list[str] | None:
-    argv = src.manifest.get("repro_command") or src.scenario.get("invocation")
+    """The capture's command line, unless it captured a run of stress / watch / trial: then that run's."""
+    man, inv = src.manifest.get("repro_command"), src.scenario.get("invocation")
+    if isinstance(man, list) and man[1:2] == ["capture"] and isinstance(inv, list) and inv:
+        man = None
+    argv = man or inv
     return [str(a) for a in argv] if isinstance(argv, list) and argv else None
 
 
