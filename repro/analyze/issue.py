@@ -372,6 +372,8 @@ def clean_values(src: ReportSource) -> dict[str, str]:
 
 # -- all values ----------------------------------------------------------------------------------
 def _stall_title(analysis: dict[str, Any]) -> tuple[str, str]:
+    if not analysis.get("processes"):
+        return "vLLM server reported stalled, but no stacks could be taken (see the bundle's errors.txt)", ""
     proc = analysis.get("stuck_process") or "the engine"
     cul = analysis.get("culprit") or {}
     cfn = (cul.get("stuck_frame") or "").split(" (")[0]
@@ -391,6 +393,8 @@ def report_values(src: ReportSource, bisect_dir: Path | None = None) -> dict[str
     kind = outcome(src)
     analysis = analyze_bundle_dir(b) if b is not None else {"processes": [], "verdict": "no-stacks"}
     log_text, where = src.log_text()
+    if kind == "stall" and not det.get("class") and not analysis.get("processes") and death_mod.parse_fatal(log_text):
+        kind = "death"  # a capture taken by hand after the server died: its log names the cause
     ce = read_text(src.ctx("collect-env.txt")).strip() or (
         "collect-env was not run for this report (no bundle): run `python -m vllm.collect_env` with the server's "
         "Python and paste its output here")
@@ -551,16 +555,16 @@ def render_issue(bundle: Path, template_path: Path, tarball: Path | None = None)
 
 
 def render_source(src: ReportSource, template: Path | None = None, storage_template: Path | None = None,
-                  bisect_dir: Path | None = None) -> dict[str, str]:
+                  bisect_dir: Path | None = None, template_for: str | None = None) -> dict[str, str]:
     """{"stall"|"death"|"clean": text, "storage": text}: the main report first, the storage report beside it.
 
     ``template`` replaces the main report's default template (by outcome); templates are looked up
-    (:func:`find_template`) only when the input needs them."""
+    (:func:`find_template`) only when the input needs them; with ``template_for`` only for that outcome."""
     values = report_values(src, bisect_dir)
     kinds = values["report"].split("+")
     out = {}
     for kind in kinds:
-        given = template if kind != "storage" else storage_template
+        given = storage_template if kind == "storage" else (template if template_for in (None, kind) else None)
         out[kind] = _render_file(given or find_template(None, TEMPLATES[kind]), values, kind)
     return out
 
@@ -571,5 +575,4 @@ def render_reports(bundle: Path, template_path: Path, storage_template: Path | N
     from repro.analyze.sources import is_run_dir
 
     src = ReportSource(bundle, bundle.parent if is_run_dir(bundle.parent) else None, tarball)
-    kind = outcome(src)
-    return render_source(src, template_path if kind == "stall" else None, storage_template)
+    return render_source(src, template_path, storage_template, template_for="stall")

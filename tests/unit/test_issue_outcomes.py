@@ -226,3 +226,16 @@ def test_the_linter_in_the_checks_fails_a_broken_report() -> None:
         check_report("# T\n\n<details>\n<summary>s</summary>\n\ntext\n")
     with pytest.raises(AssertionError):
         check_report("# T\n\n```text\nnever closed\n")
+
+
+def test_a_capture_taken_by_hand_after_the_death_is_a_death_report(tmp_path: Path) -> None:
+    """No detection, no stacks (the processes were gone), a log with the fatal traceback: a death, not a stall."""
+    b = tmp_path / "bundle-001"
+    shutil.copytree(TRACE, b)
+    shutil.rmtree(b / "stacks")
+    (b / "processes.json").write_text("[]")
+    shutil.copy(RAISE_LOG, b / "context" / "server.log.tail")
+    out = render(b)
+    assert list(out) == ["death"]
+    assert "ReproInjectedEngineError raised in repro_injected_engine_error" in out["death"].splitlines()[0]
+    assert "(the bundle's tail of the server log)" in out["death"]
