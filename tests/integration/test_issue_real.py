@@ -48,8 +48,10 @@ def summary(run: Path) -> dict:
 def test_a_stall_under_stress_reports_the_stress_command_as_its_reproducer(vllm_server: SharedServer,
                                                                          tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["--url", vllm_server.url, "--api-key", PLANTED_KEY, "--concurrency", "4", "--duration", "120",
-            "--prompt-len", "16-64", "--window", "3", "--min-bad", "2", "--startup-grace", "0", "--samples", "1",
+    # The window outlasts the 10 s probe: a frozen engine whose gauges froze at 0 running is told from a
+    # stuck client by the unanswered probe (engine-stall), not called client-stall before the probe ends.
+    args = ["--url", vllm_server.url, "--api-key", PLANTED_KEY, "--concurrency", "16", "--duration", "120",
+            "--prompt-len", "64-256", "--window", "12", "--min-bad", "2", "--startup-grace", "0", "--samples", "1",
             "--out", str(run)]
     vllm_server.inject("stall-after=4")
     try:
@@ -73,6 +75,7 @@ def test_a_stall_under_stress_reports_the_stress_command_as_its_reproducer(vllm_
 def test_an_engine_that_raises_is_a_death_report_titled_with_the_exception(tmp_path: Path) -> None:
     """Attached with --url and no --log-file: repro finds the log through /proc/PID/fd/1 while the server lives."""
     ctl = tmp_path / "inject.control"
+    (tmp_path / "srv").mkdir()
     srv = start_server(tmp_path / "srv", inject_control=str(ctl))
     run = tmp_path / "run"
     try:
