@@ -16,10 +16,10 @@ from repro.target.attached import find_local_server, remote_note, url_is_local
 from tests.conftest import free_port
 
 
-def _serve(stdout: IO[bytes] | int) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(stdout: IO[bytes] | int, cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], stdout=stdout,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while find_local_server(url) is None:
@@ -73,3 +73,19 @@ def test_the_recorded_command_line_masks_secret_flag_values() -> None:
                                              "[REDACTED]", "--hf-token=[REDACTED]", "--concurrency", "32"]
     finally:
         invocation._ARGS = before
+
+
+def test_watch_attached_without_log_file_follows_the_file_the_local_server_writes_to(tmp_path: Path, stop) -> None:  # type: ignore[no-untyped-def]
+    """`repro watch --url` on this machine: the server's own output file is followed (the detector sees a fatal
+    line, the capture gets the log), as if --log-file had named it."""
+    from repro.watch.targets import ExternalTarget
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "models").write_text('{"data": [{"id": "m"}]}')  # what check() asks of a vLLM server
+    log = tmp_path / "server.log"
+    with open(log, "ab") as f:
+        proc, url = _serve(f, cwd=tmp_path)
+    stop.append(proc)
+    target = ExternalTarget(url, "true")
+    target.check()
+    assert target.log_file == str(log) and target.capture_fields()["log_path"] == log
