@@ -407,6 +407,9 @@ def report_values(src: ReportSource, bisect_dir: Path | None = None) -> dict[str
     tts = time_to_stall(det)
     stats = _last_stats(src)
     title, frame = _stall_title(analysis)
+    if b is None:  # a stall of a run that did not capture (--on-stall exit)
+        title = (f"vLLM engine stops making progress under load ({det.get('class')}; no stacks were captured: "
+                 "the run used --on-stall exit)")
     sig = analysis.get("signature")
     values: dict[str, str] = {
         "collect_env": ce,

@@ -239,3 +239,12 @@ def test_a_capture_taken_by_hand_after_the_death_is_a_death_report(tmp_path: Pat
     assert list(out) == ["death"]
     assert "ReproInjectedEngineError raised in repro_injected_engine_error" in out["death"].splitlines()[0]
     assert "(the bundle's tail of the server log)" in out["death"]
+
+
+def test_a_stall_without_a_capture_says_no_stacks_were_taken_and_why(tmp_path: Path) -> None:
+    stall = {"class": "engine-stall", "since_s": 95.0, "since_wall": "2026-12-01T10:01:35.000Z",
+             "evidence": {"reasons": ["running=31 with token counters flat (metrics)"]}}
+    md = render(run_dir(tmp_path, "stall", stall, log=RAISE_LOG.parent / "missing.log"))["stall"]
+    assert md.splitlines()[0] == ("# [Bug]: vLLM engine stops making progress under load (engine-stall; no stacks "
+                                  "were captured: the run used --on-stall exit)")
+    assert "Time to stall: 1m35s" in md and "No stacks: the run directory holds no bundle." in md
