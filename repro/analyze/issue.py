@@ -242,9 +242,10 @@ def possibly_related(src: ReportSource, values: dict[str, str]) -> str:
 
     No catalogue of known hangs is consulted yet: the line says so, and where to search by hand."""
     what = values.get("_search_term") or ""
+    label = "exception" if values.get("death_summary") else "stuck frame"
     query = f"{ISSUES_URL}?q=" + urllib.parse.quote_plus(f"is:issue {what}".strip())
     return (f"Upstream search: not checked by repro; search [vLLM's issues]({query}) for the "
-            + (f"stuck frame `{what}`" if what else "stuck frame") + ".")
+            + (f"{label} `{what}`" if what else label) + ".")
 
 
 def versions_checked(version: str, where: str) -> str:
