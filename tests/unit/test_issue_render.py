@@ -30,6 +30,7 @@ def test_issue_has_vllms_required_sections_and_stays_readable(name: str) -> None
     assert md.count("<details>") == md.count("</details>") >= 4
     assert fences_balanced(md)
     assert "{{" not in md and "<!--" not in md
+    check_report(md)
     assert bug.index("EngineCore (pid") < bug.index("Worker (pid") < bug.index("APIServer (pid")
     assert re.search(r"#### Stack signature\n\n`[0-9a-f]{12}`", md)
     assert f"`{name}.tar.gz`" in md and "Last stats line before the engine went quiet: " in md

@@ -81,6 +81,7 @@ def storage_only(b: Path) -> str:
     out = reports(b)
     assert list(out) == ["storage"]
     not_a_hang(out["storage"])
+    check_report(out["storage"])
     return out["storage"]
 
 
