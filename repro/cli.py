@@ -44,6 +44,9 @@ _add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
+    from repro import invocation
+
+    invocation.record(argv)
     try:
         rv = cli.main(args=argv, prog_name="repro", standalone_mode=False)
     except click.exceptions.Abort:

@@ -158,6 +158,8 @@ class Scenario:
     on_stall: str = "capture"
     out_dir: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never serialised
+    invocation: list[str] | None = None  # the repro command line that started the run, secrets masked (the reproducer)
+    server_cmdline: list[str] | None = None  # --server-command: an attached server's command line repro cannot read
 
     def validate(self) -> None:
         self.load.validate()
@@ -180,7 +182,8 @@ class Scenario:
         d = dict(d)
         d.pop("schema_version", None)
         d.pop("api_key", None)
-        d.pop("server_command", None)  # informational (stress writes the launched command beside the settings)
+        for info in ("server_command", "server_command_source", "server_log"):
+            d.pop(info, None)  # informational (stress writes what it knows of the server beside the settings)
         load = dict(d.pop("load", {}))
         if "prompt_len" in load:
             load["prompt_len"] = tuple(load["prompt_len"])

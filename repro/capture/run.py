@@ -39,6 +39,7 @@ from repro.capture.redact import Redactor, argv_secrets, secret_name
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import UsageError
 from repro.target import procs as procs_mod
+from repro.target.attached import output_file, url_is_local
 
 
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
@@ -61,6 +62,11 @@ def _discover(req: CaptureRequest, w: BundleWriter) -> tuple[list[procs_mod.Vllm
             return [], None
     if root is None and req.url:
         root = port_owner(req.url)
+        if root is None and url_is_local(req.url):  # nothing listens here: the server is gone, not elsewhere
+            w.error("processes", f"nothing on this machine listens on {req.url} (connection refused): the server "
+                                 "is gone, no stacks could be taken",
+                    "The server's log (context/server.log.tail) holds why it went away.")
+            return [], None
     if root is not None:
         try:
             root = procs_mod.find_server_root(root)
@@ -262,7 +268,7 @@ def capture(req: CaptureRequest) -> Bundle:
 
     proc_records = _write_processes(w, processes)
     server_cmd = _write_server(w, req, root, server_env, env_err)
-    stats_lines = _write_log(w, req)
+    stats_lines = _write_log(w, req, root)
     _write_run_context(w, req)
     storage = _write_storage(w, req)
     _write_gpu(w)
@@ -377,16 +383,25 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
     return cmd
 
 
-def _write_log(w: BundleWriter, req: CaptureRequest) -> list[str]:
-    """The log tail and the last stats lines: from --log-file, else `docker logs` of the container."""
+def _write_log(w: BundleWriter, req: CaptureRequest, root: int | None = None) -> list[str]:
+    """The log tail and the last stats lines: from --log-file, else `docker logs` of the container, else the
+    file the server's stdout/stderr go to (/proc/PID/fd/1, 2) when it is a regular file."""
     t0 = time.monotonic()
-    if req.log_path:
-        command: list[str] | str = f"tail {req.log_path}"
+    log_path, found = req.log_path, None
+    if not log_path and not req.docker and root is not None:
+        path, found = output_file(root)
+        if path is None:
+            w.error("server log", found)
+        log_path = Path(path) if path else None
+    if log_path:
+        command: list[str] | str = f"tail {log_path}"
         try:
-            tail, stats, info = context.read_log_tail(Path(req.log_path), req.settings.log_tail_bytes)
+            tail, stats, info = context.read_log_tail(Path(log_path), req.settings.log_tail_bytes)
         except OSError as exc:
-            w.error("server log", f"cannot read {req.log_path}: {exc.strerror or exc}")
+            w.error("server log", f"cannot read {log_path}: {exc.strerror or exc}")
             return []
+        if found:
+            info["found_as"] = found
     elif req.docker:
         command = docker_mod.logs_command(req.docker)
         rc, out, err, dt, timed_out = pyspy.run_with_timeout(command, 30.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import click
 import psutil
 
+from repro import invocation
 from repro.capture.request import CaptureRequest
 from repro.errors import TargetError, UsageError
 from repro.scenario import CaptureSettings
@@ -99,10 +100,13 @@ def _next_bundle_dir(base: Path) -> Path:
               help="Stack dumps per process.")
 @click.option("--interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds between dumps.")
-@click.option("--out", default=None, metavar="DIR",
+@click.option("-o", "--out", default=None, metavar="DIR",
               help="Bundle directory to create (the .tar.gz goes beside it). Default: RUN_DIR/bundle-NNN, "
                    "else ./repro-runs/capture-<time>/bundle-001.")
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="The server's log file.")
+@click.option("--server-command", default=None, metavar="CMD",
+              help="The attached server's command line, for the report, when repro cannot read it (a server on "
+                   "another machine); a local server's is read from /proc.")
 @click.option("--storage", default=None, metavar="DIR", help="The hidden-state storage directory to census.")
 @click.option("--api-key", default=None, envvar="REPRO_API_KEY", help="API key for /metrics (env REPRO_API_KEY).")
 @click.option("--py-spy", "pyspy", default=None, metavar="PATH", help="py-spy to use (default: beside repro, else PATH).")
@@ -113,7 +117,8 @@ def _next_bundle_dir(base: Path) -> Path:
 @click.option("--size-budget", default="20MB", show_default=True, help="Largest bundle size (logs trimmed first).")
 def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, samples: int,
             interval: float, out: str | None, log_file: Path | None, storage: str | None, api_key: str | None,
-            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str) -> int:
+            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str,
+            server_command: str | None) -> int:
     """Take the evidence of a stall from a running vLLM server, into a bundle.
 
     \b
@@ -169,7 +174,8 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
                          log_path=log_file or info.get("log_path"), docker=docker,
                          storage_path=storage, scenario=scenario, events=info.get("events") or [],
                          timeline_csv=info.get("timeline_csv"), detection=info.get("detection"), reason="manual",
-                         repro_command=["repro", *sys.argv[1:]] if sys.argv else None)
+                         repro_command=invocation.command_line([api_key or ""]),
+                         server_command=shlex.split(server_command) if server_command else None)
     click.echo(f"capturing {samples} samples, {interval:g} s apart ...", err=True)
     b = capture(req)
     v = b.verdict or {}

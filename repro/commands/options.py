@@ -17,6 +17,7 @@ Fault injection (--inject SPEC; several joined with ';'; times like 30, 30s, 5m,
   stall-after=Nsteps       the same after N scheduler steps with work
   stall-for=T[,after=A]    block the scheduler once for T s (a slow engine, not a dead one)
   write-stall[=A]          hang inside the hidden-state file write (hung shared storage)
+  raise-after=T|Nsteps     raise ReproInjectedEngineError inside the scheduler: EngineCore dies with a traceback
   hazard=R,min_running=N[,seed=S]
                            a permanent stall at random, R per hour while >= N requests run
 The plugin is loaded by vLLM from repro's entry point: repro must be installed beside vLLM.
@@ -27,6 +28,7 @@ INJECT_HELP = (
     "stall-after=T | stall-after=Nsteps (block the scheduler for good, T s after the first request); "
     "stall-for=T[,after=A] (block it for T s once: slow, not dead); "
     "write-stall[=A] (hang inside the hidden-state file write); "
+    "raise-after=T|Nsteps (raise inside the scheduler: EngineCore dies with a traceback); "
     "hazard=R,min_running=N[,seed=S] (permanent stall at random, R per hour while >= N requests run). "
     "Join several with ';'. Times: 30, 30s, 5m, 1h."
 )

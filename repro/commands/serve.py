@@ -28,7 +28,7 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 @click.command("serve", epilog=INJECT_GRAMMAR)
 @server_options
-@click.option("--out", default=None, metavar="DIR", help="Run directory for the server log (default ./repro-runs/serve-<time>).")
+@click.option("-o", "--out", default=None, metavar="DIR", help="Run directory for the server log (default ./repro-runs/serve-<time>).")
 @click.option("--build-tiny-model", "build_tiny", default=None, metavar="DIR",
               help="Only build the tiny random Llama into DIR and exit.")
 @passthrough

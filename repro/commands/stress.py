@@ -5,12 +5,14 @@ Only parses flags into a Scenario and calls :func:`repro.load.runner.run_stress`
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from repro import invocation
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
@@ -55,6 +57,9 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--model-name", default=None, help="Model id to request. Default: the first of /v1/models.")
 @click.option("--log-file", default=None, metavar="FILE", help="Server log to follow when attaching (--url).")
 @click.option("--docker", default=None, metavar="NAME", help="Follow the log of this container (docker logs -f).")
+@click.option("--server-command", default=None, metavar="CMD",
+              help="The attached server's command line, for the report, when repro cannot read it (a server on "
+                   "another machine); a local server's is read from /proc.")
 @click.option("--storage-path", default=None, metavar="DIR",
               help="Hidden-state storage of an attached server: orphan census while the run goes, and capture.")
 @click.option("--storage-horizon", default="30m", metavar="DUR",
@@ -103,7 +108,7 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
               help="On a stall: seconds between dump rounds.")
 @click.option("--bundle-budget", default="20MB", show_default=True, metavar="SIZE",
               help="On a stall: size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.")
-@click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
+@click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
 @click.option("--replicas", type=int, default=1,
               help="With --executor ray: this many independent soaks, each with its own server on its node.")
 @click.option("--keep-going", is_flag=True, default=False,
@@ -156,7 +161,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
                    on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"],
                    storage_horizon=parse_duration(kw["storage_horizon"], "--storage-horizon"),
-                   orphan_grace=_grace(kw["orphan_grace"]))
+                   orphan_grace=_grace(kw["orphan_grace"]), invocation=invocation.command_line([kw["api_key"] or ""]),
+                   server_cmdline=shlex.split(kw["server_command"]) if kw["server_command"] else None)
     scn.validate()
     if scn.storage_path:
         from repro.storage.census import StorageCensus

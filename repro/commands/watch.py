@@ -6,13 +6,13 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from repro import invocation
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
 from repro.report import report_after_run
@@ -90,7 +90,7 @@ def _say(msg: str) -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve the watchdog's own Prometheus counters on this port.")
 @click.option("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
-@click.option("--out", default=None, metavar="DIR",
+@click.option("-o", "--out", default=None, metavar="DIR",
               help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
 @click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
 @click.option("--storage-grace", default="5m", callback=_duration,
@@ -219,9 +219,11 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     else:
         scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, log_file=log_file,
                        storage_path=storage, on_stall="restart", out_dir=str(run_dir))
+    argv = invocation.command_line([api_key or ""])  # secrets masked: watch.json and the bundles' reproducer
+    scn.invocation = argv
     watch_json = {"mode": target.kind, "target_url": target.url, "watch": {k: v for k, v in dataclasses.asdict(ws).items()
                                                                         if k != "api_key"},
-                  "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": sys.argv}
+                  "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": argv}
     (run_dir / "watch.json").write_text(json.dumps(watch_json, indent=2, default=str) + "\n")
 
     events = EventLog(run_dir / "events.jsonl")
@@ -229,8 +231,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     metrics = WatchMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
-    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(),
-                     repro_command=["repro", *sys.argv[1:]] if sys.argv and "repro" in Path(sys.argv[0]).name else None,
+    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(), repro_command=argv,
                      timeline=timeline)
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}

@@ -57,6 +57,7 @@ from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metric
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
+from repro.target.attached import LocalServer, find_local_server
 from repro.target.launcher import VllmServer
 
 SUMMARY_SCHEMA = "repro.stress.summary"
@@ -130,6 +131,10 @@ class _Run:
         self.client_fill = LinearHistogram()
         self.model: str | None = None
         self.last_metrics: MetricsSample | None = None
+        self.last_metrics_wall: float | None = None  # when /metrics last answered (for a death report)
+        self.last_stats_text: str | None = None  # the last stats line as vLLM printed it
+        self.refused_wall: float | None = None  # the first refused /metrics of the current streak
+        self.attached: LocalServer | None = None  # an attached server found on this machine (read while alive)
         self._prev_tok: tuple[float, float, float] | None = None  # (t, prompt, gen) for the display
         self._tps: tuple[float | None, float | None] = (None, None)
         self.events_f: IO[str]
@@ -459,6 +464,7 @@ class _Run:
             s = parse_stats_line(ln)
             if s is not None:
                 stats_lines.append(s)
+                self.last_stats_text = ln.strip()
                 continue
             fatal = fatal or fatal_marker(ln)
             w = warning_marker(ln)
@@ -516,7 +522,9 @@ class _Run:
             a = self.detector.observe(ob)
             self.last = a
             if ob.metrics is not None:
-                self.last_metrics = ob.metrics
+                self.last_metrics, self.last_metrics_wall, self.refused_wall = ob.metrics, time.time(), None
+            elif ob.metrics_error == REFUSED and self.refused_wall is None:
+                self.refused_wall = time.time()
             await self.poll_storage()
             self.track_storm(a)
             if a.stall_class == SERVER_DEAD and a.state == STALLED:
@@ -693,8 +701,7 @@ class _Run:
         if self.storage_death is not None:
             return
         text = ""
-        log_path = (self.server.log_path if self.server is not None
-                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        log_path = self.server_log_path()
         if log_path is not None:
             with contextlib.suppress(OSError):
                 with open(log_path, "rb") as f:
@@ -802,8 +809,7 @@ class _Run:
         from repro.capture import run as capture_run
         from repro.capture.request import CaptureRequest
 
-        log_path = (self.server.log_path if self.server is not None
-                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        log_path = self.server_log_path()
         events = []
         with contextlib.suppress(OSError, ValueError):
             self.events_f.flush()
@@ -816,8 +822,9 @@ class _Run:
             storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
             storage_accounting=self.storage_accounting(),
             timeline_csv=self.run_dir / "timeline.csv", detection=detection,
-            server_command=self.server.command if self.server is not None else None,
-            server_env=self.server.env if self.server is not None else None, reason="stall")
+            server_command=self.server_command()[0],
+            server_env=self.server.env if self.server is not None else None, reason="stall",
+            repro_command=self.scn.invocation)
         self.progress.message(f"capturing into {req.out_dir} ...")
         t0 = time.monotonic()
         try:
@@ -842,8 +849,43 @@ class _Run:
 
     def scenario_dict(self) -> dict[str, Any]:
         d = self.scn.to_dict()
-        d["server_command"] = self.server.command if self.server is not None else None
+        d["server_command"], d["server_command_source"] = self.server_command()
+        d["server_log"] = self.server_log_info()
         return d
+
+    def server_log_path(self) -> Path | None:
+        """The server's log: the launched server's, --log-file, else the attached local server's stdout file."""
+        if self.server is not None:
+            return self.server.log_path
+        if self.scn.log_file:
+            return Path(self.scn.log_file)
+        if self.attached is not None and self.attached.log_path and not self.scn.docker:
+            return Path(self.attached.log_path)
+        return None
+
+    def server_log_info(self) -> dict[str, Any]:
+        """Where the server's log came from, or why there is none and which flag would have captured it."""
+        if self.server is not None:
+            return {"path": str(self.server.log_path), "source": "launched by repro"}
+        if self.scn.log_file:
+            return {"path": self.scn.log_file, "source": "--log-file"}
+        if self.scn.docker:
+            return {"path": None, "source": f"docker logs {self.scn.docker}"}
+        if self.attached is not None:
+            return {"path": self.attached.log_path, "source": self.attached.log_note}
+        return {"path": None, "source": "not captured: the server is not on this machine; pass --log-file FILE "
+                                        "(a copy of its log) or run repro on the server's machine"}
+
+    def server_command(self) -> tuple[list[str] | None, str | None]:
+        """(the server's command line, where it came from): launched, /proc of the attached local server, or
+        --server-command."""
+        if self.server is not None:
+            return self.server.command, "launched by repro"
+        if self.attached is not None and self.attached.command:
+            return self.attached.command, f"/proc/{self.attached.pid}/cmdline"
+        if self.scn.server_cmdline:
+            return self.scn.server_cmdline, "--server-command"
+        return None, None
 
     def detection_dict(self) -> dict[str, Any] | None:
         a = self.stall
@@ -855,7 +897,7 @@ class _Run:
              "since_s": round(self.rel(since), 3), "detected_s": round(self.rel(a.t), 3),
              "since_wall": _iso(wall_of(since)), "detected_wall": _iso(wall_of(a.t)),
              "detection_delay_s": round(a.t - since, 3), "window_s": self.D.window,
-             "evidence": a.evidence}
+             "evidence": a.evidence, "last_seen": self.last_seen()}
         inj = self.injected()
         if inj:
             first = next((e for e in inj if e.get("event") in ("stall",)), None)
@@ -863,6 +905,16 @@ class _Run:
                 d["injected_wall"] = _iso(first["t"])
                 d["detected_after_injection_s"] = round(wall_of(a.t) - first["t"], 3)
         return d
+
+    def last_seen(self) -> dict[str, Any]:
+        """What the server last showed before the verdict: for a death, the moment before it went away."""
+        m = self.last_metrics
+        return {"metrics_wall": None if self.last_metrics_wall is None else _iso(self.last_metrics_wall),
+                "metrics": None if m is None else {"running": m.running, "waiting": m.waiting, "kv_usage": m.kv_usage,
+                                                   "prompt_tokens_total": m.prompt_tokens,
+                                                   "generation_tokens_total": m.generation_tokens},
+                "refused_wall": None if self.refused_wall is None else _iso(self.refused_wall),
+                "stats_line": self.last_stats_text, "client_in_flight": self.stats.in_flight}
 
     def injected(self) -> list[dict[str, Any]]:
         p = self.run_dir / "injected.jsonl"
@@ -974,12 +1026,12 @@ class _Run:
         return self.feed.prep_seconds if self.feed is not None else 0.0
 
     def open_log(self) -> None:
-        if self.server is not None:
-            self.log = LogFollower(self.server.log_path)
-        elif self.scn.log_file:
-            self.log = LogFollower(self.scn.log_file)
-        elif self.scn.docker:
+        if self.scn.docker and self.server is None and not self.scn.log_file:
             self.log = DockerLogFollower(self.scn.docker)
+            return
+        path = self.server_log_path()
+        if path is not None:
+            self.log = LogFollower(path)
 
     def on_signal(self, sig: int) -> None:
         if self.interrupted:
@@ -1076,6 +1128,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
 
                 owned.wait_ready(on_wait=waiting)
                 progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
+            if server is None and url:  # attached: read what a report needs while the server is alive
+                run.attached = find_local_server(url)
             if run.storage is None and server is not None and server.settings.extract:
                 run.storage = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
                                                 horizon=scenario.storage_horizon)

@@ -114,10 +114,14 @@ class Injector:
         for i, fault in enumerate(spec.faults):
             if i in self.fired:
                 continue
-            if fault.kind == "stall-after":
+            if fault.kind in ("stall-after", "raise-after"):
                 due = (fault.steps is not None and self.steps_with_work >= fault.steps) or (
                     fault.seconds is not None and elapsed >= fault.seconds)
-                if due:
+                if due and fault.kind == "raise-after":
+                    self.fired.add(i)
+                    self.record("raise", kind="raise-after", spec=spec.text, running=running, waiting=waiting)
+                    repro_injected_engine_error(spec.text)
+                elif due:
                     self.fired.add(i)
                     self.record("stall", kind="stall-after", spec=spec.text, running=running, waiting=waiting)
                     repro_injected_scheduler_stall(self)
@@ -175,6 +179,15 @@ def repro_injected_slow_scheduler(inj: Injector, seconds: float) -> None:
 def repro_injected_write_stall(inj: Injector) -> None:
     """Injected by repro: the hidden-state write never returns (hung storage)."""
     _block(inj, None)
+
+
+class ReproInjectedEngineError(RuntimeError):
+    """Raised inside the real scheduler by `raise-after`: EngineCore dies of it like of any real error."""
+
+
+def repro_injected_engine_error(spec: str) -> None:
+    """Injected by repro: the scheduler raises, which kills EngineCore."""
+    raise ReproInjectedEngineError(f"injected by repro ({spec}): the engine raises inside Scheduler.schedule")
 
 
 _INJECTOR: Injector | None = None

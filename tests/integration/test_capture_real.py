@@ -23,6 +23,7 @@ from repro.capture.bundle import unpack
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture
 from repro.scenario import CaptureSettings
+from tests.helpers_issue import check_report
 from tests.integration.conftest import SharedServer, complete
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,9 +170,10 @@ def test_cli_capture_analyze_and_issue_end_to_end(vllm_server: SharedServer, bun
                         str(bundles["write"].dir)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert f"{bundles['sched-1'].verdict['signature']}: 2 bundle(s)" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "repro", "issue", str(out)], capture_output=True, text=True,
-                       timeout=120, env=env, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "repro", "issue", str(out), "-o", str(out / "ISSUE.md")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
     md = (out / "ISSUE.md").read_text()
+    check_report(md)
     assert md.startswith("# [Bug]: ") and "### Your current environment" in md and "### 🐛 Describe the bug" in md
     assert "repro capture --pid" in md and "<details>" in md

@@ -4,6 +4,7 @@ Contract: a fault fires only at the point its spec says, blocks in a frame named
 it, and a `release` written to the control file ends every stall.
 """
 
+import json
 import threading
 import time
 from types import SimpleNamespace
@@ -108,3 +109,19 @@ def test_plugin_is_inert_without_its_environment(monkeypatch):
     monkeypatch.setattr(fault, "_INJECTOR", None)
     fault.register()
     assert fault._INJECTOR is None
+
+
+def test_raise_after_steps_raises_a_named_exception_from_a_named_frame_once(tmp_path):
+    """GIVEN raise-after=2steps WHEN the second step with work comes THEN ReproInjectedEngineError is raised from
+    `repro_injected_engine_error` (what EngineCore dies of), the event is recorded, and it fires only once."""
+    import traceback
+
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("raise-after=2steps"), None, str(events))
+    inj.on_schedule(sched(0))
+    inj.on_schedule(sched(1))
+    with pytest.raises(fault.ReproInjectedEngineError, match=r"injected by repro \(raise-after=2steps\)") as ei:
+        inj.on_schedule(sched(1))
+    assert traceback.extract_tb(ei.tb)[-1].name == "repro_injected_engine_error"
+    assert [json.loads(x)["event"] for x in events.read_text().splitlines()] == ["raise"]
+    inj.on_schedule(sched(1))  # fired: the next step goes on
