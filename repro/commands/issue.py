@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from repro.analyze import catalogue as cat
 from repro.analyze.issue import PLACEHOLDERS, STORAGE_TEMPLATE, find_template, render_source
 from repro.analyze.sources import open_source
 from repro.errors import UsageError
@@ -45,6 +46,7 @@ def command(path: Path, template: str | None, storage_template: str | None, out:
     \b
     Exit codes: 0 written, 2 bad input (not a bundle or run directory, a bad template).
     """
+    cat.load()  # a malformed REPRO_CATALOGUE is a usage error here, not a silent "catalogue unreadable"
     if bisect_dir is not None and not (bisect_dir / "ISSUE_bisect.md").is_file():
         raise UsageError(f"--bisect {bisect_dir}: no ISSUE_bisect.md there (is it a `repro bisect` run directory?)")
     tpl = find_template(template) if template else None
