@@ -251,6 +251,7 @@ class BundleWriter:
                 unreadable.append(lastcheck.FileReport(rel, error=f"cannot read it ({exc.strerror or exc})"))
         report = lastcheck.check(members, self.redactor)
         report.files += unreadable
+        self.redactor.add_known(report.values)  # what the manifest is rewritten from must lose them too
         for f in report.files:
             if f.findings and f.fixed is not None:
                 tmp = self.dir / f"{f.name}.repro-tmp"

@@ -47,6 +47,7 @@ class FileReport:
 @dataclass
 class CheckReport:
     files: list[FileReport]
+    values: set[str] = field(default_factory=set, repr=False)  # what was found (kept in memory only, never written)
 
     @property
     def counts(self) -> Counter[str]:
@@ -222,6 +223,7 @@ def check(members: Iterable[Member], redactor: Redactor) -> CheckReport:
                 t.error = "a secret in a PNG text chunk: it cannot be masked in place"
                 t.spans = fs
     reports: list[FileReport] = []
+    values: set[str] = set()
     for t in texts:
         rep = FileReport(t.member.name, error=t.error)
         if t.text is not None:
@@ -229,6 +231,7 @@ def check(members: Iterable[Member], redactor: Redactor) -> CheckReport:
             extra = _occurrences(text, found, "known_secret")
             extra += _occurrences(text, {_escaped(v) for v in found if _escaped(v) != v}, "known_secret")
             spans = resolve([*t.spans, *extra])
+            values |= {text[f.start:f.end] for f in spans}
             if spans:
                 idx = LineIndex(text)
                 rep.findings = [(idx.line(f.start), f.rule) for f in spans]
@@ -242,4 +245,4 @@ def check(members: Iterable[Member], redactor: Redactor) -> CheckReport:
         else:
             rep.fixed = t.member.data if not t.error else None
         reports.append(rep)
-    return CheckReport(reports)
+    return CheckReport(reports, values)
