@@ -121,16 +121,36 @@ class Redactor:
 
     # -- text ------------------------------------------------------------------
     def text(self, s: str) -> str:
-        spans = self.findings(s)
+        return self.texts([s])[0]
+
+    def texts(self, items: list[str]) -> list[str]:
+        """Many strings scanned as one text (one line each: the detectors' set-up cost is paid once, not per
+        string); a span that crosses from one string into the next is masked in both."""
+        if not items:
+            return []
+        joined = "\n".join(items)
+        spans = self.findings(joined)
         if spans:
-            self.add_known(s[f.start:f.end] for f in spans
+            self.add_known(joined[f.start:f.end] for f in spans
                            if f.rule != "known_secret" and f.end - f.start >= PROPAGATE_MIN)
             with self._lock:
                 self.counts.update(f.rule for f in spans)
-            s = mask(s, spans)
-        if self.hosts:
-            s = self._map_hosts(s)
-        return s
+        out: list[str] = []
+        pos, k = 0, 0
+        for it in items:
+            end = pos + len(it)
+            while k < len(spans) and spans[k].end <= pos:
+                k += 1
+            mine = []
+            j = k
+            while j < len(spans) and spans[j].start < end:
+                f = spans[j]
+                mine.append(Finding(f.rule, max(f.start, pos) - pos, min(f.end, end) - pos))
+                j += 1
+            it = mask(it, [f for f in mine if f.end > f.start]) if mine else it
+            out.append(self._map_hosts(it) if self.hosts else it)
+            pos = end + 1
+        return out
 
     def _alias(self, value: str, kind: str) -> str:
         key = value.lower()
@@ -164,18 +184,25 @@ class Redactor:
 
         Numbers, booleans and null are left alone, so the result is still valid JSON of the same shape.
         """
+        pending: list[str] = []
+        shape = self._shape(value, key, pending)
+        return _fill(shape, self.texts(pending))
+
+    def _shape(self, value: object, key: str | None, pending: list[str]) -> object:
+        """`value` with every string to scan replaced by a slot (its index in `pending`)."""
         if isinstance(value, dict):
-            return {k: self.obj(v, str(k)) for k, v in value.items()}
+            return {k: self._shape(v, str(k), pending) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             if value and all(isinstance(v, str) for v in value) and not (key and secret_name(key)):
-                return self.argv(value)  # a command line: `--api-key`, `X` as two items
-            return [self.obj(v, key) for v in value]
+                return self._argv_shape(value, pending)  # a command line: `--api-key`, `X` as two items
+            return [self._shape(v, key, pending) for v in value]
         if isinstance(value, str):
             if key is not None and value and secret_name(key) and not plain_value(value):
                 with self._lock:
                     self.counts["secret_name"] += 1
                 return MASK
-            return self.text(value)
+            pending.append(value)
+            return _Slot(len(pending) - 1)
         return value
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
@@ -197,14 +224,22 @@ class Redactor:
 
     def argv(self, argv: Iterable[str]) -> list[str]:
         """A command line with secret flag values masked (both `--api-key X` and `--api-key=X`)."""
-        out: list[str] = []
+        pending: list[str] = []
+        shape = self._argv_shape(list(argv), pending)
+        return _fill(shape, self.texts(pending))  # type: ignore[return-value]
+
+    def _argv_shape(self, argv: Iterable[str], pending: list[str]) -> list[object]:
+        out: list[object] = []
         for a, role in _argv_roles(argv):
             if role in ("value", "flag=value"):
                 with self._lock:
                     self.counts["secret_flag"] += 1
                 out.append(MASK if role == "value" else f"{a.partition('=')[0]}={MASK}")
+            elif role == "flag":
+                out.append(a)
             else:
-                out.append(a if role == "flag" else self.text(a))
+                pending.append(a)
+                out.append(_Slot(len(pending) - 1))
         return out
 
     def report(self) -> dict[str, object]:
@@ -214,3 +249,22 @@ class Redactor:
                 "scanner": "detect-secrets + repro rules" if self.scanner.library else "repro rules only",
                 "hosts_mapped": self.hosts, "distinct_aliases": len(self._aliases)}
 
+
+
+class _Slot:
+    """Where a scanned string goes back into a structure."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def _fill(shape: object, done: list[str]) -> object:
+    if isinstance(shape, _Slot):
+        return done[shape.i]
+    if isinstance(shape, dict):
+        return {k: _fill(v, done) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [_fill(v, done) for v in shape]
+    return shape
