@@ -9,10 +9,12 @@ Order of work (the stacks come first: they are the evidence that decays):
    process is sampled at the same time (one thread per process): /proc CPU time,
    state and wchan of each thread, py-spy ``--json`` (fallback ``--nonblocking``),
    then py-spy ``--native``; every call under a hard timeout, the whole phase
-   inside ``settings.stacks_budget`` (15 s by default);
+   inside ``settings.stacks_budget`` (15 s by default); nothing is redacted or
+   written until the samples are in (the secret scanner loads meanwhile);
 5. /metrics "after", the log tail and last stats lines, command line and
    environment (redacted), scenario, detector events, GPU and storage state;
-6. analysis (verdicts, signature), timeline plot, summary, manifest, tarball.
+6. analysis (verdicts, signature), timeline plot, summary, the last secret check
+   of every file read back, manifest, tarball (not packed when a file cannot be read).
 
 Nothing here raises for a failing collector: failures go to errors.txt and the
 manifest, and the rest of the bundle is still written. It raises
