@@ -115,12 +115,17 @@ _NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-.")
 _NAME_FIRST = frozenset(string.ascii_lowercase + "_")
 
 
+_VERSION = re.compile(r"[=<>~!]*v?\d+(?:\.\d+)+(?:[+.\-_][A-Za-z0-9.]+)?")
+
+
 def plain_value(value: str) -> bool:
     """A value that holds nothing to hide: a setting word, a number, an already masked value."""
     v = value.strip(" \t'\",;()]}\\")
     if v.lstrip("[").startswith(("REDACTED", "WITHHELD")):  # already masked (a rule may start inside "[REDACTED]")
         return True
     if not any(c.isalnum() for c in v):  # punctuation only: an escape or a separator, not a secret
+        return True
+    if _VERSION.fullmatch(v):  # `detect-secrets==1.5.0`, `tiktoken==0.14.0` in pip freeze: a version
         return True
     number = v.replace(".", "", 1).replace("-", "", 1).isdigit()
     return v.lower() in _PLAIN_VALUES or v.startswith(_MASKED) or (number and len(v) < PROPAGATE_MIN)

@@ -74,12 +74,16 @@ vllm/distributed/device_communicators/shm_broadcast.py:512 multiproc_executor
 11/site-packages/vllm/v1/executor/multiproc_executor
 non-default args: {'model': '/root/.cache/repro/tiny-llama-v1', 'api_key': None, 'max_model_len': 2048}
 vllm serve m --max-num-batched-tokens 2048 --tokenizer foo --max-tokens 16 --seed 1234567890
+detect-secrets==1.5.0
+tiktoken==0.14.0
+torch==2.13.0+cpu
 """
 
 
 def test_hashes_request_ids_hidden_state_files_and_addresses_are_not_masked() -> None:
     """GIVEN the kinds of text a bundle is made of (stats lines, request ids, hidden-state file names, sha256 and
-    signatures in the manifest, py-spy addresses, model snapshot and compile-cache paths, GPU UUIDs) WHEN scanned
+    signatures in the manifest, py-spy addresses, model snapshot and compile-cache paths, GPU UUIDs, pip freeze
+    lines of packages whose names say token or secret) WHEN scanned
     THEN nothing is found."""
     found = resolve(Scanner().find(EVIDENCE))
     assert [(f.rule, EVIDENCE[f.start:f.end]) for f in found] == []
