@@ -289,7 +289,7 @@ class BundleWriter:
             return
         p = self.dir / "summary.md"
         old = p.read_text(encoding="utf-8") if p.is_file() else f"# repro bundle {self.dir.name}\n\n"
-        self.write_text("summary.md", old.rstrip("\n") + "\n" + "\n".join(self.notes) + "\n")
+        self.write_text("summary.md", old.rstrip("\n") + "\n\n## Secrets\n\n" + "\n".join(self.notes) + "\n")
 
     def _write_manifest(self) -> None:
         for c in self.collectors:
