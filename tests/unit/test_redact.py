@@ -115,3 +115,11 @@ def test_host_mapping_is_consistent_and_optional() -> None:
     assert out.count("host-1") == 2 and "ip-1" in out
     assert "127.0.0.1" in out and "threading.Thread.run" in out
     assert r.text("again gpu-7.corp.example.com") == "again host-1"
+
+
+def test_host_mapping_holds_in_structures_and_command_lines_and_beside_masked_secrets() -> None:
+    """--redact-hosts: a host gets the same alias in JSON strings, argv items and text, next to masked secrets."""
+    r = Redactor(hosts=True)
+    out = r.obj({"url": "https://bob:hunter2pw@gpu-7.corp.example.com/v1", "cmd": ["--host", "gpu-7.corp.example.com"]})
+    assert out == {"url": "https://bob:[REDACTED]@host-1/v1", "cmd": ["--host", "host-1"]}
+    assert r.text("ping gpu-7.corp.example.com") == "ping host-1"
