@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -56,6 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VllmServe
         yield srv, control
     finally:
         srv.stop()
+        shutil.rmtree(srv.settings.storage, ignore_errors=True)
 
 
 def _request(srv: VllmServer) -> None:
