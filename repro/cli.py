@@ -26,6 +26,7 @@ def cli() -> None:
     issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
     known    the catalogue of known vLLM hangs; why a bundle matches one
     report   an HTML page and timeline.png for any run directory or bundle
+    scrub    check a bundle, tarball or directory for secrets before uploading it (--fix: a redacted copy)
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -36,7 +37,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report", "scrub"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 

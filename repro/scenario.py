@@ -132,6 +132,8 @@ class CaptureSettings:
     pyspy_timeout: float = 10.0
     size_budget: int = 20 * 1000 * 1000
     redact_hosts: bool = False
+    env_allow: tuple[str, ...] = ()  # more server environment variables to show (names or wildcards; REPRO_ENV_ALLOW)
+    secret_scan: bool = True  # detect-secrets' detectors on every text and in the last check (off: benchmarks only)
     pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
     docker_pyspy: str = "auto"  # docker mode: "exec" (the image's py-spy), "host" (host py-spy, host pids), auto
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)

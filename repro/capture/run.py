@@ -9,10 +9,12 @@ Order of work (the stacks come first: they are the evidence that decays):
    process is sampled at the same time (one thread per process): /proc CPU time,
    state and wchan of each thread, py-spy ``--json`` (fallback ``--nonblocking``),
    then py-spy ``--native``; every call under a hard timeout, the whole phase
-   inside ``settings.stacks_budget`` (15 s by default);
+   inside ``settings.stacks_budget`` (15 s by default); nothing is redacted or
+   written until the samples are in (the secret scanner loads meanwhile);
 5. /metrics "after", the log tail and last stats lines, command line and
    environment (redacted), scenario, detector events, GPU and storage state;
-6. analysis (verdicts, signature), timeline plot, summary, manifest, tarball.
+6. analysis (verdicts, signature), timeline plot, summary, the last secret check
+   of every file read back, manifest, tarball (not packed when a file cannot be read).
 
 Nothing here raises for a failing collector: failures go to errors.txt and the
 manifest, and the rest of the bundle is still written. It raises
@@ -35,7 +37,9 @@ import psutil
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, procfs, pyspy
 from repro.capture.bundle import MANIFEST, BundleWriter
-from repro.capture.redact import Redactor, argv_secrets, secret_name
+from repro.capture.envpolicy import EnvPolicy
+from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
+from repro.capture.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import UsageError
 from repro.target import procs as procs_mod
@@ -237,28 +241,34 @@ def capture(req: CaptureRequest) -> Bundle:
     # The server's environment is read first: its secret values are scrubbed from every file.
     root_guess = req.root_pid
     env_read, env_err = (context.proc_environ(root_guess) if root_guess else (None, None))
-    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read, root_guess))
+    scanner = Scanner(library=s.secret_scan)
+    scanner.warm()  # detect-secrets loads while the stacks are taken
+    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read, root_guess),
+                        env_policy=EnvPolicy.from_settings(s.env_allow), scanner=scanner)
     try:
         w = BundleWriter(out, redactor, s.size_budget)
     except OSError as exc:
         raise UsageError(f"cannot create the bundle directory {out} ({exc.strerror or exc})") from None
 
-    processes, root = _discover(req, w)
-    if root is not None and root != root_guess:
-        env_read, env_err = context.proc_environ(root)
-        redactor.add_known(_known_secrets(req, env_read, root))
-    server_env = req.server_env or env_read
-
-    env_result: dict[str, Any] = {}
-    env_thread = threading.Thread(target=lambda: env_result.update(_collect_env_job(req, root, server_env)),
-                                  name="repro-collect-env", daemon=True)
-    env_thread.start()
-
     metric_samples: list[dict[str, Any]] = []
-    _metrics_snapshot(w, req, "before", metric_samples)
+    with w.deferred():  # nothing is redacted or written until the stacks are in
+        processes, root = _discover(req, w)
+        if root is not None and root != root_guess:
+            env_read, env_err = context.proc_environ(root)
+            redactor.add_known(_known_secrets(req, env_read, root))
+        server_env = req.server_env or env_read
 
-    sampler = _Sampler(req, w, processes)
-    stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+        env_result: dict[str, Any] = {}
+        env_thread = threading.Thread(target=lambda: env_result.update(_collect_env_job(req, root, server_env)),
+                                      name="repro-collect-env", daemon=True)
+        env_thread.start()
+
+        _metrics_snapshot(w, req, "before", metric_samples)
+
+        sampler = _Sampler(req, w, processes)
+        stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+        # Any secret in the server's environment (kept or withheld) is masked wherever it appears.
+        redactor.add_known(redactor.env_secrets(server_env or {}))
     metric_samples += sampler.metric_samples
     _report_stack_failures(w, sampler)
 
@@ -302,7 +312,7 @@ def capture(req: CaptureRequest) -> Bundle:
                                                  metric_samples, storage, w.errors))
     manifest, tar = w.finish(extra)
     return Bundle(dir=w.dir, tarball=tar, manifest=manifest, verdict=analysis,
-                  errors=[f"{e['what']}: {e['message']}" for e in w.errors])
+                  errors=[f"{e['what']}: {e['message']}" for e in w.errors], not_packed=w.not_packed)
 
 
 def _metrics_snapshot(w: BundleWriter, req: CaptureRequest, when: str, samples: list[dict[str, Any]]) -> None:
@@ -375,7 +385,13 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
         w.record("server command", command=None, exit_code=0, duration=0.0, output="context/server-command.txt",
                  source="request" if req.server_command else f"/proc/{root}/cmdline")
     if env is not None:
-        w.write_json("context/server-env.json", dict(sorted(w.redactor.env(env).items())))
+        shown = w.redactor.env(env)
+        w.write_json("context/server-env.json", {
+            "schema": "repro.server-env", "version": 1,
+            "source": "request" if req.server_env else f"/proc/{root}/environ",
+            "allow_list": w.redactor.env_policy.describe(),
+            "variables": {k: v for k, v in shown.items() if v != WITHHELD},
+            "withheld": [k for k, v in shown.items() if v == WITHHELD]})
         w.record("server environment", command=None, exit_code=0, duration=0.0, output="context/server-env.json",
                  source="request" if req.server_env else f"/proc/{root}/environ")
     elif env_err:

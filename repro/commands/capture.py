@@ -14,6 +14,7 @@ import psutil
 
 from repro import invocation
 from repro.capture.request import CaptureRequest
+from repro.commands.options import env_allow_option
 from repro.errors import TargetError, UsageError
 from repro.scenario import CaptureSettings
 from repro.units import parse_size
@@ -115,10 +116,11 @@ def _next_bundle_dir(base: Path) -> Path:
               help="Run vLLM's collect_env with the server's Python (slow; runs during sampling).")
 @click.option("--redact-hosts", is_flag=True, help="Replace hostnames and IPs by stable aliases.")
 @click.option("--size-budget", default="20MB", show_default=True, help="Largest bundle size (logs trimmed first).")
+@env_allow_option
 def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, samples: int,
             interval: float, out: str | None, log_file: Path | None, storage: str | None, api_key: str | None,
             pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str,
-            server_command: str | None) -> int:
+            server_command: str | None, env_allow: tuple[str, ...]) -> int:
     """Take the evidence of a stall from a running vLLM server, into a bundle.
 
     \b
@@ -131,6 +133,13 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     tail, command line and environment (secrets redacted), collect-env, storage
     state, a timeline plot, summary.md and manifest.json; the .tar.gz beside it
     fits a GitHub issue. Then: `repro analyze BUNDLE`, `repro issue BUNDLE`.
+
+    \b
+    Secrets: detect-secrets' detectors and repro's rules mask them in every file;
+    the server's environment is shown by allow-list (VLLM_*, CUDA*, NCCL*,
+    TORCH*, OMP_*, HF_* settings, PATH, LD_LIBRARY_PATH, proxies without
+    credentials; more with --env-allow); every file is read back and checked
+    again before the .tar.gz is packed, and not packed if one cannot be read.
     """
     from repro.capture.run import capture
 
@@ -156,7 +165,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
         root = _resolve_pid(owner)
     settings = CaptureSettings(samples=samples, interval=interval, native=native, redact_hosts=redact_hosts,
                                size_budget=parse_size(size_budget, "--size-budget"), pyspy=pyspy,
-                               collect_env=collect_env)
+                               collect_env=collect_env, env_allow=tuple(env_allow))
     if out:
         out_dir = Path(out).expanduser()
         if (out_dir / "manifest.json").exists():
@@ -182,6 +191,14 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     click.echo(f"bundle: {b.dir}")
     if b.tarball:
         click.echo(f"tarball: {b.tarball} ({os.path.getsize(b.tarball) / 1e6:.2f} MB)")
+    elif b.not_packed:
+        click.echo(f"not packed: {b.not_packed}", err=True)
+    lc = b.manifest.get("last_check") or {}
+    red = b.manifest.get("redaction") or {}
+    click.echo(f"secrets: {red.get('total', 0)} masked while writing, {lc.get('total', 0)} more by the last check of "
+               f"{lc.get('files', 0)} files" + (f"; {red['rules']['env_withheld']} environment values withheld "
+                                                  "(--env-allow NAME to show one)"
+                                                  if (red.get('rules') or {}).get('env_withheld') else ""))
     click.echo(f"verdict: {v.get('stuck_process') or '?'} {v.get('verdict')}"
                + (f" in {v['stuck_frame']}" if v.get("stuck_frame") else ""))
     click.echo(f"signature: {v.get('signature')}")

@@ -113,3 +113,13 @@ def server_settings(kwargs: dict[str, Any], extra_args: tuple[str, ...] = ()) ->
 def passthrough(f: Callable[..., Any]) -> Callable[..., Any]:
     """Collect vLLM arguments given after `--`."""
     return click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- VLLM_ARGS...]")(f)
+
+
+ENV_ALLOW_HELP = ("Also show this variable of the server's environment in the bundle (repeatable; wildcards such as "
+                  "'MYAPP_*'; or REPRO_ENV_ALLOW=NAME,NAME). Off the allow-list, a value is withheld (name kept); "
+                  "names that say secret are always withheld.")
+
+
+def env_allow_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--env-allow NAME` (repeatable): more server environment variables a bundle shows (CaptureSettings.env_allow)."""
+    return click.option("--env-allow", "env_allow", multiple=True, metavar="NAME", help=ENV_ALLOW_HELP)(f)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from repro import invocation
-from repro.commands.options import passthrough, server_options, server_settings
+from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
 from repro.rundir import new_run_dir
@@ -108,6 +108,7 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
               help="On a stall: seconds between dump rounds.")
 @click.option("--bundle-budget", default="20MB", show_default=True, metavar="SIZE",
               help="On a stall: size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.")
+@env_allow_option
 @click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
 @click.option("--replicas", type=int, default=1,
               help="With --executor ray: this many independent soaks, each with its own server on its node.")
@@ -156,7 +157,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                             min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
                             startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
     capture = CaptureSettings(samples=kw["samples"], interval=kw["sample_interval"],
-                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"))
+                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"),
+                              env_allow=tuple(kw["env_allow"]))
     scn = Scenario(server=server, load=load, detect=detect, capture=capture, url=url.rstrip("/") if url else None,
                    log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
                    on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"],

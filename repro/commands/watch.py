@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from repro import invocation
-from repro.commands.options import passthrough, server_options, server_settings
+from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
@@ -75,6 +75,7 @@ def _say(msg: str) -> None:
 @click.option("--capture-samples", type=click.IntRange(min=1), default=3, help="py-spy samples per process.")
 @click.option("--capture-interval", default="2s", callback=_duration, help="Seconds between samples.")
 @click.option("--collect-env/--no-collect-env", default=True, help="Run vLLM's collect_env into the bundle.")
+@env_allow_option
 @click.option("--max-restarts", type=click.IntRange(min=0), default=5,
               help="Give up (exit 1) when the server stalls again after this many restarts within an hour.")
 @click.option("--backoff", default="10s", callback=_duration,
@@ -151,6 +152,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         raise UsageError(f"--serve launches its own server: it cannot be combined with {modes[1]}")
     if not modes:
         raise UsageError("say what to watch: --serve, --docker NAME, or --url URL --restart-cmd CMD")
+    env_allow = tuple(kwargs.pop("env_allow", ()))  # a capture setting, not a server one
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     settings = server_settings(kwargs, vllm_args)
     if not serve:
@@ -179,7 +181,8 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
                             max_restarts=max_restarts)
     policy.validate()
-    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env)
+    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env,
+                               env_allow=env_allow)
                if do_capture else None)
     ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
                        on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,

@@ -834,9 +834,12 @@ class _Run:
             self.progress.message(f"capture failed: {type(exc).__name__}: {exc}")
         else:
             self.capture_info = {"status": "done", "dir": str(getattr(bundle, "dir", req.out_dir)),
-                                 "tarball": str(getattr(bundle, "tarball", None)),
-                                 "errors": list(getattr(bundle, "errors", []) or [])}
-            self.progress.message(f"capture written: {self.capture_info['tarball'] or self.capture_info['dir']}")
+                                 "tarball": str(bundle.tarball) if getattr(bundle, "tarball", None) else None,
+                                 "errors": list(getattr(bundle, "errors", []) or []),
+                                 "not_packed": getattr(bundle, "not_packed", None)}
+            self.progress.message(f"capture written: {self.capture_info['tarball'] or self.capture_info['dir']}"
+                                  + (f" (not packed: {self.capture_info['not_packed']})"
+                                     if self.capture_info["not_packed"] else ""))
         self.capture_info["seconds"] = round(time.monotonic() - t0, 2)
         self.event("capture", **self.capture_info)
 

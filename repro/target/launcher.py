@@ -222,6 +222,17 @@ class VllmServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    @property
+    def api_key(self) -> str | None:
+        """The key the server requires on /v1 (`--api-key` after `--`, or VLLM_API_KEY), for the ready check."""
+        cmd = self.command
+        for i, a in enumerate(cmd):
+            if a == "--api-key" and i + 1 < len(cmd):
+                return cmd[i + 1]
+            if a.startswith("--api-key="):
+                return a.partition("=")[2]
+        return self.env.get("VLLM_API_KEY") or None
+
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.command, self.env = build_launch(self.settings, self.run_dir)
@@ -251,7 +262,7 @@ class VllmServer:
             try:
                 status, _ = http_get(self.url + "/health", timeout=2)
                 if status == 200:
-                    status, body = http_get(self.url + "/v1/models", timeout=5)
+                    status, body = http_get(self.url + "/v1/models", timeout=5, api_key=self.api_key)
                     if status == 200:
                         data = json.loads(body).get("data") or [{}]
                         self.model_name = data[0].get("id")

@@ -189,6 +189,7 @@ class Supervisor:
         if res.status == "done" and res.value is not None:
             b: Bundle = res.value
             info.update(dir=str(b.dir), tarball=str(b.tarball) if b.tarball else None, errors=b.errors[:10],
+                        not_packed=b.not_packed,
                         signature=(b.verdict or {}).get("signature"), verdict=(b.verdict or {}).get("verdict"))
         elif res.status == "failed":
             info["error"] = res.error
