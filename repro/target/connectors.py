@@ -266,7 +266,7 @@ def require(conn: Connector, python: str | None, pythonpath: str = "") -> ProbeR
         install = (HS_CONNECTORS_INSTALL if pkg == "hs_connectors" else
                    "pip install 'mooncake-transfer-engine>=0.3.12' into vLLM's environment and run a Mooncake master"
                    if pkg == "mooncake" else f"install {pkg} into vLLM's environment")
-        raise UsageError(f"{flag}: {pkg} is not installed {where}", help=f"{install[0].upper()}{install[1:]}.")
+        raise UsageError(f"{flag}: {pkg} is not installed {where}", help=f"Install it: {install}.")
     if res.error in ("missing", "import"):
         raise UsageError(f"{flag}: module {mod} does not import {where}: {res.detail}",
                          help="Install it beside vLLM, or put its directory on PYTHONPATH: vLLM imports it in "
