@@ -136,6 +136,7 @@ class RunStats:
         self.files_bad = 0
         self.file_errors: Counter[str] = Counter()
         self.file_bytes = 0
+        self.file_dtypes: Counter[str] = Counter()  # stored dtype of hidden_states, over files that were read
         self.consumed: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -178,6 +179,8 @@ class RunStats:
                 self.files_bad += 1
                 self.file_errors[f.get("error") or "?"] += 1
             self.file_bytes += f.get("bytes") or 0
+            if f.get("dtype"):
+                self.file_dtypes[f["dtype"]] += 1
             if f.get("seconds") is not None:
                 self.check_s.add(f["seconds"])
         if rec.handle is not None:
@@ -196,8 +199,8 @@ class RunStats:
 
     def files(self) -> dict[str, Any]:
         return {"verified": self.files_ok, "bad": self.files_bad, "errors": dict(self.file_errors),
-                "bytes": self.file_bytes, "consumed": dict(self.consumed), "handles": self.handles,
-                "bad_handles": self.bad_handles}
+                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes),
+                "handles": self.handles, "bad_handles": self.bad_handles}
 
 
 def count_records(path: Path) -> dict[str, int]:

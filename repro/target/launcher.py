@@ -114,9 +114,14 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
         args = list(TINY_ARGS)
         if s.max_model_len:
             args[1] = str(s.max_model_len)
+        if s.dtype:
+            args[3] = s.dtype
         cmd += args
-    elif s.max_model_len:
-        cmd += ["--max-model-len", str(s.max_model_len)]
+    else:
+        if s.max_model_len:
+            cmd += ["--max-model-len", str(s.max_model_len)]
+        if s.dtype:
+            cmd += ["--dtype", s.dtype]
     if s.extract:
         n = tinymodel.model_layers(Path(model)) if Path(model).exists() else None
         layers = s.layers or (default_layers(n) if n else None)
