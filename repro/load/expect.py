@@ -10,8 +10,10 @@ holds the file to that connector's format:
 * scale sanity for hs-connectors' per-token scaling (``hs_connectors.fp8_utils.quantize_tensor_to_fp8``:
   ``scale = max(amax / 448, 1e-12)`` over each token's layers and hidden units, ``fp8 = x / scale``):
   every token's largest ``|fp8|`` is then exactly 448, the largest float8_e4m3fn value, unless its
-  scale sits at the 1e-12 floor. Scales that belong to other values (another request's, a row
-  shifted, a scale stored inverted) fail this, while dequantized values may still look plausible.
+  scale sits at the 1e-12 floor, and a token whose values are all zero has exactly that floor. A
+  tensor-wide scale, a plain cast to FP8, clipping, or scales shifted onto zero tokens fail this.
+  (A scale swapped between two non-zero tokens cannot be seen from the file: the original values
+  are gone; finite, positive, one per token is all that can be said of it.)
 
 An unknown connector (``module:Class``, or an attached server without ``--connector``) gets only
 what the file itself declares: an FP8 file is dequantized with its scales and checked for finite
@@ -62,17 +64,24 @@ def check(f: hsfile.HiddenStateFile, out: Output | None, model_dtype: str | None
 
 
 def per_token_amax(f: hsfile.HiddenStateFile) -> tuple[str, str] | None:
-    """hs-connectors' per-token scaling: max |fp8| of each token is 448 unless its scale is at the 1e-12 floor."""
+    """hs-connectors' per-token scaling: each token's max |fp8| is 448 unless its scale is at the 1e-12 floor,
+    and an all-zero token has exactly the floor."""
     hs, sc = f.hidden_states, f.tensors.get(hsfile.SCALES)
     assert hs is not None and sc is not None  # check_layout ran first
     q = np.abs(hs.astype(np.float32)).reshape(hs.shape[0], -1)
     peak = q.max(axis=1) if q.shape[1] else np.zeros(hs.shape[0], dtype=np.float32)
     scale = sc.astype(np.float32).reshape(-1)
     floored = scale <= SCALE_FLOOR * (1 + 1e-6)
-    bad = np.flatnonzero(np.where(floored, peak > FP8_E4M3_MAX, peak != FP8_E4M3_MAX))
-    if bad.size == 0:
-        return None
-    t = int(bad[0])
-    return "bad-scales", (f"{bad.size} of {hs.shape[0]} tokens do not fit their scales (token {t}: largest |fp8| "
-                          f"{float(peak[t]):g} with scale {float(scale[t]):.3g}; per-token amax scaling makes it "
-                          f"{FP8_E4M3_MAX:g}): the scales do not belong to these values")
+    zero = peak == 0
+    bad_zero = np.flatnonzero(zero & ~floored)
+    if bad_zero.size:
+        t = int(bad_zero[0])
+        return "bad-scales", (f"token {t} is all zeros but its scale is {float(scale[t]):.3g}, not the "
+                              f"{SCALE_FLOOR:g} floor: the scales do not line up with the tokens")
+    bad_peak = np.flatnonzero(~floored & ~zero & (peak != FP8_E4M3_MAX))
+    if bad_peak.size:
+        t = int(bad_peak[0])
+        return "bad-scales", (f"{bad_peak.size} of {hs.shape[0]} tokens were not quantized with one amax scale per "
+                              f"token (token {t}: largest |fp8| is {float(peak[t]):g}, not {FP8_E4M3_MAX:g}, with "
+                              f"scale {float(scale[t]):.3g})")
+    return None

@@ -318,6 +318,16 @@ class _Run:
             self.check_slots.release()
             raise
 
+    def model_dtype(self) -> str | None:
+        """The dtype the hidden states must be stored in, when the launched server's --dtype says it."""
+        cmd = self.server.command if self.server is not None else []
+        if "--dtype" not in cmd[:-1]:
+            return None
+        from repro.load.expect import dtype_code
+
+        last = len(cmd) - 1 - cmd[::-1].index("--dtype")  # vLLM takes the last one (passthrough may repeat it)
+        return dtype_code(cmd[last + 1]) if last + 1 < len(cmd) else None
+
     def backoff(self, attempt: int) -> float:
         """Seconds before retrying after attempt ``attempt`` (0-based): 1, 2, 4 ...; speculators' 2, 4, 8 ..."""
         return speculators.backoff(attempt + 1) if self.speculators else 2.0 ** attempt
@@ -986,7 +996,8 @@ class _Run:
         self.checker = FileChecker(self.L.consume, self.L.keep_budget,
                                    lock_timeout=min(30.0, self.L.request_timeout),
                                    file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
-                                   layout=self.connector.output if self.connector is not None else None)
+                                   layout=self.connector.output if self.connector is not None else None,
+                                   model_dtype=self.model_dtype())
         self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
         mon_connector = aiohttp.TCPConnector(limit=4)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from repro.errors import UsageError
-from repro.load import hsfile
+from repro.load import expect, hsfile
 from repro.load.prompts import CHAT, Prompt
 
 if TYPE_CHECKING:
@@ -265,6 +265,9 @@ class FileChecker:
             return err
         if not np.isfinite(data.values()).all():
             return "bad-values", f"hidden_states ({data.dtype}) holds NaN or inf"
+        err = expect.check(data, self.layout, self.model_dtype)  # the connector's own format, when it is known
+        if err:
+            return err
         ids = data.token_ids
         assert ids is not None  # check_layout
         if prompt is not None:
