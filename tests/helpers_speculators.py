@@ -164,13 +164,20 @@ def offline_env() -> dict[str, str]:
 
 
 def run_speculators(endpoint: str, dataset: Path, output: Path, *args: str, timeout: float = 300,
-                    popen: bool = False) -> Any:
-    """`speculators generate-offline-data` against ``endpoint`` (base URL + /v1) as a subprocess."""
+                    popen: bool = False, log: Path | None = None) -> Any:
+    """`speculators generate-offline-data` against ``endpoint`` (base URL + /v1) as a subprocess.
+
+    ``popen``: return the running process (its output to ``log`` when given, else a pipe)."""
     cmd = [speculators_exe(), "generate-offline-data", "--endpoint", endpoint, "--preprocessed-data", str(dataset),
            "--output", str(output), *args]
     if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=offline_env(),
-                                start_new_session=True)
+        sink: Any = open(log, "w") if log is not None else subprocess.PIPE
+        try:
+            return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, text=True, env=offline_env(),
+                                    start_new_session=True)
+        finally:
+            if log is not None:
+                sink.close()
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=offline_env())
 
 
