@@ -187,6 +187,7 @@ class Scenario:
         d.pop("schema_version", None)
         d.pop("api_key", None)
         d.pop("server_command", None)  # informational (stress writes the launched command beside the settings)
+        d.pop("connector", None)  # informational too: the connector resolved from server.connector
         load = dict(d.pop("load", {}))
         if "prompt_len" in load:
             load["prompt_len"] = tuple(load["prompt_len"])

@@ -27,8 +27,10 @@ then
   exit 0
 fi
 torch_before=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')
-"${PIP[@]}" --no-deps "speculators==$SPECULATORS" "hs-connectors==$HS_CONNECTORS" 2>&1 | grep -v "^WARNING: Location" || true
-"${PIP[@]}" "datasets>=4.0.0,<=5.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+# pip names the two requirements left out on purpose (torchvision, torchaudio): expected, not shown
+quiet='^WARNING: Location|dependency resolver does not currently|source of the following dependency conflicts|requires (torchvision|torchaudio), which is not installed'
+"${PIP[@]}" --no-deps "speculators==$SPECULATORS" "hs-connectors==$HS_CONNECTORS" 2>&1 | grep -vE "$quiet" || true
+"${PIP[@]}" "datasets>=4.0.0,<=5.1.0" 2>&1 | grep -vE "$quiet" || true
 torch_after=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')
 if [ "$torch_before" != "$torch_after" ]; then
   echo "torch changed from $torch_before to $torch_after: the CPU vLLM needs its own torch back" >&2

@@ -172,7 +172,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if load.prompts_file:
         from repro.load.prompts import load_prompts_file
 
-        load_prompts_file(load.prompts_file)
+        prompts = load_prompts_file(load.prompts_file)
+        if load.workload == "speculators":
+            from repro.load.speculators import check_prompts
+
+            check_prompts(prompts, load.prompts_file)  # before a run directory exists
     ex = executor_settings(kw)
     if ex.kind != "ray" and (kw["replicas"] != 1 or kw["keep_going"]):
         raise UsageError("--replicas and --keep-going need --executor ray")

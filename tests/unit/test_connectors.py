@@ -173,3 +173,12 @@ def test_the_connector_that_ran_is_in_scenario_json(tmp_path: Path) -> None:
     rec = json.loads((tmp_path / "run" / "scenario.json").read_text())["connector"]
     assert rec["name"] == "fp8" and rec["output"]["hs_dtype"] == "F8_E4M3"
     assert rec["output"]["tensors"] == ["hidden_states", "hidden_states_scales", "token_ids"]
+
+
+def test_scenario_json_with_the_connector_record_reads_back(tmp_path: Path) -> None:
+    """scenario.json carries the resolved connector beside the settings; reading it back (bisect --resume) works."""
+    from repro.scenario import Scenario
+
+    d = Scenario(server=ServerSettings(connector="cpu-fp8")).to_dict()
+    d["connector"] = connectors.resolve("cpu-fp8", False).to_dict()
+    assert Scenario.from_dict(d).server.connector == "cpu-fp8"
