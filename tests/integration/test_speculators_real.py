@@ -1,8 +1,9 @@
 """The real speculators client against the real CPU vLLM, with `repro watch --url` watching, and the FP8 format.
 
 One server of the test's own (request logging on, so that aborts show in its log; repro's CPU FP8 connector,
-which writes hs-connectors' FP8 format). First `repro stress --connector cpu-fp8` checks that the files are
-FP8 with hs-connectors' per-token scales. Then the real `speculators generate-offline-data` (its own CLI, a
+which writes hs-connectors' FP8 format). First `repro stress --connector cpu-fp8 --workload speculators`
+checks that the files are FP8 with hs-connectors' per-token scales and that speculators' lock handling works
+on vLLM's real lock files (none left behind). Then the real `speculators generate-offline-data` (its own CLI, a
 dataset the test writes, no hub) drives the load while `repro watch --url` watches:
 
 1. a temporary scheduler stall longer than the client's timeout: speculators times out, retries after 2 s,
@@ -62,13 +63,15 @@ def test_watch_captures_a_stall_while_real_speculators_drives_the_load(tmp_path:
                           extra_args=["--enable-log-requests"])
     spec = watch = None
     try:
-        # The FP8 format on a real engine: every file F8_E4M3 with per-token amax scales, checked as such.
+        # The FP8 format on a real engine, fetched the way speculators does (LOCK_EX, lock removed): every file
+        # F8_E4M3 with per-token amax scales, checked as such.
         scn = Scenario(server=ServerSettings(connector="cpu-fp8"), url=server.url, storage_path=str(store),
-                       load=LoadSettings(concurrency=4, requests=24, prompt_len=(16, 96)), on_stall="exit",
-                       detect=DetectSettings(window=120))
+                       load=LoadSettings(workload="speculators", concurrency=4, requests=24, prompt_len=(16, 96)),
+                       on_stall="exit", detect=DetectSettings(window=120))
         res = run_stress(scn, tmp_path / "fp8-run")
         assert res.exit_code == 0, res.summary.get("error")
         assert res.files["verified"] == 24 and res.files["bad"] == 0 and res.files["dtypes"] == {"F8_E4M3": 24}
+        assert not any(store.iterdir()), sorted(p.name for p in store.iterdir())  # files and locks taken
 
         rng = random.Random(0)
         data = write_dataset(tmp_path / "data", [[rng.randrange(4, 500) for _ in range(rng.randint(16, 48))]
