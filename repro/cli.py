@@ -22,8 +22,9 @@ def cli() -> None:
     watch    production watchdog: detect a stall, capture first, then restart
     bisect   shrink a rare hang to a small reproducer, with statistics for rare events
     trial    one stress run for `git bisect run` (exit 0 good, 1 stall, 125 skip)
-    analyze  verdict and signature of trace bundles
+    analyze  verdict and signature of trace bundles, and the known upstream hang they look like
     issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
+    known    the catalogue of known vLLM hangs; why a bundle matches one
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -34,7 +35,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 

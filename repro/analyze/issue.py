@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repro.analyze import known
 from repro.analyze.report import time_to_stall
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.errors import UsageError
@@ -96,19 +97,22 @@ def render_stacks(bundle: Path, analysis: dict[str, Any]) -> str:
 def verdict_line(analysis: dict[str, Any]) -> str:
     """One sentence on what py-spy and the metrics showed."""
     proc = analysis.get("stuck_process") or "the engine"
-    if analysis.get("verdict") == "progressing":
-        return (f"Note: during the capture the engine was **progressing** ({analysis.get('verdict_reason')}), so "
-                "this bundle may not show a hang.")
+    if analysis.get("verdict") in ("progressing", "idle"):
+        return (f"Note: during the capture the engine was **{analysis['verdict']}** ({analysis.get('verdict_reason')}), "
+                "so this bundle may not show a hang.")
     frame = analysis.get("stuck_frame")
     mp = analysis.get("metrics_progress")
     intro = (f"The engine stopped making progress: the token counters stayed flat for the {mp['window_s']:.0f} s of "
              "sampling while the API server kept answering `/metrics`. " if mp and mp["tokens"] == 0 else "")
     line = intro + f"py-spy shows {proc} **{analysis.get('verdict')}**" + (f" in `{frame}`" if frame else "")
     cul = analysis.get("culprit") or {}
+    gpu = (analysis.get("gpu") or {}).get("note")
+    cuda = f" It waits for the GPU in `{analysis['cuda_wait']}` (`--native` frames)." if analysis.get("cuda_wait") else ""
+    tail = cuda + (f" {gpu}" if gpu else "")
     if cul and cul.get("process") != proc:
         return line + f" across all samples, waiting for {cul['process']}, which is **{cul['verdict']}** in " \
-                      f"`{cul['stuck_frame']}`."
-    return line + " across all samples."
+                      f"`{cul['stuck_frame']}`." + tail
+    return line + " across all samples." + tail
 
 
 def _metrics_line(bundle: Path) -> str:
@@ -145,8 +149,8 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
     frame = analysis.get("stuck_frame")
     cul = analysis.get("culprit") or {}
     cfn = (cul.get("stuck_frame") or "").split(" (")[0]
-    if analysis.get("verdict") == "progressing":
-        title = f"{proc} reported stalled, but it was progressing during capture"
+    if analysis.get("verdict") in ("progressing", "idle"):
+        title = f"{proc} reported stalled, but it was {analysis['verdict']} during capture"
     elif cul and cul.get("process") != proc:
         title = f"{proc} stops making progress: {cul['process']} {cul['verdict']} in {cfn}"
     elif cfn:
@@ -182,8 +186,14 @@ def context_values(bundle: Path, tarball: Path | None = None) -> dict[str, str]:
         "captured_at": str(man.get("created")),
         "errors": _read(bundle / "errors.txt").strip(),
         "report": "none" if not found else ("stall+storage" if found.hang else "storage"),
+        "possibly_related": possibly_related(analysis),
         **store,
     }
+
+
+def possibly_related(analysis: dict[str, Any]) -> str:
+    """The "Possibly related" line: known upstream problems the bundle matches, with the version verdict."""
+    return known.possibly_related(analysis)
 
 
 def _json(p: Path) -> Any:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repro.analyze.known import summary_lines as known_summary_lines
 from repro.capture.request import CaptureRequest
 
 
@@ -69,6 +70,12 @@ def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks:
     lines.append(f"- **Verdict**: {analysis.get('stuck_process') or '?'} is **{analysis.get('verdict')}**"
                  + (f" in `{analysis['stuck_frame']}`" if analysis.get("stuck_frame") else ""))
     lines.append(f"- **Signature**: `{analysis.get('signature') or 'none (no stacks)'}`")
+    if analysis.get("cuda_wait"):
+        lines.append(f"- **CUDA wait**: `{analysis['cuda_wait']}` (`--native` frames)")
+    if (analysis.get("gpu") or {}).get("note"):
+        lines.append(f"- **GPU**: {analysis['gpu']['note']}")
+    if "known_matches" in analysis:
+        lines.append(f"- **Known**: {known_summary_lines(analysis)[0].removeprefix('known: ')}")
     lines.append(f"- **Stacks**: {stacks.get('samples', 0)} samples of {stacks.get('processes', 0)} processes in "
                  f"{stacks.get('duration', 0):.1f} s")
     if stats_lines:

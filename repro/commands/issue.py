@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from repro.analyze import catalogue as cat
 from repro.analyze.issue import STORAGE_TEMPLATE, find_template, render_reports
 from repro.analyze.load import open_bundle
 from repro.errors import UsageError
@@ -35,6 +36,7 @@ def command(bundle: Path, template: str | None, storage_template: str | None, ou
     leaks, under which client behaviour, how fast, the census. When it also shows a genuine
     stall, the storage report is a second file (ISSUE-storage.md) beside ISSUE.md.
     """
+    cat.load()  # a malformed REPRO_CATALOGUE is a usage error here, not a silent "catalogue unreadable"
     section = None
     if bisect_dir is not None:
         part = bisect_dir / "ISSUE_bisect.md"

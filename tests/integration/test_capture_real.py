@@ -110,6 +110,8 @@ def test_engine_core_is_blocked_in_the_injected_scheduler_frame(bundles: dict[st
         v = bundles[name].verdict
         assert v is not None and v["stuck_process"] == "EngineCore" and v["verdict"] == "blocked", v
         assert v["stuck_frame"].startswith("repro_injected_scheduler_stall ("), v["stuck_frame"]
+        assert [m["id"] for m in v["known_matches"]] == ["repro-injected-scheduler-stall"], v["known_matches"]
+    assert [m["id"] for m in bundles["write"].verdict["known_matches"]] == ["repro-injected-write-stall"]
 
 
 def test_signature_is_the_same_for_two_stalls_and_differs_for_a_write_stall(bundles: dict[str, Bundle]) -> None:

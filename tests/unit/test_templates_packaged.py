@@ -29,3 +29,5 @@ def test_wheel_carries_both_templates(tmp_path: Path) -> None:
         data = zipfile.ZipFile(wheel).read(f"repro/templates/{name}").decode()
         assert data == (ROOT / name).read_text(), name
     assert "repro/templates/ISSUE_TEMPLATE.md" in names
+    shipped = sorted(f"repro/known/{p.name}" for p in (ROOT / "repro" / "known").glob("*.toml"))
+    assert shipped and set(shipped) <= set(names)  # the known-hang catalogue travels with the package
