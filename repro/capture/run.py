@@ -281,6 +281,7 @@ def capture(req: CaptureRequest) -> Bundle:
     stats_lines = _write_log(w, req, root)
     _write_run_context(w, req)
     storage = _write_storage(w, req)
+    clients_view = _write_clients(w, req)
     _write_gpu(w)
 
     remaining = max(0.0, s.collect_env_timeout + 25.0 - (time.monotonic() - t_start))
@@ -307,6 +308,7 @@ def capture(req: CaptureRequest) -> Bundle:
         "stats_lines": len(stats_lines),
         "storage": {k: storage.get(k) for k in ("files_waiting", "bytes_waiting", "oldest_age_s")} if storage else None,
         "timeline_png": "timeline.png" if plot_ok else None,
+        "clients": clients_view,
     }
     w.write_text("summary.md", report.summary_md(w.dir.name, req, analysis, stacks_info, stats_lines,
                                                  metric_samples, storage, w.errors))
@@ -446,7 +448,31 @@ def _write_run_context(w: BundleWriter, req: CaptureRequest) -> None:
         w.write_json("context/detection.json", req.detection)
 
 
+def _transfer(req: CaptureRequest) -> str:
+    """file, or handle when the run's connector hands back handles into a store (Mooncake): no files to count."""
+    out = ((req.scenario or {}).get("connector") or {}).get("output") or {}
+    return str(out.get("transfer") or "file")
+
+
+def _write_clients(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
+    """context/clients.json: requests received and aborted (server log) beside the files still in the store."""
+    from repro.capture import clients
+
+    tail = w.dir / "context" / "server.log.tail"
+    text = tail.read_text(errors="replace") if tail.is_file() else None
+    t0 = time.monotonic()
+    v = clients.view(text, _storage_path(req), _transfer(req))
+    w.write_json("context/clients.json", v)
+    w.record("clients seen by the server", command=None, exit_code=0, duration=time.monotonic() - t0,
+             output="context/clients.json")
+    req_part, store_part = v.get("requests") or {}, v.get("store") or {}
+    return {"received": req_part.get("received"), "aborted": req_part.get("aborted"),
+            "store_files": store_part.get("data_files"), "of_aborted_requests": store_part.get("of_aborted_requests")}
+
+
 def _storage_path(req: CaptureRequest) -> str | None:
+    if _transfer(req) != "file":
+        return None
     if req.storage_path:
         return req.storage_path
     server = (req.scenario or {}).get("server") or {}
@@ -459,6 +485,10 @@ def _storage_path(req: CaptureRequest) -> str | None:
 
 def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
     path = _storage_path(req)
+    if not path and _transfer(req) != "file":  # say why there is no census, never a census of nothing
+        w.write_json("context/storage.json", {"census": None, "why": "the connector hands back handles into a "
+                                              "Mooncake store, not files: no storage directory to count"})
+        return None
     if not path:
         return None
     t0 = time.monotonic()

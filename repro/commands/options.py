@@ -55,6 +55,17 @@ def _check_inject(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _check_connector(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from repro.errors import UsageError
+    from repro.target import connectors
+
+    try:
+        connectors.resolve(value, gpu=False)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add the `repro serve` options to a command; `server_settings(kwargs)` turns them into settings."""
     opts = [
@@ -70,9 +81,15 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layers", callback=_parse_layers, default=None, metavar="IDS",
                      help="1-based layer ids to extract, e.g. 2,16,29,32. Default: speculators' "
                           "[2, L//2, L-3, L] clipped to the model."),
-        click.option("--connector", type=click.Choice(["auto", "cpu", "stock"]), default="auto", show_default=True,
-                     help="Hidden-states connector: repro's synchronous CPU one (vLLM 0.20.2 behaviour) or vLLM's "
-                          "ExampleHiddenStatesConnector. auto: cpu when no GPU is visible."),
+        click.option("--connector", callback=_check_connector, default="auto", show_default=True,
+                     metavar="NAME|module:Class",
+                     help="Hidden-states connector: stock (vLLM's ExampleHiddenStatesConnector, GPU), cpu (repro's, "
+                          "synchronous: the vLLM 0.20.2 behaviour), fp8 (hs-connectors' FP8HiddenStatesConnector: "
+                          "float8 files with per-token scales, GPU), cpu-fp8 (that format written on CPU), mooncake "
+                          "(hs-connectors: a handle into a Mooncake store, no file), or module:Class of any KV "
+                          "connector importable beside vLLM. auto: cpu when no GPU is visible, else stock. When "
+                          "attaching (--url) it says what the server runs, so that its files are checked for that "
+                          "format."),
         click.option("--async-scheduling/--no-async-scheduling", default=None, help="Force vLLM's async scheduling."),
         click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="Force chunked prefill."),
         click.option("--prefix-caching/--no-prefix-caching", default=None, help="Force prefix caching."),

@@ -66,9 +66,15 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
               help="Warn storage-exhaustion when the store is projected to fill within this.")
 @click.option("--orphan-grace", default="30s", metavar="DUR",
               help="An unclaimed hidden-state file younger than this is pending, not yet an orphan (files appear late).")
-@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|mixed:RATIO",
+@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|speculators|mixed:RATIO",
               help="hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and consumed; "
-                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states.")
+                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states; "
+                   "speculators: exactly what speculators 0.9's generate-offline-data sends (same bodies, "
+                   "2/4/8 s retry back-off, also on HTTP 4xx, 10 s LOCK_EX wait then lock removal, give-up after "
+                   "--max-consecutive-errors).")
+@click.option("--max-consecutive-errors", type=int, default=None,
+              help="With --workload speculators: stop (exit 3, outcome client-gave-up) after this many failed "
+                   "samples in a row, as speculators does. Default: --concurrency, speculators' default.")
 @click.option("--concurrency", "-c", type=int, default=32, help="Requests in flight at most.")
 @click.option("--rate", type=float, default=None, help="Poisson arrivals per second (capped by --concurrency). "
                                                         "Default: closed loop, always --concurrency in flight.")
@@ -81,9 +87,10 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--retries", type=int, default=3, help="Retries per request, with 2^n s backoff.")
 @click.option("--seed", type=int, default=0, help="Seed for prompts, lengths, arrivals and the mixed workload.")
 @click.option("--prompt-len", default="128-2048", metavar="N|LO-HI", help="Synthetic prompt length in tokens.")
-@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl",
+@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl|DIR",
               help="Prompts instead of synthetic ones: one JSON per line, {\"prompt\": text}, "
-                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}.")
+                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}; or the directory `speculators "
+                   "prepare-data` wrote (its input_ids, in order; needs the datasets package).")
 @click.option("--vocab-size", type=int, default=None, help="Synthetic token ids stay below this. "
                                                            "Default: the model's config, else 500.")
 @click.option("--check-threads", type=int, default=None,
@@ -152,7 +159,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"), retries=kw["retries"],
         seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
         max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
-        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"])
+        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"],
+        max_consecutive_errors=kw["max_consecutive_errors"])
     detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
                             min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
                             startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
@@ -173,7 +181,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if load.prompts_file:
         from repro.load.prompts import load_prompts_file
 
-        load_prompts_file(load.prompts_file)
+        prompts = load_prompts_file(load.prompts_file)
+        if load.workload == "speculators":
+            from repro.load.speculators import check_prompts
+
+            check_prompts(prompts, load.prompts_file)  # before a run directory exists
     ex = executor_settings(kw)
     if ex.kind != "ray" and (kw["replicas"] != 1 or kw["keep_going"]):
         raise UsageError("--replicas and --keep-going need --executor ray")
@@ -194,6 +206,10 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     s = res.summary
     fid = s.get("fidelity", {})
     click.echo(f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')} (server running+waiting / concurrency)", file=err)
+    handles = res.files.get("handles") or 0
+    if handles:
+        click.echo(f"handles {handles} (bad {res.files.get('bad_handles', 0)}): the connector returns store handles, "
+                   "not files", file=err)
     if res.stall is not None:
         st = s.get("stall") or {}
         click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "
@@ -204,7 +220,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    f"share {storm.get('peak_abort_share')}, goodput down to {storm.get('min_goodput_per_s')} req/s): "
                    f"client timeouts throw the engine's work away; not a stall", file=err)
     sto = s.get("storage")
-    if sto:
+    if sto and sto.get("applies") is False:
+        click.echo(f"storage: no census ({sto['why']})", file=err)
+    elif sto:
         click.echo(f"storage {sto['path']}: {sto.get('orphan_files')} orphaned files ({(sto.get('orphan_bytes') or 0) / 1e6:.1f} MB) "
                    f"no response claimed, {sto.get('claimed_files')} claimed and still present; "
                    f"warnings: {', '.join(sto.get('warnings') or {}) or 'none'}", file=err)

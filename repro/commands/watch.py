@@ -35,6 +35,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return parse_duration(value, f"--{param.name.replace('_', '-')}")  # type: ignore[union-attr]
 
 
+def _connector_record(settings: Any, known: bool) -> dict[str, Any]:
+    """Which hidden-states connector the watched server runs (launched, or said with --connector), for bundles."""
+    from repro.target.launcher import server_connector
+
+    conn = server_connector(settings) if known else None
+    if conn is None:
+        return {"name": None, "note": "not launched by repro and no --connector given"}
+    return conn.to_dict()
+
+
 def _raise_stop(signum: int, frame: object) -> None:
     raise WatchStopped(signum)
 
@@ -156,7 +166,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     settings = server_settings(kwargs, vllm_args)
     if not serve:
-        launch_only = sorted(n for n in explicit if n not in ("port", "storage"))
+        launch_only = sorted(n for n in explicit if n not in ("port", "storage", "connector"))
         if vllm_args or launch_only:
             what = "arguments after --" if vllm_args else "--" + launch_only[0].replace("_", "-")
             raise UsageError(f"{what} only apply with --serve (repro launches the server)")
@@ -234,7 +244,9 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     metrics = WatchMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
-    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(), repro_command=argv,
+    scenario = scn.to_dict()
+    scenario["connector"] = _connector_record(settings, serve or "connector" in explicit)
+    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scenario, repro_command=argv,
                      timeline=timeline)
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}

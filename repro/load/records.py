@@ -21,6 +21,7 @@ import json
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -114,6 +115,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     file: dict[str, Any] | None = None  # check result: ok, error, bytes, shape, consumed, seconds, lock_wait
+    handle: dict[str, Any] | None = None  # a handle into a store instead of a file (Mooncake): handle, bytes, error
     client_s: dict[str, float] = field(default_factory=dict)  # client-side work: prompt wait, file check
 
     def to_json(self) -> str:
@@ -171,6 +173,9 @@ class RunStats:
         self.prep_s_total = 0.0
         self.prep_n = 0
         self.kinds: Counter[str] = Counter()
+        self.handles = 0  # answers that named an object in a store (Mooncake), not a file
+        self.bad_handles = 0
+        self.observer: Callable[[RequestRecord], None] | None = None  # told of every finished record
 
     def finish(self, rec: RequestRecord, out: IO[str] | None) -> None:
         """Count a finished request and write its record (one place, so summary == requests.jsonl)."""
@@ -210,9 +215,14 @@ class RunStats:
                 self.file_dtypes[f["dtype"]] += 1
             if f.get("seconds") is not None:
                 self.check_s.add(f["seconds"])
+        if rec.handle is not None:
+            self.handles += 1
+            self.bad_handles += rec.handle.get("ok") is False
         if out is not None:
             out.write(rec.to_json() + "\n")
         self.bookkeeping_s.add(time.perf_counter() - t0)
+        if self.observer is not None:
+            self.observer(rec)
 
     def stall_began(self, since: float) -> None:
         """The run's stall began at ``since`` (seconds since the load began): files missing at or after it
@@ -242,7 +252,8 @@ class RunStats:
         return {"verified": self.files_ok, "bad": self.files_bad, "errors": dict(self.file_errors),
                 "not_written_engine_stalled": self.files_not_written,
                 "not_written_errors": dict(self.not_written_errors),
-                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes)}
+                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes),
+                "handles": self.handles, "bad_handles": self.bad_handles}
 
 
 def count_records(path: Path, stall_since: float | None = None) -> dict[str, int]:
