@@ -132,7 +132,8 @@ class CaptureSettings:
     size_budget: int = 20 * 1000 * 1000
     redact_hosts: bool = False
     pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
-    docker_pyspy: str = "auto"  # docker mode: "exec" (the image's py-spy), "host" (host py-spy, host pids), auto
+    docker_pyspy: str = "auto"  # "nsenter" (host py-spy inside a container's namespaces), "exec" (the image's py-spy),
+    #                             "host" (host py-spy, host pids, no native frames), auto: nsenter as root, else exec
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
     collect_env: bool = True  # run `python -m vllm.collect_env` with the server's Python
     collect_env_timeout: float = 60.0  # runs in parallel with sampling; killed after this
