@@ -24,6 +24,7 @@ def cli() -> None:
     trial    one stress run for `git bisect run` (exit 0 good, 1 stall, 125 skip)
     analyze  verdict and signature of trace bundles
     issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
+    health   repro watch's view of the engine (exit 0 serving, 1 not): a HEALTHCHECK for containers
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -34,7 +35,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "health"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 
