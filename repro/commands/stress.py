@@ -157,6 +157,10 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    storage_horizon=parse_duration(kw["storage_horizon"], "--storage-horizon"),
                    orphan_grace=_grace(kw["orphan_grace"]))
     scn.validate()
+    if scn.docker:  # no such container, stopped, no engine, no permission: one line, exit 3, nothing started
+        from repro.capture import docker as docker_mod
+
+        docker_mod.running(scn.docker)
     if scn.storage_path:
         from repro.storage.census import StorageCensus
 
