@@ -83,6 +83,12 @@ def ptrace_scope() -> str:
         return "not set (no Yama LSM on this kernel)"
 
 
+def suspend_refused(res: "CallResult") -> bool:
+    """py-spy could read the process but not pause it (ptrace itself refused, e.g. by a seccomp profile that
+    keeps ptrace behind CAP_SYS_PTRACE while /proc/PID/mem stays readable): --nonblocking needs no pause."""
+    return "failed to suspend process" in (res.stderr + res.stdout).lower()
+
+
 def classify_failure(exit_code: int | None, stderr: str) -> str:
     low = stderr.lower()
     if any(m in low for m in GONE_MARKERS):
@@ -206,7 +212,7 @@ class PySpy:
                     res.kind, res.error = "failed", f"py-spy printed output that is not JSON ({exc})"
                 else:
                     return _strip(data), calls
-            if res.kind in ("missing", "gone", "ptrace"):
+            if res.kind in ("missing", "gone") or (res.kind == "ptrace" and not suspend_refused(res)):
                 break  # a non-blocking retry cannot help
         return None, calls
 

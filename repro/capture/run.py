@@ -125,6 +125,7 @@ class _Sampler:
         self.metric_samples: list[dict[str, Any]] = []
         self.native_cost: dict[int, float] = {}  # pid -> seconds the last --native dump took
         self.native_skipped = 0
+        self.unpaused = 0  # samples read with --nonblocking after the blocking dump failed
 
     def _fail(self, kind: str, msg: str) -> None:
         with self.lock:
@@ -167,6 +168,9 @@ class _Sampler:
                 threads, calls = self.spy.dump_json(self._pid_for_spy(p), min(s.pyspy_timeout, left))
                 sample["threads"] = threads
                 sample["mode"] = calls[-1].mode if threads is not None else None
+                if threads is not None and len(calls) > 1:
+                    with self.lock:
+                        self.unpaused += 1
                 for c in calls:
                     self.w.record(f"py-spy {c.mode} {p.label} #{k}", command=c.command, exit_code=c.exit_code,
                                   duration=c.duration, timed_out=c.timed_out,
@@ -362,7 +366,9 @@ def _report_stack_failures(w: BundleWriter, sampler: _Sampler) -> None:
     if "missing" in f:
         w.error("py-spy", "py-spy not found: no stacks were taken", pyspy.PYSPY_MISSING_HELP)
     if "ptrace" in f:
-        w.error("py-spy", f"ptrace refused for {len(f['ptrace'])} dump(s), e.g. {f['ptrace'][0]}",
+        unpaused = (f"; {sampler.unpaused} sample(s) were read without pausing the process (--nonblocking, no "
+                    f"native frames)" if sampler.unpaused else "")
+        w.error("py-spy", f"ptrace refused for {len(f['ptrace'])} dump(s), e.g. {f['ptrace'][0]}{unpaused}",
                 pyspy.ptrace_help())
     for kind, help_text in (("gone", "The process exited while it was sampled: the server may have died; see "
                                      "context/server.log.tail."),

@@ -56,6 +56,19 @@ def test_ptrace_refusal_is_classified_and_not_retried(tmp_path: Path) -> None:
     assert calls[0].kind == "ptrace" and "Permission Denied" in (calls[0].error or "")
 
 
+def test_a_refused_pause_is_ptrace_and_retried_without_pausing(tmp_path: Path) -> None:
+    """py-spy's words when ptrace (the pause) is refused but the memory is readable (a seccomp profile that keeps
+    ptrace behind CAP_SYS_PTRACE, measured in Docker): kind 'ptrace', and --nonblocking gets the stacks."""
+    exe = fake_pyspy(tmp_path, 'case "$*" in *--nonblocking*) cat "$(dirname "$0")/out.json";; '
+                               '*) printf "Error: Failed to get stack traces\\n\\nCaused by:\\n    0: Failed to '
+                               'suspend process\\n    1: EPERM: Operation not permitted\\n" >&2; exit 1;; esac')
+    (tmp_path / "out.json").write_text(json.dumps(THREADS))
+    threads, calls = PySpy(exe).dump_json(123, timeout=5)
+    assert [c.mode for c in calls] == ["json", "json-nonblocking"]
+    assert calls[0].kind == "ptrace" and calls[1].error is None
+    assert threads is not None and threads[0]["frames"][0]["name"] == "f"
+
+
 def test_missing_pyspy_is_classified(tmp_path: Path) -> None:
     spy = PySpy(str(tmp_path / "no-such-py-spy"))
     threads, calls = spy.dump_json(123, timeout=5)
