@@ -66,12 +66,12 @@ drop_old() {
     fi
 }
 
-# One build at a time on a machine: a second caller (the test fixtures while .ci/run builds in the background)
-# waits here, then finds the images by their labels.
+# One image build at a time on a machine: a second caller (the test fixtures while .ci/run builds in the
+# background) waits for the image being built, then finds it by its label; the lock is taken per image, so the
+# amd64 images are usable while the arm64 ones are still being built.
 mkdir -p "$WORK"
-if [ "${REPRO_DOCKER_BUILD_LOCKED:-}" != 1 ]; then
-    exec env REPRO_DOCKER_BUILD_LOCKED=1 flock "$WORK/.build.lock" "$SCRIPT" "$@"
-fi
+exec 9>"$WORK/.build.lock"
+locked() { flock 9; "$@"; local rc=$?; flock -u 9; return $rc; }
 
 command -v docker >/dev/null || die "the docker command is missing (scripts/docker_engine.sh start installs it)"
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || die "no Docker engine answers (scripts/docker_engine.sh start)"
@@ -235,16 +235,18 @@ build_gb10() {
     echo "$image built in $(( $(date +%s) - t0 )) s"
 }
 
-amd64_images() { build_base amd64 "$BASE_AMD64" "$PACKAGES_AMD64"; build_vllm; build_gb10 "$GB10_CPU" "$VLLM_IMAGE" linux/amd64; }
-arm64_images() { ensure_qemu; build_base arm64 "$BASE_ARM64" "$PACKAGES_ARM64"; build_gb10 "$GB10_ARM64" "$BASE_ARM64" linux/arm64; }
+amd64_base() { locked build_base amd64 "$BASE_AMD64" "$PACKAGES_AMD64"; }
+arm64_base() { ensure_qemu; locked build_base arm64 "$BASE_ARM64" "$PACKAGES_ARM64"; }
+amd64_images() { amd64_base; locked build_vllm; locked build_gb10 "$GB10_CPU" "$VLLM_IMAGE" linux/amd64; }
+arm64_images() { arm64_base; locked build_gb10 "$GB10_ARM64" "$BASE_ARM64" linux/arm64; }
 
 [ $# -gt 0 ] || set -- gb10
 for what in "$@"; do
     case $what in
-        base) build_base amd64 "$BASE_AMD64" "$PACKAGES_AMD64" ;;
-        vllm) build_base amd64 "$BASE_AMD64" "$PACKAGES_AMD64"; build_vllm ;;
+        base) amd64_base ;;
+        vllm) amd64_base; locked build_vllm ;;
         gb10) amd64_images ;;
-        arm64-base) ensure_qemu; build_base arm64 "$BASE_ARM64" "$PACKAGES_ARM64" ;;
+        arm64-base) arm64_base ;;
         arm64) arm64_images ;;
         all) amd64_images; arm64_images ;;
         *) die "unknown image '$what' (base, vllm, gb10, arm64-base, arm64, all)" ;;
