@@ -27,6 +27,7 @@ def cli() -> None:
     known    the catalogue of known vLLM hangs; why a bundle matches one
     report   an HTML page and timeline.png for any run directory or bundle
     scrub    check a bundle, tarball or directory for secrets before uploading it (--fix: a redacted copy)
+    health   repro watch's view of the engine (exit 0 serving, 1 not): a HEALTHCHECK for containers
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -37,7 +38,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report", "scrub"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report", "scrub", "health"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 

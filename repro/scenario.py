@@ -141,7 +141,8 @@ class CaptureSettings:
     env_allow: tuple[str, ...] = ()  # more server environment variables to show (names or wildcards; REPRO_ENV_ALLOW)
     secret_scan: bool = True  # detect-secrets' detectors on every text and in the last check (off: benchmarks only)
     pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
-    docker_pyspy: str = "auto"  # docker mode: "exec" (the image's py-spy), "host" (host py-spy, host pids), auto
+    docker_pyspy: str = "auto"  # "nsenter" (host py-spy inside a container's namespaces), "exec" (the image's py-spy),
+    #                             "host" (host py-spy, host pids, no native frames), auto: nsenter as root, else exec
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
     collect_env: bool = True  # run `python -m vllm.collect_env` with the server's Python
     collect_env_timeout: float = 60.0  # runs in parallel with sampling; killed after this

@@ -196,8 +196,10 @@ trap 'log "interrupted"; exit $EXIT_INTERRUPTED' INT TERM
 # Bad input first, before anything is touched.
 if [ -n "$CONTAINER" ] && [ -z "$RESTART_CMD" ]; then
     command -v docker >/dev/null 2>&1 || die $EXIT_USAGE "--container needs the docker command"
-    why=$(docker inspect -f '{{.State.Status}}' "$CONTAINER" 2>&1 >/dev/null) \
-        || die $EXIT_TARGET "--container $CONTAINER: docker inspect failed: $(printf '%s' "$why" | head -n 1)"
+    status=$(docker inspect --type container -f '{{.State.Status}}' "$CONTAINER" 2>&1) \
+        || die $EXIT_TARGET "--container $CONTAINER: docker inspect failed: $(printf '%s\n' "$status" | tail -n 1)"
+    status=$(printf '%s\n' "$status" | tail -n 1)
+    [ "$status" = running ] || die $EXIT_TARGET "--container $CONTAINER is not running (status: $status): start it first"
 fi
 if [ -n "$ROOT_PID" ] && ! kill -0 "$ROOT_PID" 2>/dev/null; then
     die $EXIT_TARGET "no such process: --pid $ROOT_PID"

@@ -140,29 +140,36 @@ def proc_exe(pid: int) -> str | None:
         return None
 
 
-def server_python(root_pid: int | None, server_command: list[str] | None) -> str | None:
+def server_python(root_pid: int | None, server_command: list[str] | None, fs_root: str = "") -> str | None:
     """The Python interpreter the server runs on.
 
     argv[0] first (a venv's `bin/python` keeps the venv; /proc/PID/exe resolves the symlink to the base
     interpreter and loses it), then the shebang of a script in argv[0] (`vllm serve`), then /proc/PID/exe.
+    ``fs_root``: the server's filesystem as seen from here (``/proc/PID/root`` for a container's process): paths
+    are checked below it and returned as the server sees them.
     """
+    def runnable(path: str) -> bool:
+        # Below fs_root an absolute symlink (a venv's python -> /usr/bin/python3) would resolve on this host's
+        # filesystem: the link itself is what tells that the path is there.
+        return os.path.lexists(fs_root + path) if fs_root else os.access(path, os.X_OK)
+
     cmd = server_command or (proc_cmdline(root_pid) if root_pid else None) or []
     if cmd:
         first = cmd[0]
-        if "python" in Path(first).name and os.access(first, os.X_OK):
+        if "python" in Path(first).name and runnable(first):
             return first
-        script = shutil.which(first) if os.sep not in first else first
+        script = (shutil.which(first) if not fs_root else None) if os.sep not in first else first
         try:
-            with open(script or "", "rb") as f:
+            with open(fs_root + (script or "") if script else "", "rb") as f:
                 head = f.readline(256).decode("utf-8", "replace")
             if head.startswith("#!") and "python" in head:
                 interp = head[2:].strip().split()[0]
-                if os.access(interp, os.X_OK):
+                if runnable(interp):
                     return interp
         except OSError:
             pass
     exe = proc_exe(root_pid) if root_pid else None
-    if exe and "python" in Path(exe).name and os.access(exe, os.X_OK):
+    if exe and "python" in Path(exe).name and runnable(exe):
         return exe
     return None
 
@@ -196,13 +203,14 @@ def default_cache_dir() -> Path:
 
 
 def collect_env(python: str, timeout: float, env: dict[str, str] | None = None,
-                cache_dir: Path | None = None) -> dict[str, Any]:
+                cache_dir: Path | None = None, wrap: list[str] | None = None) -> dict[str, Any]:
     """`python -m vllm.collect_env` with the server's own Python, under a time box.
 
     A successful output is cached (`cache_dir`, 24 h) under a key of the interpreter, its site-packages and the
     relevant environment: collect-env takes 15-40 s on a busy machine, and watch captures the same server again.
+    ``wrap`` runs it elsewhere (e.g. ``nsenter --target PID --pid --mount --`` inside a container).
     """
-    cmd = [python, "-m", "vllm.collect_env"]
+    cmd = [*(wrap or []), python, "-m", "vllm.collect_env"]
     key = collect_env_cache_key(python, env)
     cached = cache_dir / f"{key}.txt" if cache_dir else None
     if cached is not None:
@@ -226,20 +234,21 @@ def collect_env(python: str, timeout: float, env: dict[str, str] | None = None,
             "text": out if out.strip() else err, "ok": ok, "stderr": err, "cached": None}
 
 
-def fallback_env(python: str | None, timeout: float) -> dict[str, Any]:
+def fallback_env(python: str | None, timeout: float, wrap: list[str] | None = None) -> dict[str, Any]:
     """When collect-env fails: platform, torch/CUDA versions and pip freeze of the server's Python."""
     py = python or shutil.which("python3") or "python3"
+    pre = list(wrap or [])
     lines = [f"platform: {platform.platform()}", f"machine: {platform.machine()}",
              f"host python (repro): {platform.python_version()}", f"server python: {py}"]
     probe = ("import sys, platform; print('python', sys.version.replace(chr(10), ' '));\n"
              "try:\n import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,"
              " 'cuda_available', torch.cuda.is_available())\nexcept Exception as e: print('torch: not importable', e)\n"
              "try:\n import vllm; print('vllm', vllm.__version__)\nexcept Exception as e: print('vllm: not importable', e)")
-    rc, out, err, dt, to = run_with_timeout([py, "-c", probe], timeout)
+    rc, out, err, dt, to = run_with_timeout([*pre, py, "-c", probe], timeout)
     lines.append(out.strip() or f"(version probe failed: {err.strip()[-300:]})")
-    rc2, freeze, err2, dt2, to2 = run_with_timeout([py, "-m", "pip", "freeze", "--all"], timeout)
+    rc2, freeze, err2, dt2, to2 = run_with_timeout([*pre, py, "-m", "pip", "freeze", "--all"], timeout)
     return {"text": "\n".join(lines) + "\n", "freeze": freeze if rc2 == 0 else "",
-            "commands": [[py, "-c", "<version probe>"], [py, "-m", "pip", "freeze", "--all"]],
+            "commands": [[*pre, py, "-c", "<version probe>"], [*pre, py, "-m", "pip", "freeze", "--all"]],
             "exit_codes": [rc, rc2], "duration": dt + dt2, "timed_out": to or to2}
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ from repro.capture.envpolicy import EnvPolicy
 from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
 from repro.capture.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
-from repro.errors import UsageError
+from repro.errors import ReproError, UsageError
 from repro.target import procs as procs_mod
 from repro.target.attached import output_file, url_is_local
 
@@ -56,14 +57,29 @@ def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | 
     return [v for v in vals if v]
 
 
-def _discover(req: CaptureRequest, w: BundleWriter) -> tuple[list[procs_mod.VllmProcess], int | None]:
+def _container(req: CaptureRequest, w: BundleWriter) -> docker_mod.Container | None:
+    """`docker inspect` of --docker NAME (which container, which image, its init's host pid), or None."""
+    if not req.docker:
+        return None
+    t0 = time.monotonic()
+    try:
+        c = docker_mod.running(req.docker)
+    except ReproError as exc:  # recorded, capture goes on
+        w.error("docker", str(exc), exc.help)
+        return None
+    w.write_json("context/docker-inspect.json", c.raw)
+    w.record("docker inspect", command=docker_mod.inspect_command(req.docker), exit_code=0,
+             duration=time.monotonic() - t0, output="context/docker-inspect.json", container=c.describe())
+    return c
+
+
+def _discover(req: CaptureRequest, w: BundleWriter,
+              container: docker_mod.Container | None = None) -> tuple[list[procs_mod.VllmProcess], int | None]:
     root = req.root_pid
     if req.docker and root is None:
-        try:
-            root = docker_mod.container_pid(req.docker)
-        except Exception as exc:  # noqa: BLE001 - recorded, capture goes on
-            w.error("docker", str(exc))
-            return [], None
+        if container is None:
+            return [], None  # the reason is in errors.txt already
+        root = container.pid
     if root is None and req.url:
         root = port_owner(req.url)
         if root is None and url_is_local(req.url):  # nothing listens here: the server is gone, not elsewhere
@@ -111,12 +127,15 @@ class _Sampler:
         self.budget = max(float(s.stacks_budget), (self.samples - 1) * self.interval + 3.0)
         exe = pyspy.find_pyspy(s.pyspy)
         use_exec = bool(req.docker) and (s.docker_pyspy == "exec" or (s.docker_pyspy == "auto" and os.geteuid() != 0))
-        self.spy = pyspy.PySpy(exe=exe, docker=req.docker if use_exec else None)
+        # Root on the host dumps a container's processes inside its namespaces (native frames work there).
+        enter = s.docker_pyspy in ("auto", "nsenter") and pyspy.can_enter_namespaces()
+        self.spy = pyspy.PySpy(exe=exe, docker=req.docker if use_exec else None, enter_namespaces=enter)
         self.failures: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.metric_samples: list[dict[str, Any]] = []
         self.native_cost: dict[int, float] = {}  # pid -> seconds the last --native dump took
         self.native_skipped = 0
+        self.unpaused = 0  # samples read with --nonblocking after the blocking dump failed
 
     def _fail(self, kind: str, msg: str) -> None:
         with self.lock:
@@ -159,6 +178,9 @@ class _Sampler:
                 threads, calls = self.spy.dump_json(self._pid_for_spy(p), min(s.pyspy_timeout, left))
                 sample["threads"] = threads
                 sample["mode"] = calls[-1].mode if threads is not None else None
+                if threads is not None and len(calls) > 1:
+                    with self.lock:
+                        self.unpaused += 1
                 for c in calls:
                     self.w.record(f"py-spy {c.mode} {p.label} #{k}", command=c.command, exit_code=c.exit_code,
                                   duration=c.duration, timed_out=c.timed_out,
@@ -202,7 +224,8 @@ class _Sampler:
         return {"duration": round(time.monotonic() - t0, 3), "budget": self.budget, "samples": self.samples,
                 "interval": self.interval, "processes": len(self.processes),
                 "native_skipped_to_keep_schedule": self.native_skipped,
-                "pyspy": self.spy.exe if not self.spy.docker else f"docker exec {self.spy.docker} py-spy"}
+                "pyspy": self.spy.exe if not self.spy.docker else f"docker exec {self.spy.docker} py-spy",
+                "pyspy_in_namespaces": sorted(p.pid for p in self.processes if self.spy.in_namespaces(p.pid))}
 
     def _metrics_point(self) -> None:
         assert self.req.url
@@ -217,17 +240,27 @@ def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] 
     s = req.settings
     if not s.collect_env:
         return {"skipped": True}
-    python = context.server_python(root, req.server_command)
+    wrap = _container_wrap(root)
+    python = context.server_python(root, req.server_command, fs_root=f"/proc/{root}/root" if wrap else "")
     res: dict[str, Any] = {"python": python}
     if python:
-        ce = context.collect_env(python, s.collect_env_timeout, env,
-                                 cache_dir=None if s.collect_env_cache is None else
-                                 (Path(s.collect_env_cache) if s.collect_env_cache else context.default_cache_dir()))
+        # A container's Python runs inside the container (its files are not this host's); its output is not
+        # cached: the cache key reads the interpreter's files here.
+        cache = None if s.collect_env_cache is None or wrap else (
+            Path(s.collect_env_cache) if s.collect_env_cache else context.default_cache_dir())
+        ce = context.collect_env(python, s.collect_env_timeout, env, cache_dir=cache, wrap=wrap)
         res["collect_env"] = ce
         if ce["ok"]:
             return res
-    res["fallback"] = context.fallback_env(python, min(10.0, s.collect_env_timeout))  # probe + pip freeze: 20 s at most
+    res["fallback"] = context.fallback_env(python, min(10.0, s.collect_env_timeout), wrap=wrap)  # 20 s at most
     return res
+
+
+def _container_wrap(root: int | None) -> list[str] | None:
+    """`nsenter ... --` to run a command inside the namespaces of a container's process (None: run it here)."""
+    if root is None or not procfs.in_other_mount_namespace(root) or not pyspy.can_enter_namespaces():
+        return None
+    return [shutil.which("nsenter") or "nsenter", "--target", str(root), "--pid", "--mount", "--"]
 
 
 def capture(req: CaptureRequest) -> Bundle:
@@ -252,7 +285,10 @@ def capture(req: CaptureRequest) -> Bundle:
 
     metric_samples: list[dict[str, Any]] = []
     with w.deferred():  # nothing is redacted or written until the stacks are in
-        processes, root = _discover(req, w)
+        container = _container(req, w)
+        if container is not None:  # the container's configured environment: its secrets are scrubbed everywhere too
+            redactor.add_known(_known_secrets(req, docker_mod.env_of(container)))
+        processes, root = _discover(req, w, container)
         if root is not None and root != root_guess:
             env_read, env_err = context.proc_environ(root)
             redactor.add_known(_known_secrets(req, env_read, root))
@@ -299,7 +335,8 @@ def capture(req: CaptureRequest) -> Bundle:
         "server_command": w.redactor.argv(server_cmd) if server_cmd else None,
         "stall_since": report.stall_since(req),
         "target": {"root_pid": root, "url": req.url, "docker": req.docker, "log_path": str(req.log_path)
-                   if req.log_path else None, "storage_path": _storage_path(req)},
+                   if req.log_path else None, "storage_path": _storage_path(req),
+                   "container": container.describe() if container is not None else None},
         "settings": {k: v for k, v in vars(s).items()},
         "stacks": stacks_info,
         "duration": total,
@@ -347,7 +384,9 @@ def _report_stack_failures(w: BundleWriter, sampler: _Sampler) -> None:
     if "missing" in f:
         w.error("py-spy", "py-spy not found: no stacks were taken", pyspy.PYSPY_MISSING_HELP)
     if "ptrace" in f:
-        w.error("py-spy", f"ptrace refused for {len(f['ptrace'])} dump(s), e.g. {f['ptrace'][0]}",
+        unpaused = (f"; {sampler.unpaused} sample(s) were read without pausing the process (--nonblocking, no "
+                    f"native frames)" if sampler.unpaused else "")
+        w.error("py-spy", f"ptrace refused for {len(f['ptrace'])} dump(s), e.g. {f['ptrace'][0]}{unpaused}",
                 pyspy.ptrace_help())
     for kind, help_text in (("gone", "The process exited while it was sampled: the server may have died; see "
                                      "context/server.log.tail."),
@@ -401,10 +440,31 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
     return cmd
 
 
+def _docker_logs(w: BundleWriter, name: str, what: str) -> str | None:
+    """`docker logs --tail N NAME` (both streams), or None (recorded as an error) when it fails."""
+    command = docker_mod.logs_command(name)
+    rc, out, err, dt, timed_out = pyspy.run_with_timeout(command, 30.0)
+    if rc != 0 or timed_out:
+        w.record(what, command=command, exit_code=rc, duration=dt, timed_out=timed_out,
+                 output=None, error=(err.strip().splitlines() or ["failed"])[-1])
+        w.error(what, f"`{' '.join(command)}` failed", "Pass the log with --log-file.")
+        return None
+    # vLLM logs to stderr: docker keeps both streams; order between them is approximate.
+    return out + err
+
+
 def _write_log(w: BundleWriter, req: CaptureRequest, root: int | None = None) -> list[str]:
     """The log tail and the last stats lines: from --log-file, else `docker logs` of the container, else the
     file the server's stdout/stderr go to (/proc/PID/fd/1, 2) when it is a regular file."""
     t0 = time.monotonic()
+    if req.log_path and req.docker:  # the container's own log too: what its entrypoint printed
+        text = _docker_logs(w, req.docker, "container log tail")
+        if text is not None:
+            tail, _, info = context.tail_and_stats(text, req.settings.log_tail_bytes)
+            w.write_text("context/container.log.tail", tail)
+            w.record("container log tail", command=docker_mod.logs_command(req.docker), exit_code=0,
+                     duration=time.monotonic() - t0, output="context/container.log.tail", **info)
+            t0 = time.monotonic()
     log_path, found = req.log_path, None
     if not log_path and not req.docker and root is not None:
         path, found = output_file(root)
@@ -422,14 +482,10 @@ def _write_log(w: BundleWriter, req: CaptureRequest, root: int | None = None) ->
             info["found_as"] = found
     elif req.docker:
         command = docker_mod.logs_command(req.docker)
-        rc, out, err, dt, timed_out = pyspy.run_with_timeout(command, 30.0)
-        if rc != 0 or timed_out:
-            w.record("server log tail", command=command, exit_code=rc, duration=dt, timed_out=timed_out,
-                     output=None, error=(err.strip().splitlines() or ["failed"])[-1])
-            w.error("server log", f"`{' '.join(command)}` failed", "Pass the log with --log-file.")
+        text = _docker_logs(w, req.docker, "server log tail")
+        if text is None:
             return []
-        # vLLM logs to stderr: docker keeps both streams; order between them is approximate.
-        tail, stats, info = context.tail_and_stats(out + err, req.settings.log_tail_bytes)
+        tail, stats, info = context.tail_and_stats(text, req.settings.log_tail_bytes)
     else:
         return []
     w.write_text("context/server.log.tail", tail)

@@ -174,6 +174,10 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    orphan_grace=_grace(kw["orphan_grace"]), invocation=invocation.command_line([kw["api_key"] or ""]),
                    server_cmdline=shlex.split(kw["server_command"]) if kw["server_command"] else None)
     scn.validate()
+    if scn.docker:  # no such container, stopped, no engine, no permission: one line, exit 3, nothing started
+        from repro.capture import docker as docker_mod
+
+        docker_mod.running(scn.docker)
     if scn.storage_path:
         from repro.storage.census import StorageCensus
 

@@ -21,6 +21,7 @@ from repro.scenario import CaptureSettings, DetectSettings, Scenario
 from repro.target.launcher import check_storage
 from repro.units import parse_duration
 from repro.watch.events import EventLog
+from repro.watch.health import StateFile
 from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import MinFree, RecoverySettings
@@ -104,6 +105,9 @@ def _say(msg: str) -> None:
 @click.option("-o", "--out", default=None, metavar="DIR",
               help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
 @click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
+@click.option("--state-file", default=None, envvar="REPRO_WATCH_STATE_FILE", show_envvar=True, metavar="FILE",
+              help="Keep repro's view of the engine here for `repro health` (a container HEALTHCHECK); default "
+                   "state.json in the run directory.")
 @click.option("--storage-grace", default="5m", callback=_duration,
               help="With --storage: a file older than this that is still there counts as unclaimed (watch sends no "
                    "load, so it cannot know which files a client was given).")
@@ -134,6 +138,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
             capture_samples: int, capture_interval: float, collect_env: bool, max_restarts: int, backoff: float,
             backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
             metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
+            state_file: str | None,
             storage_grace: float, storage_horizon: float, on_storage: str | None, reap_older_than: float | None,
             reap_dry_run: bool, restart_min_free: str, restart_runway: float, storage_wait_max: float, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
     """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
@@ -242,6 +247,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     events = EventLog(run_dir / "events.jsonl")
     timeline = WatchTimeline(run_dir / "timeline.csv")
     metrics = WatchMetrics()
+    metrics.state_file = StateFile(state_file or run_dir / "state.json", url=target.url)
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
     scenario = scn.to_dict()

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 
 from repro.errors import UsageError
+from repro.watch.health import StateFile
 
 STATES = {"healthy": 0, "suspect": 1, "stalled": 2, "restarting": 3, "gave-up": 4, "starting": 5, "storage-wait": 6}
 
@@ -34,9 +35,17 @@ class WatchMetrics:
                                         "Storage warnings (storage-leak, storage-exhaustion) raised", ["kind"], registry=r)
         self.up = Gauge("repro_watch_up", "1 while the watched server answers", registry=r)
         self._server: Any = None
+        self.state_file: StateFile | None = None  # repro's own view for a HEALTHCHECK (repro.watch.health)
 
     def set_state(self, name: str) -> None:
         self.state.set(STATES[name])
+        if self.state_file is not None:
+            self.state_file.set(name, STATES[name])
+
+    def heartbeat(self) -> None:
+        """One evaluation done: the state file says when (a stale one means the watch itself is stuck)."""
+        if self.state_file is not None:
+            self.state_file.write()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Listen on host:port (0: any free port); return the port."""

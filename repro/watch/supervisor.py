@@ -363,6 +363,7 @@ class Supervisor:
                 a = self.detector.observe(ob)
                 self.last = a
                 self.metrics.up.set(1 if ob.metrics is not None else 0)
+                self.metrics.heartbeat()
                 self.policy.note_health(ob.t, a.state == HEALTHY)
                 if self.timeline is not None:
                     self.timeline.record(ob, a, self.servers)

@@ -56,6 +56,19 @@ def test_ptrace_refusal_is_classified_and_not_retried(tmp_path: Path) -> None:
     assert calls[0].kind == "ptrace" and "Permission Denied" in (calls[0].error or "")
 
 
+def test_a_refused_pause_is_ptrace_and_retried_without_pausing(tmp_path: Path) -> None:
+    """py-spy's words when ptrace (the pause) is refused but the memory is readable (a seccomp profile that keeps
+    ptrace behind CAP_SYS_PTRACE, measured in Docker): kind 'ptrace', and --nonblocking gets the stacks."""
+    exe = fake_pyspy(tmp_path, 'case "$*" in *--nonblocking*) cat "$(dirname "$0")/out.json";; '
+                               '*) printf "Error: Failed to get stack traces\\n\\nCaused by:\\n    0: Failed to '
+                               'suspend process\\n    1: EPERM: Operation not permitted\\n" >&2; exit 1;; esac')
+    (tmp_path / "out.json").write_text(json.dumps(THREADS))
+    threads, calls = PySpy(exe).dump_json(123, timeout=5)
+    assert [c.mode for c in calls] == ["json", "json-nonblocking"]
+    assert calls[0].kind == "ptrace" and calls[1].error is None
+    assert threads is not None and threads[0]["frames"][0]["name"] == "f"
+
+
 def test_missing_pyspy_is_classified(tmp_path: Path) -> None:
     spy = PySpy(str(tmp_path / "no-such-py-spy"))
     threads, calls = spy.dump_json(123, timeout=5)
@@ -90,23 +103,92 @@ def test_docker_exec_command_uses_the_images_pyspy_and_the_container_pid() -> No
     assert spy.command(7, "--json") == ["docker", "exec", "vllm-prod", "py-spy", "dump", "--pid", "7", "--json"]
     assert docker_mod.exec_pyspy_command("c1", 9, "--native") == ["docker", "exec", "c1", "py-spy", "dump", "--pid",
                                                                   "9", "--native"]
-    assert docker_mod.inspect_command("c1")[:2] == ["docker", "inspect"]
+    assert docker_mod.inspect_command("c1") == ["docker", "inspect", "--type", "container", "c1"]
 
 
+INSPECT_RUNNING = json.dumps([{"Id": "f" * 64, "Name": "/vllm", "Image": "sha256:" + "a" * 64,
+                                "Config": {"Image": "vllm/vllm-openai:v0.20.2", "Env": ["HF_TOKEN=hf_x", "A=b=c"]},
+                                "State": {"Status": "running", "Running": True, "Pid": 4242, "ExitCode": 0,
+                                          "StartedAt": "2026-12-01T10:00:00Z"}}])
+INSPECT_EXITED = INSPECT_RUNNING.replace('"running"', '"exited"').replace('"Running": true', '"Running": false') \
+    .replace('"Pid": 4242', '"Pid": 0').replace('"ExitCode": 0', '"ExitCode": 137')
+
+
+# The docker client's own words (a stand-in for the error wording only: the behaviour against a real engine is
+# proven in tests/integration/docker/test_bad_input.py).
 @pytest.mark.parametrize("rc,out,err,message", [
-    (1, "", "Error: No such object: vllm", "no Docker container named 'vllm'"),
-    (0, "false 0\n", "", "Docker container 'vllm' is not running"),
+    (1, "[]", "Error: No such object: vllm", "no Docker container named 'vllm'"),
+    (1, "", "Error response from daemon: No such container: vllm", "no Docker container named 'vllm'"),
     (1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
      "the Docker daemon is not running (cannot connect to it)"),
+    (1, "", "WARNING: Error loading config file: /root/.docker/config.json: permission denied\n"
+            "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock: "
+            "Get \"http://%2Fvar%2Frun%2Fdocker.sock/v1.50/containers/vllm/json\": dial unix /var/run/docker.sock: "
+            "connect: permission denied",
+     "not allowed to talk to the Docker daemon (permission denied on /var/run/docker.sock): run repro as root or "
+     "as a member of the docker group"),
 ])
 def test_docker_inspect_failures_are_one_clear_line(rc: int, out: str, err: str, message: str) -> None:
     with pytest.raises(TargetError) as ei:
         docker_mod.parse_inspect("vllm", rc, out, err)
-    assert str(ei.value) == message and "\n" not in str(ei.value)
+    assert str(ei.value) == message and "\n" not in str(ei.value) and not ei.value.help
 
 
-def test_docker_inspect_of_a_running_container_gives_the_host_pid() -> None:
-    assert docker_mod.parse_inspect("vllm", 0, "true 4242\n", "") == 4242
+def test_docker_inspect_of_a_running_container_gives_its_host_pid_image_and_environment() -> None:
+    c = docker_mod.parse_inspect("vllm", 0, INSPECT_RUNNING, "")
+    assert (c.name, c.pid, c.running, c.image, c.status) == ("vllm", 4242, True, "vllm/vllm-openai:v0.20.2", "running")
+    assert c.describe()["id"] == "f" * 12
+    assert docker_mod.env_of(c) == {"HF_TOKEN": "hf_x", "A": "b=c"}
+
+
+def test_a_stopped_container_is_one_line_naming_its_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_mod, "inspect", lambda name, timeout=10.0: docker_mod.parse_inspect(
+        name, 0, INSPECT_EXITED, ""))
+    with pytest.raises(TargetError) as ei:
+        docker_mod.running("vllm")
+    assert str(ei.value) == ("Docker container 'vllm' is not running (status: exited, exit code 137); "
+                             "start it with `docker start vllm`")
+
+
+def test_a_process_in_another_pid_namespace_is_dumped_by_nsenter_with_its_pid_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN a process the host knows as 4242 and its container as 7 WHEN py-spy is built for it as root
+    THEN the host's py-spy runs inside the container's pid and mount namespaces with --pid 7."""
+    from repro.capture import procfs
+
+    monkeypatch.setattr(procfs, "in_other_pid_namespace", lambda pid, proc=None: pid == 4242)
+    monkeypatch.setattr(procfs, "nspid", lambda pid, proc=None: 7 if pid == 4242 else pid)
+    spy = PySpy("/opt/py-spy", enter_namespaces=True)
+    assert spy.command(4242, "--native") == ["nsenter", "--target", "4242", "--pid", "--mount", "--", "/opt/py-spy",
+                                             "dump", "--pid", "7", "--native"]
+    assert spy.command(99, "--json") == ["/opt/py-spy", "dump", "--pid", "99", "--json"]  # a process of ours
+    assert PySpy("/opt/py-spy").command(4242) == ["/opt/py-spy", "dump", "--pid", "4242"]  # not asked to enter
+
+
+def test_nsenter_runs_the_hosts_binary_through_an_open_descriptor(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container's filesystem has no py-spy: nsenter gets /proc/self/fd/N of the host's binary."""
+    from repro.capture import pyspy as pyspy_mod
+
+    seen: dict[str, object] = {}
+
+    def fake_run(cmd: list[str], timeout: float, env: object = None, pass_fds: tuple[int, ...] = ()) -> tuple:
+        seen["cmd"], seen["fds"] = cmd, pass_fds
+        seen["target"] = os.readlink(f"/proc/self/fd/{pass_fds[0]}")
+        return 0, "[]", "", 0.1, False
+
+    exe = fake_pyspy(tmp_path, "exit 0")
+    monkeypatch.setattr(pyspy_mod, "run_with_timeout", fake_run)
+    spy = PySpy(exe, enter_namespaces=True)
+    monkeypatch.setattr(spy, "_namespace_pid", lambda pid: 7)
+    res = spy._call(4242, ["--json"], 5, "json")
+    fd = seen["fds"][0]  # type: ignore[index]
+    assert seen["cmd"] == ["nsenter", "--target", "4242", "--pid", "--mount", "--", f"/proc/self/fd/{fd}", "dump",
+                           "--pid", "7", "--json"]
+    assert seen["target"] == exe
+    assert res.command[6] == exe  # the manifest names the binary, not the descriptor
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed again
 
 
 def test_slow_native_dumps_are_skipped_to_keep_samples_on_schedule(tmp_path: Path) -> None:

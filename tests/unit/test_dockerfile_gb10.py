@@ -1,9 +1,11 @@
-"""Dockerfile.gb10: what can be checked without a Docker engine.
+"""Dockerfile.gb10: what can be checked in seconds, without a Docker engine.
 
-`docker build` cannot run on these machines, so the tests read the Dockerfile the
-way the builder would: the build context is the repository root, every COPY source
-must exist there, the install line must really install the package from the copied
-tree, and the entrypoint must be the `repro` command.
+The image is really built and run in tests/integration/docker/test_gb10_image.py (on a local
+CPU vLLM image, and for arm64 under QEMU). These read the Dockerfile the way the builder
+would: the build context is the repository root, every COPY source must exist there, the
+install line must really install the package from the copied tree, py-spy is pinned to a
+version with native aarch64 stacks, the entrypoint is the `repro` command and the
+HEALTHCHECK asks repro, not vLLM's /health.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ def parsed() -> list[tuple[str, str]]:
 
 
 def copies(parsed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(source, destination path) of every COPY; a destination directory (`DIR/`) gets the source's name."""
     out = []
     for word, args in parsed:
         if word == "COPY":
             parts = [p for p in shlex.split(args) if not p.startswith("--")]
             *srcs, dest = parts
-            out += [(s, dest) for s in srcs]
+            out += [(s, dest + Path(s).name if dest.endswith("/") else dest) for s in srcs]
     return out
 
 
@@ -98,7 +101,8 @@ def test_both_install_branches_install_repro_and_py_spy(parsed):
     for c in cmds:
         words = shlex.split(c)
         assert pkg_dir in words, f"{c!r} does not install the copied package at {pkg_dir}"
-        assert "py-spy" in words, f"{c!r} does not install py-spy"
+        # 0.4.2 is the first py-spy with native (--native) stacks on aarch64, the GB10's architecture
+        assert "py-spy>=0.4.2" in words, f"{c!r} does not install py-spy >= 0.4.2"
 
 
 def test_the_pip_install_line_installs_the_package_from_the_copied_tree(parsed, tmp_path):
@@ -115,7 +119,7 @@ def test_the_pip_install_line_installs_the_package_from_the_copied_tree(parsed, 
     pip_line = next(c for c in _install_commands(parsed) if c.startswith("python3 -m pip install"))
     words = shlex.split(pip_line)[3:]  # after `python3 -m pip`
     # Paths point into the fake root; py-spy is already in this venv and nothing is fetched.
-    words = [str(image / w.lstrip("/")) if w.startswith("/") else w for w in words if w != "py-spy"]
+    words = [str(image / w.lstrip("/")) if w.startswith("/") else w for w in words if not w.startswith("py-spy")]
     site = tmp_path / "site"
     cmd = [sys.executable, "-m", "pip", *words, "--no-deps", "--no-build-isolation", "--no-index",
            "--target", str(site), "-q"]
@@ -128,6 +132,9 @@ def test_the_pip_install_line_installs_the_package_from_the_copied_tree(parsed, 
     assert "repro = repro.cli:main" in text
     # The fault plugin must be registered in the image, or --inject does nothing there.
     assert "repro.vllm_plugins.fault:register" in text
+    # The issue templates (repro/templates/ links to the top-level files) are in the installed package.
+    for name in ("ISSUE_TEMPLATE.md", "ISSUE_TEMPLATE_STORAGE.md"):
+        assert (site / "repro" / "templates" / name).read_text() == (ROOT / name).read_text(), name
     # The installed copy runs: `repro --version` from the target directory alone.
     r = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
                         "import repro.cli; print(repro.cli.__file__)", str(site)],
@@ -177,3 +184,20 @@ def test_the_documented_watch_command_parses_with_repro_watch():
     assert ctx.params["metrics_port"] == 9400
     assert ctx.params["metrics_host"] == "0.0.0.0"  # reachable through -p 9400:9400
     assert ctx.params["vllm_args"] == ("--max-num-seqs", "32")
+
+
+def test_the_healthcheck_asks_repro_about_the_engine_with_the_state_file_watch_writes(parsed):
+    """HEALTHCHECK runs `repro health`, which reads the file `repro watch` keeps (ENV REPRO_WATCH_STATE_FILE for
+    both): not vLLM's /health, which answers 200 while the engine is stalled."""
+    checks = [a for w, a in parsed if w == "HEALTHCHECK"]
+    assert len(checks) == 1
+    assert checks[0].endswith('CMD ["repro", "health"]'), checks[0]
+    assert "/health" not in checks[0] and "curl" not in checks[0]
+    env = " ".join(a for w, a in parsed if w == "ENV")
+    assert "REPRO_WATCH_STATE_FILE=" in env
+    from repro.commands.health import command as health
+    from repro.commands.watch import command as watch
+
+    for cmd in (health, watch):
+        opt = next(p for p in cmd.params if p.name == "state_file")
+        assert opt.envvar == "REPRO_WATCH_STATE_FILE", cmd.name
