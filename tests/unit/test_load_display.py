@@ -41,3 +41,17 @@ def test_client_limit_warning_shows_in_both_forms() -> None:
     text = console.export_text()
     assert "the client, not the server, is the limit" in text
     assert "engine-stall" in text and "898 verified" in text and "timeout 2" in text
+
+
+def test_bad_files_and_the_api_server_share_show_in_both_forms() -> None:
+    """A run with bad files says it is not clean; the API server's share and its warning appear when set."""
+    snap = dict(SNAP, files_not_clean=True, api_server=12.0, api_server_heavy=True)
+    line = Progress(tty=False).line(snap)
+    assert "BAD 1 (not clean)" in line and "api-server 12" in line and "API server holds a large share" in line
+    console = Console(file=io.StringIO(), width=160, record=True)
+    console.print(Progress(tty=True).table(snap))
+    text = console.export_text()
+    assert "1 bad: this run is not clean" in text and "inside the API server 12" in text
+    assert "--api-server-count" in text
+    clean = Progress(tty=False).line(dict(SNAP, files_not_clean=False, api_server=None, api_server_heavy=False))
+    assert "not clean" not in clean and "api-server" not in clean and "API server" not in clean
