@@ -116,6 +116,7 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
         args = list(TINY_ARGS)
         if s.max_model_len:
             args[1] = str(s.max_model_len)
+        args[3] = tinymodel.model_dtype(Path(model)) or args[3]  # a bf16 tiny model is served in bf16
         cmd += args
     elif s.max_model_len:
         cmd += ["--max-model-len", str(s.max_model_len)]
