@@ -12,7 +12,9 @@ kv_transfer_params like vLLM's hidden-states connector.
 For the kit's own tests it can also act like a server with limits: --max-model-len N is listed in
 /v1/models and a prompt plus max_tokens above it gets vLLM's HTTP 400; --bad-files garbage|tokens
 writes files that are unreadable or hold the wrong token ids; --engine-share F reports only that share
-of the requests in flight as running (the rest look as if they sat inside vLLM's API server).
+of the requests in flight as running (the rest look as if they sat inside vLLM's API server);
+--write-first writes each file before the request's latency (as vLLM writes at prefill), so a client
+that times out leaves a file no response names: vLLM's orphan leak.
 
 GET /stats returns the time-integral of in-flight (``area``) at time ``t``: the
 mean in flight between two calls is (area2 - area1) / (t2 - t1).
@@ -100,13 +102,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return web.json_response({"error": {"message": f"This model's maximum context length is {limit} tokens. "
                                                            f"However, you requested {len(ids) + n_out} tokens.",
                                                 "type": "BadRequestError", "code": 400}}, status=400)
-        await asyncio.sleep(st.args.latency)
         rid = f"cmpl-{uuid.uuid4().hex[:16]}"
+        path = os.path.join(st.args.files, rid + ".safetensors") if st.args.files else None
+        first = getattr(st.args, "write_first", False)
+        if path and first:
+            write_hidden_states(path, ids, st.args.layers, st.args.hidden, getattr(st.args, "bad_files", None))
+        await asyncio.sleep(st.args.latency)
         kv = None
-        if st.args.files:
-            path = os.path.join(st.args.files, rid + ".safetensors")
-            await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden,
-                                    getattr(st.args, "bad_files", None))
+        if path:
+            if not first:
+                await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden,
+                                        getattr(st.args, "bad_files", None))
             kv = {"hidden_states_path": path}
         st.requests += 1
         st.prompt_tokens += len(ids)
@@ -192,6 +198,7 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=None, help="list it in /v1/models; longer requests get 400")
     ap.add_argument("--bad-files", choices=["garbage", "tokens"], default=None, help="write files that fail the check")
     ap.add_argument("--engine-share", type=float, default=1.0, help="share of in-flight reported as running")
+    ap.add_argument("--write-first", action="store_true", help="write each file before the latency (leaks on abort)")
     args = ap.parse_args()
     if args.files:
         os.makedirs(args.files, exist_ok=True)

@@ -27,7 +27,8 @@ class Endpoint:
     def __init__(self, latency: float, files: str | None, **opts: object) -> None:
         self.port = free_port()
         self.args = argparse.Namespace(latency=latency, files=files, layers=2, hidden=8, model="fast",
-                                       max_model_len=None, bad_files=None, engine_share=1.0)
+                                       max_model_len=None, bad_files=None, engine_share=1.0,
+                                       write_first=False)
         for k, v in opts.items():
             setattr(self.args, k, v)
         self.max_in_flight = 0
