@@ -41,6 +41,7 @@ class ServerSettings:
     prefix_caching: bool | None = None
     max_num_seqs: int | None = None
     max_model_len: int | None = None  # None: 256 for the tiny model, vLLM's default otherwise
+    dtype: str | None = None  # vLLM --dtype; None: float32 for the tiny model, vLLM's choice otherwise
     inject: str | None = None  # fault-injection spec, see repro.vllm_plugins.faultspec
     inject_control: str | None = None  # a file the fault plugin re-reads at run time
     extra_args: list[str] = field(default_factory=list)  # passed to vllm serve after ours

@@ -80,6 +80,9 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--prefix-caching/--no-prefix-caching", default=None, help="Force prefix caching."),
         click.option("--max-num-seqs", type=click.IntRange(min=1), default=None, help="vLLM --max-num-seqs."),
         click.option("--max-model-len", type=click.IntRange(min=16), default=None, help="vLLM --max-model-len."),
+        click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default=None,
+                     help="vLLM --dtype (the dtype of the model and of the hidden-state files). Default: float32 "
+                          "for the tiny model, vLLM's own choice (the model's dtype) otherwise."),
         click.option("--inject", callback=_check_inject, default=None, metavar="SPEC", help=INJECT_HELP),
         click.option("--inject-control", default=None, metavar="FILE",
                      help="A file the fault plugin re-reads at run time: write a SPEC to arm, 'release' to unblock."),
@@ -96,7 +99,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 SERVER_KEYS = ("model", "host", "port", "served_model_name", "extract", "storage", "layers", "connector",
                "async_scheduling", "chunked_prefill", "prefix_caching", "max_num_seqs", "max_model_len",
-               "inject", "inject_control", "vllm_cmd", "startup_timeout")
+               "dtype", "inject", "inject_control", "vllm_cmd", "startup_timeout")
 
 
 def server_settings(kwargs: dict[str, Any], extra_args: tuple[str, ...] = ()) -> ServerSettings:

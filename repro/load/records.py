@@ -136,6 +136,7 @@ class RunStats:
         self.files_bad = 0
         self.file_errors: Counter[str] = Counter()
         self.file_bytes = 0
+        self.file_dtypes: Counter[str] = Counter()  # stored dtype of hidden_states, over files that were read
         self.consumed: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -179,6 +180,8 @@ class RunStats:
                 self.files_bad += 1
                 self.file_errors[f.get("error") or "?"] += 1
             self.file_bytes += f.get("bytes") or 0
+            if f.get("dtype"):
+                self.file_dtypes[f["dtype"]] += 1
             if f.get("seconds") is not None:
                 self.check_s.add(f["seconds"])
         if out is not None:
@@ -199,7 +202,7 @@ class RunStats:
         failed = sum(n for k, n in self.file_errors.items() if k in FAILED_CHECK)
         return {"verified": self.files_ok, "bad": self.files_bad, "failed_check": failed,
                 "unverifiable": self.files_bad - failed, "errors": dict(self.file_errors),
-                "bytes": self.file_bytes, "consumed": dict(self.consumed)}
+                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes)}
 
 
 def count_records(path: Path) -> dict[str, int]:

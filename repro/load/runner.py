@@ -378,7 +378,7 @@ class _Run:
                 rec.file = {"ok": r.ok and prev_bad is None, "path": info.hs_path,
                             "error": (prev_bad or {}).get("error") or r.error,
                             "bytes": r.nbytes, "shape": list(r.shape) if r.shape else None,
-                            "consumed": r.consumed, "seconds": round(r.seconds, 6),
+                            "dtype": r.dtype, "consumed": r.consumed, "seconds": round(r.seconds, 6),
                             "lock_wait": round(r.lock_wait, 6)}
                 if r.detail or prev_bad:
                     rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail

@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from repro.errors import UsageError
+from repro.load import hsfile
 from repro.load.prompts import CHAT, Prompt
 
 HIDDEN_STATES, CHAT_WL = "hidden-states", "chat"
 # File errors where the file was read and found wrong; every other file error means it could not be verified.
-FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values"})
+FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values", "bad-scales"})
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,15 @@ def read_response(data: dict) -> ResponseInfo:
 @dataclass
 class CheckResult:
     ok: bool
-    error: str | None = None  # file-missing | lock-timeout | bad-tokens | bad-shape | unreadable | consume-failed
+    error: str | None = None  # file-missing | lock-timeout | bad-tokens | bad-shape | bad-dtype | bad-scales
+    #                          | bad-values | unreadable | consume-failed
     detail: str | None = None
     nbytes: int = 0
     shape: tuple[int, ...] | None = None
     consumed: str | None = None  # deleted | moved | kept
     seconds: float = 0.0  # time spent in this check (client-side work)
     lock_wait: float = 0.0
+    dtype: str | None = None  # stored dtype of hidden_states (safetensors code: BF16, F16, F32, F8_E4M3)
     kept_at: str | None = None  # a failing file kept for inspection: where it is now
 
 
@@ -203,8 +206,6 @@ class FileChecker:
         return res
 
     def _check(self, path: str, prompt_ids: tuple[int, ...] | list[int] | None, exact: bool) -> CheckResult:
-        from safetensors.numpy import load_file
-
         lock_path = path + ".lock"
         if not self._wait_exists(path):
             self._remove(lock_path)
@@ -219,37 +220,36 @@ class FileChecker:
                                lock_wait=waited)
         try:
             try:
-                nbytes = os.path.getsize(path)
-                data = load_file(path)
-            except Exception as exc:  # safetensors raises its own error types
+                data = hsfile.read(path)
+            except hsfile.HiddenStateFileError as exc:
                 kept = self._consume_failed_file(path, lock_path)
-                return CheckResult(False, "unreadable", f"{type(exc).__name__}: {exc}", lock_wait=waited,
-                                   kept_at=kept)
+                return CheckResult(False, exc.kind, exc.detail, lock_wait=waited, kept_at=kept)
         finally:
             if fd is not None:
                 os.close(fd)
-        hs, ids = data.get("hidden_states"), data.get("token_ids")
-        err = self._verify(hs, ids, prompt_ids, exact)
+        nbytes = data.nbytes
+        err = self._verify(data, prompt_ids, exact)
+        hs = data.hidden_states
         shape = tuple(hs.shape) if hs is not None else None
         if err:
             kept = self._consume_failed_file(path, lock_path)
-            return CheckResult(False, err[0], err[1], nbytes, shape, lock_wait=waited, kept_at=kept)
+            return CheckResult(False, err[0], err[1], nbytes, shape, lock_wait=waited, dtype=data.dtype,
+                               kept_at=kept)
         try:
             how = self._consume(path, lock_path, nbytes)
         except OSError as exc:
-            return CheckResult(False, "consume-failed", f"{exc}", nbytes, shape, lock_wait=waited)
-        return CheckResult(True, None, None, nbytes, shape, how, lock_wait=waited)
+            return CheckResult(False, "consume-failed", f"{exc}", nbytes, shape, lock_wait=waited, dtype=data.dtype)
+        return CheckResult(True, None, None, nbytes, shape, how, lock_wait=waited, dtype=data.dtype)
 
-    def _verify(self, hs: np.ndarray | None, ids: np.ndarray | None, prompt: tuple[int, ...] | list[int] | None,
+    def _verify(self, data: hsfile.HiddenStateFile, prompt: tuple[int, ...] | list[int] | None,
                 exact: bool) -> tuple[str, str] | None:
-        if hs is None or ids is None:
-            return "bad-shape", "the file lacks hidden_states or token_ids"
-        if hs.ndim != 3 or ids.ndim != 1 or hs.shape[0] != ids.shape[0] or hs.shape[0] == 0:
-            return "bad-shape", f"hidden_states {list(hs.shape)} vs token_ids {list(ids.shape)}: expected [T, layers, hidden] with T = len(token_ids)"
-        if self.expected_layers is not None and hs.shape[1] != self.expected_layers:
-            return "bad-shape", f"hidden_states has {hs.shape[1]} layers, expected {self.expected_layers}"
-        if not np.isfinite(hs).all():
-            return "bad-values", "hidden_states holds NaN or inf"
+        err = hsfile.check_layout(data, self.expected_layers)
+        if err:
+            return err
+        if not np.isfinite(data.values()).all():
+            return "bad-values", f"hidden_states ({data.dtype}) holds NaN or inf"
+        ids = data.token_ids
+        assert ids is not None  # check_layout
         if prompt is not None:
             p = np.asarray(prompt, dtype=np.int64)
             got = ids.astype(np.int64, copy=False)

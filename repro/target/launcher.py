@@ -116,10 +116,13 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
         args = list(TINY_ARGS)
         if s.max_model_len:
             args[1] = str(s.max_model_len)
-        args[3] = tinymodel.model_dtype(Path(model)) or args[3]  # a bf16 tiny model is served in bf16
+        args[3] = s.dtype or tinymodel.model_dtype(Path(model)) or args[3]  # a bf16 tiny model is served in bf16
         cmd += args
-    elif s.max_model_len:
-        cmd += ["--max-model-len", str(s.max_model_len)]
+    else:
+        if s.max_model_len:
+            cmd += ["--max-model-len", str(s.max_model_len)]
+        if s.dtype:
+            cmd += ["--dtype", s.dtype]
     if s.extract:
         n = tinymodel.model_layers(Path(model)) if Path(model).exists() else None
         layers = s.layers or (default_layers(n) if n else None)

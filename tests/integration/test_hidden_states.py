@@ -1,4 +1,4 @@
-"""A real vLLM (CPU, tiny model) in hidden-state mode returns files that hold what the prompt produced."""
+"""A real vLLM (CPU, tiny model, bfloat16 as on GPUs) in hidden-state mode returns files that hold what the prompt produced."""
 
 import fcntl
 import json
@@ -7,7 +7,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+
+from repro.load import hsfile
 
 from tests.integration.conftest import complete
 
@@ -23,10 +24,10 @@ def read_and_delete(path: str) -> dict:
         with open(lock) as lf:
             fcntl.flock(lf, fcntl.LOCK_SH)
     assert p.is_file(), f"vLLM returned {path} but it is not there"
-    data = load_file(str(p))
+    f = hsfile.read(str(p))
     p.unlink()
     Path(path + ".lock").unlink(missing_ok=True)
-    return data
+    return {"hidden_states": f.values(), "token_ids": f.token_ids, "dtype": f.dtype}
 
 
 def test_completion_with_token_ids_returns_a_file_of_prompt_by_layers_by_hidden(vllm_server):
@@ -38,6 +39,7 @@ def test_completion_with_token_ids_returns_a_file_of_prompt_by_layers_by_hidden(
     data = read_and_delete(path)
     assert data["hidden_states"].shape == (len(prompt), LAYERS, HIDDEN)
     assert data["token_ids"].tolist() == prompt
+    assert data["dtype"] == "BF16"  # the shared server runs --dtype bfloat16, the dtype of GPU users
     assert np.isfinite(data["hidden_states"]).all()
 
 

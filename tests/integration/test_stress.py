@@ -80,6 +80,7 @@ def test_a_clean_hidden_state_run_verifies_and_consumes_every_file(vllm_server: 
     assert recount.get("ok", 0) == s["requests"]["ok"] == s["requests"]["total"]
     assert s["files"]["verified"] == s["requests"]["ok"] == recount["files_ok"]
     assert s["files"]["bad"] == 0 and s["files"]["consumed"] == {"deleted": s["files"]["verified"]}
+    assert s["files"]["dtypes"] == {"BF16": s["files"]["verified"]}  # the shared server is bfloat16
     for line in open(run / "requests.jsonl"):
         path = json.loads(line)["file"]["path"]
         assert not os.path.exists(path) and not os.path.exists(path + ".lock")
@@ -126,7 +127,7 @@ def test_b_injected_scheduler_stall_is_an_engine_stall_captured_at_that_moment(t
     storage = f"/dev/shm/repro-stress-test-{os.getpid()}-b"
     try:
         p = stress(["--port", str(free_port()), "--storage", storage, "--inject", "stall-after=30",
-                    "--concurrency", "16", "--duration", "300", "--prompt-len", "16-256",
+                    "--dtype", "float16", "--concurrency", "16", "--duration", "300", "--prompt-len", "16-256",
                     "--window", "20", "--startup-grace", "0", "--samples", "2", "--out", str(run)], timeout=700)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
@@ -136,6 +137,7 @@ def test_b_injected_scheduler_stall_is_an_engine_stall_captured_at_that_moment(t
     s = summary(run)
     st = s["stall"]
     assert s["outcome"] == "stall" and st["class"] == "engine-stall"
+    assert s["files"]["verified"] > 0 and s["files"]["dtypes"].get("F16") == s["files"]["verified"]  # --dtype float16
     assert st["detection_delay_s"] >= 20.0 and st["detected_s"] > st["since_s"] >= 25.0
     injected = [e for e in injected_events if e["event"] == "stall"]
     assert injected, "the fault never fired"

@@ -107,3 +107,21 @@ def test_port_in_use_is_detected():
         s.bind(("127.0.0.1", 0))
         s.listen()
         assert not launcher.port_free("127.0.0.1", s.getsockname()[1])
+
+
+def test_dtype_reaches_vllm_for_any_model(tmp_path, model_dir):
+    """GIVEN --dtype bfloat16 WHEN a server is launched THEN vllm serve gets --dtype bfloat16 (once)."""
+    cmd, _ = launcher.build_launch(settings(tmp_path, model_dir, dtype="bfloat16"), tmp_path)
+    assert arg(cmd, "--dtype") == "bfloat16" and cmd.count("--dtype") == 1
+
+
+def test_the_tiny_model_is_float32_unless_a_dtype_is_given(tmp_path, monkeypatch):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    (tiny / "repro-tiny-model.json").write_text("{}")
+    base = dict(model=str(tiny), storage=str(tmp_path / "hs"), vllm_cmd=["vllm", "serve"])
+    cmd, _ = launcher.build_launch(ServerSettings(**base), tmp_path)
+    assert arg(cmd, "--dtype") == "float32"
+    cmd, _ = launcher.build_launch(ServerSettings(**base, dtype="float16"), tmp_path)
+    assert arg(cmd, "--dtype") == "float16" and cmd.count("--dtype") == 1
