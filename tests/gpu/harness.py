@@ -458,11 +458,9 @@ def cmd_stop(label: str) -> None:
     if not path.exists():
         return
     ctx = Context.load(path)
-    for r in ctx.servers.values():
-        pgid = r.get("pgid")
-        if not pgid:
-            continue
-        stop_group(int(pgid), grace=60.0 if r.get("watch") else 15.0)
+
+    def stop_one(r: dict[str, Any]) -> None:
+        stop_group(int(r["pgid"]), grace=60.0 if r.get("watch") else 15.0)
         if r.get("watch"):  # the watchdog stops its server on SIGTERM; anything it left is stopped here
             try:
                 events = [json.loads(x) for x in Path(r["events"]).read_text().splitlines() if x.strip()]
@@ -471,6 +469,12 @@ def cmd_stop(label: str) -> None:
             for e in events:
                 if e.get("event") == "start" and e.get("pgid"):
                     stop_group(int(e["pgid"]))
+
+    threads = [threading.Thread(target=stop_one, args=(r,)) for r in ctx.servers.values() if r.get("pgid")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     shutil.rmtree(ctx.storage_root, ignore_errors=True)
 
 
@@ -503,13 +507,23 @@ def step_file(ctx: Context, lane: str, name: str) -> Path:
 
 def collect(ctx: Context) -> dict[str, Any]:
     steps = []
+    seen: set[Path] = set()
     for f in lanes():
         lane = f.stem[len("test_"):]
         for s in _junit(ctx.results / f"junit-{lane}.xml", lane):
+            sf = step_file(ctx, lane, s["name"])
+            seen.add(sf)
             try:
-                s.update(json.loads(step_file(ctx, lane, s["name"]).read_text()))
+                s.update(json.loads(sf.read_text()))
             except (OSError, ValueError):
                 pass
+            steps.append(s)
+    for sf in sorted((ctx.results / "steps").glob("*.json")):  # steps of a lane stopped at the budget
+        if sf not in seen:
+            lane, _, name = sf.stem.partition("__")
+            s = {"lane": lane, "name": name, "outcome": "error", "seconds": None,
+                 "message": "stopped at the run budget before it finished"}
+            s.update(json.loads(sf.read_text()))
             steps.append(s)
     counts = {k: sum(1 for s in steps if s["outcome"] == k) for k in ("passed", "failed", "error", "skipped")}
     servers = {n: {k: r.get(k) for k in ("purpose", "status", "ready_s", "error", "command")}
@@ -538,8 +552,9 @@ def markdown(res: dict[str, Any]) -> str:
              f"**{res['passed']} passed, {res['failed']} failed, {res['skipped']} skipped.**", "",
              "| server | purpose | ready after |", "|---|---|---|"]
     for n, s in res["servers"].items():
-        lines.append(f"| {n} | {_cell(s.get('purpose'))} | "
-                     f"{_cell(s.get('ready_s')) + ' s' if s.get('status') == 'ready' else _cell(s.get('status')) + ': ' + _cell(s.get('error'))} |")
+        ready = (f"{_cell(s.get('ready_s'))} s" if s.get("status") == "ready"
+                 else f"{_cell(s.get('status'))}: {_cell(s.get('error'))}")
+        lines.append(f"| {n} | {_cell(s.get('purpose'))} | {ready} |")
     lines += ["", "| lane | step | result | s | figures |", "|---|---|---|---|---|"]
     for s in res["steps"]:
         figs = "; ".join(f"{k}={_cell(v)}" for k, v in (s.get("figures") or {}).items())
@@ -576,23 +591,25 @@ def pack(ctx: Context, res: dict[str, Any], out: Path) -> int:
     shutil.copytree(ctx.results, stage / "results")
     if ctx.artifacts.exists():
         shutil.copytree(ctx.artifacts, stage / "artifacts")
-    for log_budget in (2_000_000, 300_000, 50_000):
+    shutil.copy(ctx.state_path, stage / "state.json")
+    tar = out / f"{name}.tar.gz"
+    for attempt, log_budget in enumerate((2_000_000, 500_000, 100_000, 20_000, 20_000, 20_000, 20_000, 20_000)):
         logs = stage / "server-logs"
         shutil.rmtree(logs, ignore_errors=True)
         for r in ctx.servers.values():
             d = Path(r.get("dir", "/nonexistent"))
             for f in sorted(d.rglob("*.log")) + sorted(d.glob("*.out")):
                 _tail(f, logs / r["name"] / f.relative_to(d), log_budget)
-        shutil.copy(ctx.state_path, stage / "state.json")
-        tar = out / f"{name}.tar.gz"
         with tarfile.open(tar, "w:gz") as tf:
             tf.add(stage, arcname=name)
         if tar.stat().st_size <= OUT_LIMIT:
             break
-        for big in sorted((p for p in (stage / "artifacts").rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size):
-            if big.stat().st_size > 1_000_000 and not big.name.endswith(".json"):
-                big.unlink()
-                break
+        if attempt >= 3:  # logs are small now: drop the largest artifact that is not a figure
+            big = sorted((p for p in stage.rglob("*") if p.is_file() and p.suffix != ".json" and
+                          p.stat().st_size > 200_000), key=lambda p: -p.stat().st_size)
+            if big:
+                (stage / "results" / "dropped-to-fit.txt").open("a").write(f"{big[0].relative_to(stage)}\n")
+                big[0].unlink()
     shutil.copy(ctx.results / "results.md", out / f"{name}.md")
     return 0 if res["failed"] == 0 else 1
 

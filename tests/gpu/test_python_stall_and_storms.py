@@ -95,8 +95,8 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
              census_locks=sto.get("lock_files"), ls_files=data, ls_locks=locks, ls_gb=round(size / 1e9, 2),
              capture_exit=cap.rc, issue_exit=issue.rc)
     step.artifact(out / "summary.json", "abort-storm-summary.json")
-    step.artifact(bundle, "orphan-leak")
     step.artifact(bundle.with_suffix(".tar.gz"), "orphan-leak.tar.gz")
+    step.artifact(bundle / "ISSUE.md", "orphan-leak-ISSUE.md")
     assert ran.rc == 0, f"stress exit {ran.rc} (expected 0: a storm is a warning, not a stall): {ran.tail()}"
     assert s.get("stall") is None and storm, "no abort-storm warning"
     assert "storage-leak" in (sto.get("warnings") or {}), sto.get("warnings")
