@@ -91,9 +91,12 @@ def gpu_pids() -> set[int] | None:
     return {int(x) for x in r.stdout.split() if x.strip().isdigit()}
 
 
-def wait_gpu_released(pids: set[int], timeout: float, held_before: float | None = None) -> dict[str, Any]:
+def wait_gpu_released(pids: set[int], timeout: float, held_before: float | None = None,
+                      used_before: list[float | None] | None = None) -> dict[str, Any]:
     """Wait until no stopped pid holds GPU memory; say how much they held (`held_before`, MiB, read before the
-    stop) and what each GPU uses now, so that the event shows the memory came back."""
+    stop) and what each GPU uses now, so that the event shows the memory came back. Where nvidia-smi lists none
+    of the pids (a container without the host's pid namespace), wait instead (15 s at most) for the GPUs' memory
+    in use to fall below `used_before`."""
     held = gpu_pids()
     if held is None:
         return {"status": "skipped", "why": "no nvidia-smi"}
@@ -105,8 +108,14 @@ def wait_gpu_released(pids: set[int], timeout: float, held_before: float | None 
                               help="Check `nvidia-smi`; a zombie holding GPU memory needs the host's attention.")
         time.sleep(RELEASE_POLL)
         held = gpu_pids() or set()
-    out: dict[str, Any] = {"status": "released", "seconds": round(time.monotonic() - t0, 3)}
     after = gpu_memory.memory_of(pids)
+    if not held_before and used_before and after is not None:
+        before_total = sum(x or 0.0 for x in used_before)
+        limit = time.monotonic() + min(timeout, 15.0)
+        while sum(x or 0.0 for x in after["memory_used_mib"]) > before_total - 256 and time.monotonic() < limit:
+            time.sleep(RELEASE_POLL)
+            after = gpu_memory.memory_of(pids) or after
+    out: dict[str, Any] = {"status": "released", "seconds": round(time.monotonic() - t0, 3)}
     if held_before is not None:
         out["held_mib_before"] = held_before
     if after is not None:
@@ -118,7 +127,10 @@ def wait_gpu_released(pids: set[int], timeout: float, held_before: float | None 
 def gpu_held(pids: set[int]) -> dict[str, Any]:
     """For a stop record: the GPU memory `pids` hold now (MiB), when nvidia-smi can say."""
     m = gpu_memory.memory_of(pids)
-    return {} if m is None else {"gpu_held_mib": m["held_mib"], "gpu_held_by": m["held_by"]}
+    if m is None:
+        return {}
+    # per GPU as well: where nvidia-smi cannot see the pids (some containers), the drop in use still shows
+    return {"gpu_held_mib": m["held_mib"], "gpu_held_by": m["held_by"], "gpu_memory_used_mib": m["memory_used_mib"]}
 
 
 def wait_ready(url: str, timeout: float, alive: Any = None, api_key: str | None = None) -> str:
@@ -305,7 +317,7 @@ class ServeTarget(Target):
         waited = wait_port_free(s.host, s.port, timeout)
         out = [("port-free", {"host": s.host, "port": s.port, "seconds": round(waited, 3)})]
         out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout,
-                                                  stopped.get("gpu_held_mib"))))
+                                                  stopped.get("gpu_held_mib"), stopped.get("gpu_memory_used_mib"))))
         return out
 
     def alive(self) -> bool | None:
@@ -391,7 +403,7 @@ class _AttachedTarget(Target):
         waited = wait_port_free(self.host, self.port, timeout)
         out = [("port-free", {"host": self.host, "port": self.port, "seconds": round(waited, 3)})]
         out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout,
-                                                  stopped.get("gpu_held_mib"))))
+                                                  stopped.get("gpu_held_mib"), stopped.get("gpu_memory_used_mib"))))
         return out
 
     def log_source(self) -> LineSource | None:

@@ -48,3 +48,11 @@ def test_memory_still_held_after_the_timeout_is_a_target_error(smi_on_path) -> N
     smi_on_path(pids=[me])
     with pytest.raises(TargetError, match="still held"):
         wait_gpu_released({me}, timeout=0.6)
+
+
+def test_where_the_pids_are_invisible_the_drop_in_memory_use_is_waited_for(smi_on_path) -> None:  # noqa: F811
+    """nvidia-smi lists no process (a container): gpu-free waits until the GPU's memory in use falls below what it
+    was before the stop (here it already has: 72000 MiB now against 82000 before)."""
+    smi_on_path(pids=[])
+    out = wait_gpu_released({123456}, timeout=5.0, held_before=0.0, used_before=[82000.0])
+    assert out["status"] == "released" and out["memory_used_mib_after"] == [72000.0] and out["held_mib_after"] == 0
