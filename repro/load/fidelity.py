@@ -25,8 +25,9 @@ API_SERVER_MIN = 2.0
 MIN_SAMPLES = 5
 
 DEFINITION = ("per poll: client = requests on the wire; engine running/waiting = vllm:num_requests_running/"
-              "_waiting; api_server = client - running - waiting (at least 0): received by vLLM's API server "
-              "and not yet in the engine, or finished in the engine and not yet answered; engine_excess = "
+              "_waiting (published once per engine step); api_server = client - running - waiting (at least 0): "
+              "received by vLLM's API server and not yet in the engine's scheduler (tokenizing, on its way to "
+              "EngineCore), or finished in the engine and not yet answered; engine_excess = "
               "running + waiting - client (at least 0): requests the engine still holds that the client gave up")
 
 

@@ -59,6 +59,7 @@ class Profile:
     capture_budget: float
     storm_concurrency: int
     storm_seconds: float
+    storm_timeout: float  # client timeout of the abort storm: short enough to abort, long enough to schedule first
     reproducer_requests: int
     reproducer_concurrency: int
     startup_timeout: float
@@ -71,13 +72,15 @@ class Profile:
 
 GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concurrency=32, verify_seconds=120,
               fidelity=((32, 50), (128, 50)), hang_after=10, hang_window=15, stall_window=10,
-              capture_budget=60, storm_concurrency=64, storm_seconds=25, reproducer_requests=400,
+              capture_budget=60, storm_concurrency=64, storm_seconds=25, storm_timeout=0.1, reproducer_requests=400,
               reproducer_concurrency=64, startup_timeout=420, run_budget=520,
               server_extra=("--enforce-eager", "--gpu-memory-utilization", "0.15", "--kv-cache-memory-bytes",
                             str(8 << 30)))
-CPU = Profile(gpu=False, max_model_len=256, prompt_len="128-2048", verify_concurrency=8, verify_seconds=40,
+# max_tokens=1 requests live one engine step: they must be long enough to span steps on the CPU (else the
+# engine's gauges read 0 between steps), and longer than max_model_len so that clipping happens.
+CPU = Profile(gpu=False, max_model_len=2304, prompt_len="128-4096", verify_concurrency=8, verify_seconds=40,
               fidelity=((8, 25), (32, 25)), hang_after=10, hang_window=15, stall_window=10,
-              capture_budget=90, storm_concurrency=16, storm_seconds=20, reproducer_requests=60,
+              capture_budget=90, storm_concurrency=16, storm_seconds=20, storm_timeout=0.3, reproducer_requests=60,
               reproducer_concurrency=16, startup_timeout=600, run_budget=1500,
               dtype=os.environ.get("REPRO_GPU_CHECK_DTYPE", "bfloat16"), hidden=128, layers=2)
 

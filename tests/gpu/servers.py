@@ -44,7 +44,10 @@ def _hang_flags(ctx: "Context") -> list[str]:
     p = ctx.profile
     return ["--inject", ctx.hang_inject, "--window", f"{p.hang_window:g}s", "--min-bad", "3", "--poll-interval", "1s",
             "--startup-grace", "5s", "--capture-samples", "3", "--capture-interval", "2s",
-            "--capture-budget", f"{p.capture_budget:g}s", "--backoff", "1s"]
+            "--capture-budget", f"{p.capture_budget:g}s", "--backoff", "1s",
+            # a hung engine may freeze its gauges at 0 running (they are published per step): a probe that gets
+            # no answer is what tells it from an idle one
+            "--probe", "--probe-interval", "5s", "--probe-timeout", "10s"]
 
 
 SERVERS: list[ServerSpec] = [

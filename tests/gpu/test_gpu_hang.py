@@ -29,7 +29,7 @@ def test_gpu_hang_is_captured_in_a_cuda_wait_and_watch_restarts_the_server(ctx, 
     step.put(waited_for_python_stall_s=wait_marker(ctx, "python-stall-captured", 180 * SLOW))
     out = ctx.work / "runs" / "gpu-hang-load"
     load = start_repro(ctx, stress_args(srv, out, "--concurrency", "16", "--duration", "30m", "--request-timeout", "900",
-                                        "--retries", "0", "--prompt-len", "128-1024", "--window", "1800",
+                                        "--retries", "0", "--prompt-len", p.prompt_len, "--window", "1800",
                                         "--startup-grace", "1800", "--on-stall", "exit"), out.with_suffix(".log"))
     t_load = time.time()
     api_alive = None

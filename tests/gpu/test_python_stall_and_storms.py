@@ -24,7 +24,7 @@ SLOW = 1 if profile_from_env().gpu else 3
 
 def _storm_timeout(ctx) -> float:  # type: ignore[no-untyped-def]
     """0.1 s on 0.20.2 (the field's version); 0.2 s where a shorter one kills the engine (#56841, 0.24+)."""
-    return 0.2 if ctx.gpu and ctx.at_least(0, 24) else 0.1
+    return max(ctx.profile.storm_timeout, 0.2) if ctx.gpu and ctx.at_least(0, 24) else ctx.profile.storm_timeout
 
 
 @pytest.mark.timeout(240 * SLOW)
@@ -34,7 +34,7 @@ def test_python_stall_is_captured_and_leaves_the_gpu_idle(ctx, gpu_server, step)
     out = ctx.work / "runs" / "python-stall"
     try:
         write_control(srv, "stall-after=5")
-        ran = run_repro(ctx, stress_args(srv, out, "--concurrency", "8", "--duration", "150s", "--prompt-len", "128-512",
+        ran = run_repro(ctx, stress_args(srv, out, "--concurrency", "8", "--duration", "150s", "--prompt-len", p.prompt_len,
                                          "--window", f"{p.stall_window:g}", "--startup-grace", "5", "--min-bad", "3",
                                          "--samples", "3", "--sample-interval", "2", "--bundle-budget", "5MB",
                                          "--request-timeout", "300"),
