@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.harness import Context, child_env, repro_argv, stop_group
+from tests.gpu.harness import Context, child_env, complete, repro_argv, stop_group
 
 # Native frames of a thread waiting for the GPU (py-spy --native names the CUDA driver/runtime calls).
 CUDA_WAITS = ("cuEventSynchronize", "cudaEventSynchronize", "cuStreamSynchronize", "cudaStreamSynchronize",
@@ -46,6 +46,9 @@ def run_repro(ctx: Context, args: list[str], log: Path, timeout: float, out: Pat
             stop_group(p.pid, grace=20.0)
             p.wait(30)
             rc = None
+        except BaseException:  # the step's own timeout (pytest-timeout) or Ctrl-C: leave nothing running
+            stop_group(p.pid, grace=5.0)
+            raise
     return Ran(rc, round(time.monotonic() - t0, 1), log, out)
 
 
@@ -131,8 +134,6 @@ def gpu_readings(bundle: Path) -> dict[str, Any] | None:
 
 def file_dtype(url: str, model: str, prompt_len: int = 64) -> str | None:
     """Send one request and read the dtype of the hidden-state file it names from the safetensors header."""
-    from tests.gpu.harness import complete
-
     r = complete(url, model, list(range(10, 10 + prompt_len)))
     path = ((r.get("kv_transfer_params") or {}).get("hidden_states_path"))
     if not path:
@@ -177,8 +178,6 @@ def write_control(server: dict[str, Any], text: str) -> None:
 
 def wait_serving(server: dict[str, Any], timeout: float) -> float | None:
     """Seconds until one completion succeeds (None: not within `timeout`)."""
-    from tests.gpu.harness import complete
-
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
