@@ -53,7 +53,7 @@ class Profile:
     verify_concurrency: int
     verify_seconds: float
     fidelity: tuple[tuple[int, float], ...]  # (concurrency, seconds)
-    hang_after: float  # the hang is injected this long after the hang server first has work
+    hang_steps: int  # the hang is injected after this many engine steps with work (the watchdog's probes make few)
     hang_window: float
     stall_window: float
     capture_budget: float
@@ -71,7 +71,7 @@ class Profile:
 
 
 GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concurrency=32, verify_seconds=120,
-              fidelity=((32, 50), (128, 50)), hang_after=10, hang_window=15, stall_window=10,
+              fidelity=((32, 50), (128, 50)), hang_steps=300, hang_window=15, stall_window=10,
               capture_budget=60, storm_concurrency=64, storm_seconds=75, storm_timeout=0.1, reproducer_requests=400,
               reproducer_concurrency=64, startup_timeout=420, run_budget=520,
               server_extra=("--enforce-eager", "--gpu-memory-utilization", "0.15", "--kv-cache-memory-bytes",
@@ -79,7 +79,7 @@ GPU = Profile(gpu=True, max_model_len=2048, prompt_len="128-2048", verify_concur
 # max_tokens=1 requests live one engine step: they must be long enough to span steps on the CPU (else the
 # engine's gauges read 0 between steps), and longer than max_model_len so that clipping happens.
 CPU = Profile(gpu=False, max_model_len=2304, prompt_len="128-4096", verify_concurrency=8, verify_seconds=40,
-              fidelity=((8, 25), (32, 25)), hang_after=10, hang_window=15, stall_window=10,
+              fidelity=((8, 25), (32, 25)), hang_steps=60, hang_window=15, stall_window=10,
               capture_budget=90, storm_concurrency=16, storm_seconds=75, storm_timeout=0.3, reproducer_requests=60,
               reproducer_concurrency=16, startup_timeout=600, run_budget=1500,
               dtype=os.environ.get("REPRO_GPU_CHECK_DTYPE", "bfloat16"), hidden=128, layers=2)
@@ -105,8 +105,10 @@ class Context:
 
     @property
     def hang_inject(self) -> str:
-        """A hang inside CUDA on a GPU; on a CPU, where there is no CUDA stream, a scheduler stall instead."""
-        return f"{'gpu-hang' if self.gpu else 'stall-after'}={self.profile.hang_after:g}"
+        """A hang inside CUDA on a GPU; on a CPU, where there is no CUDA stream, a scheduler stall instead. Counted in
+        engine steps, not seconds: the watchdog's probe (one tiny request every 5 s) starts a time trigger long before
+        the lane's load, and the hang must not fall into another lane's GPU reading."""
+        return f"{'gpu-hang' if self.gpu else 'stall-after'}={self.profile.hang_steps}steps"
 
     @property
     def slow(self) -> float:
