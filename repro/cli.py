@@ -22,8 +22,11 @@ def cli() -> None:
     watch    production watchdog: detect a stall, capture first, then restart
     bisect   shrink a rare hang to a small reproducer, with statistics for rare events
     trial    one stress run for `git bisect run` (exit 0 good, 1 stall, 125 skip)
-    analyze  verdict and signature of trace bundles
+    analyze  verdict and signature of trace bundles, and the known upstream hang they look like
     issue    render ISSUE.md from a bundle, ready for vLLM's bug tracker
+    known    the catalogue of known vLLM hangs; why a bundle matches one
+    report   an HTML page and timeline.png for any run directory or bundle
+    scrub    check a bundle, tarball or directory for secrets before uploading it (--fix: a redacted copy)
 
     \b
     Exit codes: 0 ok / no stall, 1 stall reproduced, 2 usage error,
@@ -34,7 +37,7 @@ def cli() -> None:
 def _add_commands() -> None:
     import importlib
 
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue"]:
+    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report", "scrub"]:
         cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
 
 
@@ -42,6 +45,9 @@ _add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
+    from repro import invocation
+
+    invocation.record(argv)
     try:
         rv = cli.main(args=argv, prog_name="repro", standalone_mode=False)
     except click.exceptions.Abort:

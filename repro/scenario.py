@@ -19,7 +19,7 @@ from repro.errors import UsageError
 
 SCHEMA_VERSION = 1
 
-WORKLOADS = ("hidden-states", "chat")  # plus "mixed:RATIO"
+WORKLOADS = ("hidden-states", "chat", "speculators")  # plus "mixed:RATIO"
 CONSUME_POLICIES = ("delete", "keep")  # plus "move:DIR"
 ON_STALL = ("capture", "exit", "restart")
 
@@ -35,7 +35,7 @@ class ServerSettings:
     extract: bool = True  # hidden-state extraction on
     storage: str = "/dev/shm/repro-hs"  # the connector's shared_storage_path
     layers: list[int] | None = None  # None: speculators' default clipped to the model
-    connector: str = "auto"  # auto | cpu | stock
+    connector: str = "auto"  # auto | stock | cpu | fp8 | cpu-fp8 | mooncake | module:Class (repro.target.connectors)
     async_scheduling: bool | None = None  # None: vLLM's default
     chunked_prefill: bool | None = None
     prefix_caching: bool | None = None
@@ -72,6 +72,7 @@ class LoadSettings:
     model_name: str | None = None  # None: from /v1/models
     vocab_size: int | None = None  # synthetic token ids are drawn below this; None: from the model's config
     check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/16 in 4..16
+    max_consecutive_errors: int | None = None  # --workload speculators gives up after this many; None: concurrency
 
     def validate(self) -> None:
         if self.concurrency < 1:
@@ -89,7 +90,7 @@ class LoadSettings:
             raise UsageError(f"--prompt-len must be N or LO-HI with 1 <= LO <= HI, got {lo}-{hi}")
         wl = self.workload
         if wl not in WORKLOADS and not wl.startswith("mixed:"):
-            raise UsageError(f"unknown --workload {wl!r}: use hidden-states, chat or mixed:RATIO")
+            raise UsageError(f"unknown --workload {wl!r}: use hidden-states, chat, speculators or mixed:RATIO")
         if wl.startswith("mixed:"):
             try:
                 ratio = float(wl.split(":", 1)[1])
@@ -97,6 +98,11 @@ class LoadSettings:
                 raise UsageError(f"--workload {wl!r}: RATIO must be a number between 0 and 1") from None
             if not 0.0 <= ratio <= 1.0:
                 raise UsageError(f"--workload {wl!r}: RATIO must be between 0 and 1")
+        if self.max_consecutive_errors is not None:
+            if wl != "speculators":
+                raise UsageError("--max-consecutive-errors is speculators' give-up rule: it goes with --workload speculators")
+            if self.max_consecutive_errors < 1:
+                raise UsageError(f"--max-consecutive-errors must be at least 1, got {self.max_consecutive_errors}")
         if self.consume not in CONSUME_POLICIES and not self.consume.startswith("move:"):
             raise UsageError(f"unknown --consume {self.consume!r}: use delete, keep or move:DIR")
 
@@ -133,6 +139,8 @@ class CaptureSettings:
     pyspy_timeout: float = 10.0
     size_budget: int = 20 * 1000 * 1000
     redact_hosts: bool = False
+    env_allow: tuple[str, ...] = ()  # more server environment variables to show (names or wildcards; REPRO_ENV_ALLOW)
+    secret_scan: bool = True  # detect-secrets' detectors on every text and in the last check (off: benchmarks only)
     pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
     docker_pyspy: str = "auto"  # docker mode: "exec" (the image's py-spy), "host" (host py-spy, host pids), auto
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
@@ -159,6 +167,8 @@ class Scenario:
     on_stall: str = "capture"
     out_dir: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never serialised
+    invocation: list[str] | None = None  # the repro command line that started the run, secrets masked (the reproducer)
+    server_cmdline: list[str] | None = None  # --server-command: an attached server's command line repro cannot read
 
     def validate(self) -> None:
         self.load.validate()
@@ -181,7 +191,9 @@ class Scenario:
         d = dict(d)
         d.pop("schema_version", None)
         d.pop("api_key", None)
-        d.pop("server_command", None)  # informational (stress writes the launched command beside the settings)
+        for info in ("server_command", "server_command_source", "server_log"):
+            d.pop(info, None)  # informational (stress writes what it knows of the server beside the settings)
+        d.pop("connector", None)  # informational too: the connector resolved from server.connector
         load = dict(d.pop("load", {}))
         if "prompt_len" in load:
             load["prompt_len"] = tuple(load["prompt_len"])

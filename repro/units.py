@@ -76,3 +76,13 @@ def format_span(s: float | None) -> str:
     if s < 120:
         return f"{s:.0f} s"
     return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def format_hours(seconds: float) -> str:
+    """Exposure in hours, the unit of the hang-rate statistics: '0.17 h', '2.5 h', '36 h'."""
+    h = max(0.0, seconds) / 3600.0
+    if h >= 10:
+        return f"{h:.0f} h"
+    if h >= 1:
+        return f"{h:.1f} h"
+    return f"{h:.2g} h"

@@ -6,10 +6,8 @@ Used by the runner's unit tests (``endpoint_factory`` fixture: import it into th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from repro.scenario import DetectSettings, LoadSettings, Scenario
-from tests.conftest import free_port
+from tests.helpers_http import ThreadedApp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fast_endpoint  # noqa: E402
@@ -25,25 +23,20 @@ import fast_endpoint  # noqa: E402
 
 class Endpoint:
     def __init__(self, latency: float, files: str | None, **opts: object) -> None:
-        self.port = free_port()
         self.args = argparse.Namespace(latency=latency, files=files, layers=2, hidden=8, model="fast",
                                        max_model_len=None, bad_files=None, engine_share=1.0,
                                        write_first=False)
         for k, v in opts.items():
             setattr(self.args, k, v)
         self.max_in_flight = 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
+        self.server = ThreadedApp(self._app, backlog=2048)
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
+    def _app(self) -> web.Application:
         app = fast_endpoint.make_app(self.args)
         self.state = app[fast_endpoint.STATE]
         orig = self.state.enter
@@ -53,16 +46,10 @@ class Endpoint:
             self.max_in_flight = max(self.max_in_flight, self.state.in_flight)
 
         self.state.enter = enter  # type: ignore[method-assign]
-        self.runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port, backlog=2048).start())
-        self.ready.set()
-        self.loop.run_forever()
+        return app
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.server.close()
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from repro.analyze.known import summary_lines as known_summary_lines
 from repro.capture.request import CaptureRequest
 
 
@@ -69,6 +71,12 @@ def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks:
     lines.append(f"- **Verdict**: {analysis.get('stuck_process') or '?'} is **{analysis.get('verdict')}**"
                  + (f" in `{analysis['stuck_frame']}`" if analysis.get("stuck_frame") else ""))
     lines.append(f"- **Signature**: `{analysis.get('signature') or 'none (no stacks)'}`")
+    if analysis.get("cuda_wait"):
+        lines.append(f"- **CUDA wait**: `{analysis['cuda_wait']}` (`--native` frames)")
+    if (analysis.get("gpu") or {}).get("note"):
+        lines.append(f"- **GPU**: {analysis['gpu']['note']}")
+    if "known_matches" in analysis:
+        lines.append(f"- **Known**: {known_summary_lines(analysis)[0].removeprefix('known: ')}")
     lines.append(f"- **Stacks**: {stacks.get('samples', 0)} samples of {stacks.get('processes', 0)} processes in "
                  f"{stacks.get('duration', 0):.1f} s")
     if stats_lines:
@@ -117,10 +125,12 @@ def _first_col(rows: list[dict[str, float]], *names: str) -> str | None:
 
 
 def _rates(t: list[float], totals: list[float]) -> list[float]:
+    """Per-second rates of a counter; a counter that went down was reset (a restarted server): no rate there."""
     out = [float("nan")]
     for i in range(1, len(t)):
         dt = t[i] - t[i - 1]
-        out.append((totals[i] - totals[i - 1]) / dt if dt > 0 else float("nan"))
+        d = totals[i] - totals[i - 1]
+        out.append(d / dt if dt > 0 and d >= 0 else float("nan"))
     return out
 
 
@@ -150,28 +160,37 @@ def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[
 STORAGE_KEYS = ("orphan_files", "store_bytes", "fs_free_bytes")
 
 
+def series_from_timeline_csv(path: Path) -> dict[str, Any] | None:
+    """The plot's series from a timeline.csv (stress's, watch's, or another spelling); None without a time column."""
+    nan = float("nan")
+    rows = _read_timeline_csv(Path(path))
+    tcol = _first_col(rows, "wall", "timestamp", "ts", "time", "t")
+    if not tcol:
+        return None
+    rows = [r for r in rows if tcol in r]
+    t = [r[tcol] for r in rows]
+    out: dict[str, Any] = {"t": t, "source": Path(path).name}
+    for key, names in (("running", ("server_running", "running", "num_requests_running")),
+                       ("waiting", ("server_waiting", "waiting", "num_requests_waiting")),
+                       ("gen_tps", ("gen_tps", "generation_tps")),
+                       ("prompt_tps", ("prompt_tps",)),
+                       ("completed", ("ok", "completed", "completions", "client_completed")),
+                       *((k, (k,)) for k in STORAGE_KEYS)):
+        col = _first_col(rows, *names)
+        if col:
+            out[key] = [r.get(col, nan) for r in rows]
+    for key, col in (("gen_tps", "generation_tokens_total"), ("prompt_tps", "prompt_tokens_total")):
+        if key not in out and _first_col(rows, col):
+            out[key] = _rates(t, [r.get(col, nan) for r in rows])
+    return out
+
+
 def _timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     nan = float("nan")
     if req.timeline_csv and Path(req.timeline_csv).exists():
-        rows = _read_timeline_csv(Path(req.timeline_csv))
-        tcol = _first_col(rows, "wall", "timestamp", "ts", "time", "t")
-        if tcol:
-            rows = [r for r in rows if tcol in r]
-            t = [r[tcol] for r in rows]
-            out: dict[str, Any] = {"t": t, "source": "timeline.csv"}
-            for key, names in (("running", ("server_running", "running", "num_requests_running")),
-                               ("waiting", ("server_waiting", "waiting", "num_requests_waiting")),
-                               ("gen_tps", ("gen_tps", "generation_tps")),
-                               ("prompt_tps", ("prompt_tps",)),
-                               ("completed", ("ok", "completed", "completions", "client_completed")),
-                               *((k, (k,)) for k in STORAGE_KEYS)):
-                col = _first_col(rows, *names)
-                if col:
-                    out[key] = [r.get(col, nan) for r in rows]
-            for key, col in (("gen_tps", "generation_tokens_total"), ("prompt_tps", "prompt_tokens_total")):
-                if key not in out and _first_col(rows, col):
-                    out[key] = _rates(t, [r.get(col, nan) for r in rows])
-            return out
+        series = series_from_timeline_csv(Path(req.timeline_csv))
+        if series is not None:
+            return series
     ms = sorted((m for m in metrics if "t" in m), key=lambda m: m["t"])
     t = [m["t"] for m in ms]
     out = {"t": t, "source": "/metrics samples taken during capture"}
@@ -201,8 +220,17 @@ def _storage_panel(ax: Any, series: dict[str, Any], x: list[float]) -> None:
         ax2.legend(loc="upper right", fontsize=8)
 
 
-def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -> Any:
-    """The timeline figure (matplotlib): requests, token rates, completions, and storage when the run has it."""
+BAND_COLORS = {"suspect": "gold", "stalled": "red", "down": "gray"}
+
+
+def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str, *,
+                    concurrency: float | None = None, bands: Sequence[tuple[float, float, str]] = (),
+                    marks: Sequence[tuple[float, str] | tuple[float, str, str]] = ()) -> Any:
+    """The timeline figure (matplotlib): requests, token rates, completions, and storage when the run has it.
+
+    Optional, in the series' time base (wall seconds): ``concurrency`` draws the configured concurrency over the
+    server's running/waiting (fidelity); ``bands`` shades detector states (``(t0, t1, "suspect"|"stalled")``);
+    ``marks`` draws labelled vertical lines (``(t, label)`` or ``(t, label, color)``: restarts, stalls)."""
     t = series.get("t") or []
     if len(t) < 1:
         return None
@@ -224,6 +252,9 @@ def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -
                     ax.step(x, series[key], where="post", label=label)
                 else:
                     ax.plot(x, series[key], marker=".", label=label)
+        if step and concurrency is not None:
+            ax.axhline(concurrency, color="gray", linestyle="--", linewidth=1,
+                       label=f"configured concurrency {concurrency:g}")
         ax.set_ylabel(ylabel)
         if ax.get_lines():
             ax.legend(loc="upper left", fontsize=8)
@@ -234,6 +265,16 @@ def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -
     if storage:
         _storage_panel(axes[3], series, [v - t0 for v in series.get("storage_t", t)])
     axes[-1].set_xlabel(f"seconds since {_fmt_t(t0)}  (source: {series.get('source')})")
+    for b0, b1, state in bands:
+        for a in axes:
+            a.axvspan(b0 - t0, b1 - t0, color=BAND_COLORS.get(state, "gray"), alpha=0.15, linewidth=0)
+    for mark in marks:
+        mt, label = mark[0], mark[1]
+        color = mark[2] if len(mark) > 2 else "tab:purple"  # type: ignore[misc]
+        for a in axes:
+            a.axvline(mt - t0, color=color, linestyle=":", linewidth=1.2)
+        axes[0].annotate(label, (mt - t0, 1), xycoords=("data", "axes fraction"), color=color, fontsize=8,
+                         rotation=90, va="top", ha="right")
     if stall_t is not None:
         for a in axes:
             a.axvline(stall_t - t0, color="red", linestyle="--", linewidth=1)
@@ -243,16 +284,22 @@ def timeline_figure(series: dict[str, Any], stall_t: float | None, title: str) -
     return fig
 
 
-def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: str) -> bytes | None:
-    fig = timeline_figure(series, stall_t, title)
-    if fig is None:
-        return None
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: str, **marks: Any) -> bytes | None:
+    """timeline.png; ``marks``: timeline_figure's optional concurrency, bands and marks."""
+    fig = timeline_figure(series, stall_t, title, **marks)
+    if fig is None:
+        return None
+    return figure_png(fig)
 
 
 def write_timeline(w: Any, req: CaptureRequest, metrics: list[dict[str, Any]], analysis: dict[str, Any]) -> bool:

@@ -1,16 +1,14 @@
 """Redaction: secrets never reach a bundle file.
 
-Every text the bundle writer puts on disk passes through one :class:`Redactor`
-first. It removes secrets two ways:
-
-* by variable name: an environment variable (or ``KEY=VALUE`` / ``"key": "value"``
-  pair) whose name contains token, secret, key, password, passwd, auth,
-  credential, cookie, session or private has its value replaced;
-* by value, wherever it appears: Hugging Face tokens (``hf_...``), OpenAI-style
-  keys (``sk-...``), ``Authorization: Bearer ...`` / ``Bearer ...``, the value
-  after ``--api-key`` (and similar secret flags), credentials in URLs
-  (``scheme://user:password@host``), PEM private keys, AWS access key ids and
-  GitHub tokens.
+Every text the bundle writer puts on disk passes through one :class:`Redactor` first. It masks
+(``[REDACTED]``) what the :class:`~repro.capture.secretscan.Scanner` finds — detect-secrets' detectors
+for the major services' token formats, private keys, basic-auth URLs, secret keywords and
+high-entropy strings, plus repro's own rules (secret flags such as ``--api-key`` and vLLM's echo of
+them, ``NAME=VALUE`` where the name says secret, bearer values, URL passwords) — and, wherever they
+appear, the exact values it already knows: the API key repro was given, secret-named or flagged
+values of the server's environment and command line, and every value found so far (a secret seen once
+is masked in every file of the bundle). The server's environment goes through
+:class:`~repro.capture.envpolicy.EnvPolicy`: variables off the allow-list are listed by name only.
 
 With ``hosts=True`` hostnames and IP addresses are replaced by stable aliases
 (``host-1``, ``ip-1``: the same input gives the same alias in every file of
@@ -23,52 +21,15 @@ values: that is what the manifest records.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-MASK = "[REDACTED]"
+from repro.capture.envpolicy import EnvPolicy
+from repro.capture.secretscan import (MASK, PROPAGATE_MIN, WITHHELD, Finding, Scanner, mask, plain_value, resolve,
+                                     secret_name)
 
-# A variable name that holds a secret. `key` alone matches (API_KEY, HF_KEY), but
-# not names that only *contain* the letters by accident (e.g. KEYBOARD, MONKEY).
-SECRET_NAME = re.compile(
-    r"(?i)(token|secret|passw(or)?d|pwd|auth|credential|cookie|session|private|bearer|"
-    r"(^|[_\-.])key($|[_\-.]|s$)|apikey|api_key|access_key)")
-# ... except names about token *counts* or tokenizers, which are settings, not secrets.
-NOT_SECRET_NAME = re.compile(
-    r"(?i)(tokens($|[_\-.])|tokenizer|token_?ids?|num_?token|max_?token|token_?(count|len|budget|rate|usage)|"
-    r"tokens_per|keyboard|author($|[_\-.])|keys?_?(count|len)|session_?(id|len)?$|new_session)")
-
-# Names that look secret by the rule above but hold none (kept readable).
-SAFE_NAMES = frozenset({
-    "PWD", "OLDPWD",
-    "TOKENIZERS_PARALLELISM", "VLLM_USE_V1", "HF_HUB_DISABLE_TELEMETRY", "KEYTIMEOUT",
-    "SSH_AUTH_SOCK_PRESENT", "VLLM_MAX_TOKENS_PER_EXPERT_FP4_MOE",
-})
-
-_NOT_SEP = r"[^\s\"'<>,;)\]}]"  # a value char: stops at quotes and separators so JSON stays valid
-_FRESH = r"(?!\[REDACTED)"  # a value not already masked (by an earlier rule or a known secret)
-
-VALUE_RULES: list[tuple[str, re.Pattern[str], str]] = [
-    ("pem_private_key",
-     re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
-     MASK),
-    ("bearer", re.compile(r"(?i)\b(bearer)(\s+|%20)" + _FRESH + r"(" + _NOT_SEP + r"{4,})"), r"\1\2" + MASK),
-    ("basic_auth", re.compile(r"(?i)\b(authorization:\s*basic)\s+(" + _NOT_SEP + r"{4,})"), r"\1 " + MASK),
-    ("url_credentials", re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/@:\"'<>]+):" + _FRESH +
-                                   r"([^\s/@\"'<>]+)@"),
-     r"\1\2:" + MASK + "@"),
-    ("secret_flag", re.compile(
-        r"(?i)(--(?:api[-_]key|token|hf[-_]token|password|secret|auth[-_]token|access[-_]token)"
-        r"(?:=|\s+|\"\s*,\s*\"|'\s*,\s*'))" + _FRESH + r"(" + _NOT_SEP + r"+)"), r"\1" + MASK),
-    ("hf_token", re.compile(r"\bhf_[A-Za-z0-9]{16,}\b"), MASK),
-    ("openai_key", re.compile(r"\bsk-(?:proj-|ant-|live-)?[A-Za-z0-9_\-]{16,}"), MASK),
-    ("github_token", re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}\b"), MASK),
-    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\b"), MASK),
-    # KEY=VALUE and "key": "value" where the name says secret (env dumps, logs, JSON, argv).
-    ("named_assignment", re.compile(
-        r"(?i)\b([A-Za-z_][A-Za-z0-9_\-.]*)([\"']?\s*[=:]\s*(?:\[\s*)?[\"']?)(" + _NOT_SEP + r"+)"), ""),
-]
+__all__ = ["MASK", "WITHHELD", "Redactor", "argv_secrets", "secret_name"]
 
 _IPV4 = re.compile(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b")
 # Fully qualified names only (at least two dots, alphabetic top label): `torch.version` is code, not a host.
@@ -82,6 +43,9 @@ _NOT_HOST_SUFFIX = re.compile(
     r"html|js|whl|cfg|ini|pt|bin|env|d|conf|service|socket|target|[0-9]+)$")
 
 
+_FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9_.\-]*")
+
+
 def _argv_roles(argv: Iterable[str]) -> list[tuple[str, str]]:
     """(arg, role) with role `value` (the argument after a secret flag), `flag=value`, `flag` or `plain`."""
     out: list[tuple[str, str]] = []
@@ -90,7 +54,7 @@ def _argv_roles(argv: Iterable[str]) -> list[tuple[str, str]]:
             out.append((a, "value"))
             continue
         flag, eq, _ = a.partition("=")
-        if flag.startswith("-") and secret_name(flag.lstrip("-")):
+        if _FLAG.fullmatch(flag) and secret_name(flag.lstrip("-")):
             out.append((a, "flag=value" if eq else "flag"))
         else:
             out.append((a, "plain"))
@@ -104,18 +68,16 @@ def argv_secrets(argv: Iterable[str]) -> list[str]:
     return [v for v in vals if len(v) >= 4]
 
 
-def secret_name(name: str) -> bool:
-    """True when a variable named `name` should have its value hidden."""
-    return (name.upper() not in SAFE_NAMES and bool(SECRET_NAME.search(name))
-            and not NOT_SECRET_NAME.search(name))
-
-
 class Redactor:
     """Applies every rule; counts what it removed. One instance per bundle (so host aliases are consistent)."""
 
-    def __init__(self, hosts: bool = False, extra_values: Iterable[str] = (), keep_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, hosts: bool = False, extra_values: Iterable[str] = (), keep_hosts: Iterable[str] = (),
+                 env_policy: EnvPolicy | None = None, scanner: Scanner | None = None) -> None:
         self.hosts = hosts
+        self.env_policy = env_policy or EnvPolicy()
+        self.scanner = scanner or Scanner()
         self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self._aliases: dict[str, str] = {}
         self._keep_hosts = {h.lower() for h in keep_hosts} | _LOOPBACK
         # This machine's own names are hosts even without dots.
@@ -126,44 +88,77 @@ class Redactor:
             self._own_names = sorted({n for n in (socket.gethostname(), socket.getfqdn())
                                       if n and n.lower() not in self._keep_hosts and len(n) >= 3},
                                      key=len, reverse=True)
-        # Exact secrets known to the caller (e.g. the API key repro was given): removed wherever they appear.
-        self._extra = sorted({v for v in extra_values if v and len(v) >= 4}, key=len, reverse=True)
+        # Exact secrets: the caller's (e.g. the API key repro was given) and every value found so far.
+        self._known: set[str] = set()
+        self._known_rx: re.Pattern[str] | None = None
+        self.add_known(extra_values)
 
     def add_known(self, values: Iterable[str]) -> None:
         """More exact secret values to remove wherever they appear (e.g. found in the server's environment)."""
-        self._extra = sorted({*self._extra, *(v for v in values if v and len(v) >= 4)}, key=len, reverse=True)
+        new = {v for v in values if v and len(v) >= 4 and not plain_value(v)} - self._known
+        if new:
+            with self._lock:
+                self._known |= new
+                self._known_rx = None
+
+    @property
+    def known(self) -> frozenset[str]:
+        """The exact values masked everywhere (for the last check; never written anywhere)."""
+        return frozenset(self._known)
+
+    def known_findings(self, s: str) -> list[Finding]:
+        """Where the known values occur in `s` (longest first)."""
+        rx = self._known_rx
+        if rx is None:
+            with self._lock:
+                vals = sorted(self._known, key=len, reverse=True)
+                rx = self._known_rx = re.compile("|".join(map(re.escape, vals))) if vals else re.compile(r"(?!)")
+        return [Finding("known_secret", m.start(), m.end()) for m in rx.finditer(s)] if self._known else []
+
+    def findings(self, s: str) -> list[Finding]:
+        """Known values first, then the scanner's rules; merged, in text order."""
+        return resolve([*self.known_findings(s), *self.scanner.find(s)])
 
     # -- text ------------------------------------------------------------------
     def text(self, s: str) -> str:
-        for v in self._extra:
-            if v in s:
-                self.counts["known_secret"] += s.count(v)
-                s = s.replace(v, MASK)
-        for name, rx, repl in VALUE_RULES:
-            if name == "named_assignment":
-                s = rx.sub(self._named, s)
-                continue
-            s, n = rx.subn(repl, s)
-            if n:
-                self.counts[name] += n
-        if self.hosts:
-            s = self._map_hosts(s)
-        return s
+        return self.texts([s])[0]
 
-    def _named(self, m: re.Match[str]) -> str:
-        name, sep, value = m.group(1), m.group(2), m.group(3)
-        if value.startswith("[REDACTED") or not secret_name(name) or value.lower() in (
-                "none", "null", "true", "false", "", "bearer", "basic", "0", "1"):
-            return m.group(0)
-        self.counts["secret_name"] += 1
-        return f"{name}{sep}{MASK}"
+    def texts(self, items: list[str]) -> list[str]:
+        """Many strings scanned as one text (one line each: the detectors' set-up cost is paid once, not per
+        string); a span that crosses from one string into the next is masked in both."""
+        if not items:
+            return []
+        joined = "\n".join(items)
+        spans = self.findings(joined)
+        if spans:
+            self.add_known(joined[f.start:f.end] for f in spans
+                           if f.rule != "known_secret" and f.end - f.start >= PROPAGATE_MIN)
+            with self._lock:
+                self.counts.update(f.rule for f in spans)
+        out: list[str] = []
+        pos, k = 0, 0
+        for it in items:
+            end = pos + len(it)
+            while k < len(spans) and spans[k].end <= pos:
+                k += 1
+            mine = []
+            j = k
+            while j < len(spans) and spans[j].start < end:
+                f = spans[j]
+                mine.append(Finding(f.rule, max(f.start, pos) - pos, min(f.end, end) - pos))
+                j += 1
+            it = mask(it, [f for f in mine if f.end > f.start]) if mine else it
+            out.append(self._map_hosts(it) if self.hosts else it)
+            pos = end + 1
+        return out
 
     def _alias(self, value: str, kind: str) -> str:
         key = value.lower()
         if key not in self._aliases:
             n = sum(1 for a in self._aliases.values() if a.startswith(kind + "-")) + 1
             self._aliases[key] = f"{kind}-{n}"
-        self.counts[f"{kind}_mapped"] += 1
+        with self._lock:
+            self.counts[f"{kind}_mapped"] += 1
         return self._aliases[key]
 
     def _map_hosts(self, s: str) -> str:
@@ -189,44 +184,87 @@ class Redactor:
 
         Numbers, booleans and null are left alone, so the result is still valid JSON of the same shape.
         """
+        pending: list[str] = []
+        shape = self._shape(value, key, pending)
+        return _fill(shape, self.texts(pending))
+
+    def _shape(self, value: object, key: str | None, pending: list[str]) -> object:
+        """`value` with every string to scan replaced by a slot (its index in `pending`)."""
         if isinstance(value, dict):
-            return {k: self.obj(v, str(k)) for k, v in value.items()}
+            return {k: self._shape(v, str(k), pending) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             if value and all(isinstance(v, str) for v in value) and not (key and secret_name(key)):
-                return self.argv(value)  # a command line: `--api-key`, `X` as two items
-            return [self.obj(v, key) for v in value]
+                return self._argv_shape(value, pending)  # a command line: `--api-key`, `X` as two items
+            return [self._shape(v, key, pending) for v in value]
         if isinstance(value, str):
-            if key is not None and value and secret_name(key) and not value.startswith("[REDACTED"):
-                self.counts["secret_name"] += 1
+            if key is not None and value and secret_name(key) and not plain_value(value):
+                with self._lock:
+                    self.counts["secret_name"] += 1
                 return MASK
-            return self.text(value)
+            pending.append(value)
+            return _Slot(len(pending) - 1)
         return value
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
-        """An environment with secret-named values masked and every value scanned."""
-        out = {}
-        for k, v in env.items():
-            if secret_name(k) and v:
-                self.counts["secret_name"] += 1
-                out[k] = MASK
-            else:
-                out[k] = self.text(v)
+        """An environment by the allow-list: kept values scanned, every other value withheld (name kept)."""
+        kept, withheld = self.env_policy.apply(env)
+        out = {k: self.text(v) for k, v in kept.items()}
+        out.update((k, WITHHELD) for k in withheld)
+        with self._lock:
+            self.counts["env_withheld"] += len(withheld)
+        return dict(sorted(out.items()))
+
+    def env_secrets(self, env: Mapping[str, str]) -> list[str]:
+        """Values of `env` to mask wherever they appear: secret-named ones, and every secret the scanner finds in
+        any value (kept or withheld: a withheld value can still be echoed by the server into its log)."""
+        out = [v for k, v in env.items() if secret_name(k) and len(v) >= PROPAGATE_MIN and not v.startswith("/")]
+        for v in env.values():
+            out += [v[f.start:f.end] for f in self.scanner.find(v) if f.end - f.start >= PROPAGATE_MIN]
         return out
 
     def argv(self, argv: Iterable[str]) -> list[str]:
         """A command line with secret flag values masked (both `--api-key X` and `--api-key=X`)."""
-        out: list[str] = []
+        pending: list[str] = []
+        shape = self._argv_shape(list(argv), pending)
+        return _fill(shape, self.texts(pending))  # type: ignore[return-value]
+
+    def _argv_shape(self, argv: Iterable[str], pending: list[str]) -> list[object]:
+        out: list[object] = []
         for a, role in _argv_roles(argv):
             if role in ("value", "flag=value"):
-                self.counts["secret_flag"] += 1
+                with self._lock:
+                    self.counts["secret_flag"] += 1
                 out.append(MASK if role == "value" else f"{a.partition('=')[0]}={MASK}")
+            elif role == "flag":
+                out.append(a)
             else:
-                out.append(a if role == "flag" else self.text(a))
+                pending.append(a)
+                out.append(_Slot(len(pending) - 1))
         return out
 
     def report(self) -> dict[str, object]:
         """For the manifest: rule → count, and how many distinct hosts/IPs were aliased. Never values."""
         return {"rules": dict(sorted(self.counts.items())),
-                "total": sum(v for k, v in self.counts.items() if not k.endswith("_mapped")),
+                "total": sum(v for k, v in self.counts.items() if not k.endswith("_mapped") and k != "env_withheld"),
+                "scanner": "detect-secrets + repro rules" if self.scanner.library else "repro rules only",
                 "hosts_mapped": self.hosts, "distinct_aliases": len(self._aliases)}
 
+
+
+class _Slot:
+    """Where a scanned string goes back into a structure."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def _fill(shape: object, done: list[str]) -> object:
+    if isinstance(shape, _Slot):
+        return done[shape.i]
+    if isinstance(shape, dict):
+        return {k: _fill(v, done) for k, v in shape.items()}
+    if isinstance(shape, list):
+        return [_fill(v, done) for v in shape]
+    return shape

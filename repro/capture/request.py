@@ -42,3 +42,4 @@ class Bundle:
     manifest: dict[str, Any]
     verdict: dict[str, Any] | None = None  # analysis summary (stuck threads, signature)
     errors: list[str] = field(default_factory=list)
+    not_packed: str | None = None  # why there is no tarball (the last check could not read a file): one line

@@ -9,10 +9,12 @@ Order of work (the stacks come first: they are the evidence that decays):
    process is sampled at the same time (one thread per process): /proc CPU time,
    state and wchan of each thread, py-spy ``--json`` (fallback ``--nonblocking``),
    then py-spy ``--native``; every call under a hard timeout, the whole phase
-   inside ``settings.stacks_budget`` (15 s by default);
+   inside ``settings.stacks_budget`` (15 s by default); nothing is redacted or
+   written until the samples are in (the secret scanner loads meanwhile);
 5. /metrics "after", the log tail and last stats lines, command line and
    environment (redacted), scenario, detector events, GPU and storage state;
-6. analysis (verdicts, signature), timeline plot, summary, manifest, tarball.
+6. analysis (verdicts, signature), timeline plot, summary, the last secret check
+   of every file read back, manifest, tarball (not packed when a file cannot be read).
 
 Nothing here raises for a failing collector: failures go to errors.txt and the
 manifest, and the rest of the bundle is still written. It raises
@@ -35,10 +37,13 @@ import psutil
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, gpu as gpu_mod, procfs, pyspy
 from repro.capture.bundle import MANIFEST, BundleWriter
-from repro.capture.redact import Redactor, argv_secrets, secret_name
+from repro.capture.envpolicy import EnvPolicy
+from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
+from repro.capture.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import UsageError
 from repro.target import procs as procs_mod
+from repro.target.attached import output_file, url_is_local
 
 
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
@@ -61,6 +66,11 @@ def _discover(req: CaptureRequest, w: BundleWriter) -> tuple[list[procs_mod.Vllm
             return [], None
     if root is None and req.url:
         root = port_owner(req.url)
+        if root is None and url_is_local(req.url):  # nothing listens here: the server is gone, not elsewhere
+            w.error("processes", f"nothing on this machine listens on {req.url} (connection refused): the server "
+                                 "is gone, no stacks could be taken",
+                    "The server's log (context/server.log.tail) holds why it went away.")
+            return [], None
     if root is not None:
         try:
             root = procs_mod.find_server_root(root)
@@ -231,33 +241,39 @@ def capture(req: CaptureRequest) -> Bundle:
     # The server's environment is read first: its secret values are scrubbed from every file.
     root_guess = req.root_pid
     env_read, env_err = (context.proc_environ(root_guess) if root_guess else (None, None))
-    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read, root_guess))
+    scanner = Scanner(library=s.secret_scan)
+    scanner.warm()  # detect-secrets loads while the stacks are taken
+    redactor = Redactor(hosts=s.redact_hosts, extra_values=_known_secrets(req, env_read, root_guess),
+                        env_policy=EnvPolicy.from_settings(s.env_allow), scanner=scanner)
     try:
         w = BundleWriter(out, redactor, s.size_budget)
     except OSError as exc:
         raise UsageError(f"cannot create the bundle directory {out} ({exc.strerror or exc})") from None
 
-    processes, root = _discover(req, w)
-    if root is not None and root != root_guess:
-        env_read, env_err = context.proc_environ(root)
-        redactor.add_known(_known_secrets(req, env_read, root))
-    server_env = req.server_env or env_read
-
-    env_result: dict[str, Any] = {}
-    env_thread = threading.Thread(target=lambda: env_result.update(_collect_env_job(req, root, server_env)),
-                                  name="repro-collect-env", daemon=True)
-    env_thread.start()
-
     metric_samples: list[dict[str, Any]] = []
-    _metrics_snapshot(w, req, "before", metric_samples)
+    with w.deferred():  # nothing is redacted or written until the stacks are in
+        processes, root = _discover(req, w)
+        if root is not None and root != root_guess:
+            env_read, env_err = context.proc_environ(root)
+            redactor.add_known(_known_secrets(req, env_read, root))
+        server_env = req.server_env or env_read
 
-    sampler = _Sampler(req, w, processes)
-    smi = gpu_mod.find_smi()
-    gpu_sampler = gpu_mod.GpuSampler(smi).start() if smi else None  # GPU readings through the stack phase
-    try:
-        stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
-    finally:
-        gpu_samples = gpu_sampler.stop() if gpu_sampler is not None else []
+        env_result: dict[str, Any] = {}
+        env_thread = threading.Thread(target=lambda: env_result.update(_collect_env_job(req, root, server_env)),
+                                      name="repro-collect-env", daemon=True)
+        env_thread.start()
+
+        _metrics_snapshot(w, req, "before", metric_samples)
+
+        sampler = _Sampler(req, w, processes)
+        smi = gpu_mod.find_smi()
+        gpu_sampler = gpu_mod.GpuSampler(smi).start() if smi else None  # GPU readings through the stack phase
+        try:
+            stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+        finally:
+            gpu_samples = gpu_sampler.stop() if gpu_sampler is not None else []
+        # Any secret in the server's environment (kept or withheld) is masked wherever it appears.
+        redactor.add_known(redactor.env_secrets(server_env or {}))
     metric_samples += sampler.metric_samples
     _report_stack_failures(w, sampler)
 
@@ -267,9 +283,10 @@ def capture(req: CaptureRequest) -> Bundle:
 
     proc_records = _write_processes(w, processes)
     server_cmd = _write_server(w, req, root, server_env, env_err)
-    stats_lines = _write_log(w, req)
+    stats_lines = _write_log(w, req, root)
     _write_run_context(w, req)
     storage = _write_storage(w, req)
+    clients_view = _write_clients(w, req)
     _write_gpu(w, gpu_samples, gpu_sampler.errors if gpu_sampler is not None else [])
 
     remaining = max(0.0, s.collect_env_timeout + 25.0 - (time.monotonic() - t_start))
@@ -296,12 +313,13 @@ def capture(req: CaptureRequest) -> Bundle:
         "stats_lines": len(stats_lines),
         "storage": {k: storage.get(k) for k in ("files_waiting", "bytes_waiting", "oldest_age_s")} if storage else None,
         "timeline_png": "timeline.png" if plot_ok else None,
+        "clients": clients_view,
     }
     w.write_text("summary.md", report.summary_md(w.dir.name, req, analysis, stacks_info, stats_lines,
                                                  metric_samples, storage, w.errors))
     manifest, tar = w.finish(extra)
     return Bundle(dir=w.dir, tarball=tar, manifest=manifest, verdict=analysis,
-                  errors=[f"{e['what']}: {e['message']}" for e in w.errors])
+                  errors=[f"{e['what']}: {e['message']}" for e in w.errors], not_packed=w.not_packed)
 
 
 def _metrics_snapshot(w: BundleWriter, req: CaptureRequest, when: str, samples: list[dict[str, Any]]) -> None:
@@ -374,7 +392,13 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
         w.record("server command", command=None, exit_code=0, duration=0.0, output="context/server-command.txt",
                  source="request" if req.server_command else f"/proc/{root}/cmdline")
     if env is not None:
-        w.write_json("context/server-env.json", dict(sorted(w.redactor.env(env).items())))
+        shown = w.redactor.env(env)
+        w.write_json("context/server-env.json", {
+            "schema": "repro.server-env", "version": 1,
+            "source": "request" if req.server_env else f"/proc/{root}/environ",
+            "allow_list": w.redactor.env_policy.describe(),
+            "variables": {k: v for k, v in shown.items() if v != WITHHELD},
+            "withheld": [k for k, v in shown.items() if v == WITHHELD]})
         w.record("server environment", command=None, exit_code=0, duration=0.0, output="context/server-env.json",
                  source="request" if req.server_env else f"/proc/{root}/environ")
     elif env_err:
@@ -382,16 +406,25 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
     return cmd
 
 
-def _write_log(w: BundleWriter, req: CaptureRequest) -> list[str]:
-    """The log tail and the last stats lines: from --log-file, else `docker logs` of the container."""
+def _write_log(w: BundleWriter, req: CaptureRequest, root: int | None = None) -> list[str]:
+    """The log tail and the last stats lines: from --log-file, else `docker logs` of the container, else the
+    file the server's stdout/stderr go to (/proc/PID/fd/1, 2) when it is a regular file."""
     t0 = time.monotonic()
-    if req.log_path:
-        command: list[str] | str = f"tail {req.log_path}"
+    log_path, found = req.log_path, None
+    if not log_path and not req.docker and root is not None:
+        path, found = output_file(root)
+        if path is None:
+            w.error("server log", found)
+        log_path = Path(path) if path else None
+    if log_path:
+        command: list[str] | str = f"tail {log_path}"
         try:
-            tail, stats, info = context.read_log_tail(Path(req.log_path), req.settings.log_tail_bytes)
+            tail, stats, info = context.read_log_tail(Path(log_path), req.settings.log_tail_bytes)
         except OSError as exc:
-            w.error("server log", f"cannot read {req.log_path}: {exc.strerror or exc}")
+            w.error("server log", f"cannot read {log_path}: {exc.strerror or exc}")
             return []
+        if found:
+            info["found_as"] = found
     elif req.docker:
         command = docker_mod.logs_command(req.docker)
         rc, out, err, dt, timed_out = pyspy.run_with_timeout(command, 30.0)
@@ -420,7 +453,31 @@ def _write_run_context(w: BundleWriter, req: CaptureRequest) -> None:
         w.write_json("context/detection.json", req.detection)
 
 
+def _transfer(req: CaptureRequest) -> str:
+    """file, or handle when the run's connector hands back handles into a store (Mooncake): no files to count."""
+    out = ((req.scenario or {}).get("connector") or {}).get("output") or {}
+    return str(out.get("transfer") or "file")
+
+
+def _write_clients(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
+    """context/clients.json: requests received and aborted (server log) beside the files still in the store."""
+    from repro.capture import clients
+
+    tail = w.dir / "context" / "server.log.tail"
+    text = tail.read_text(errors="replace") if tail.is_file() else None
+    t0 = time.monotonic()
+    v = clients.view(text, _storage_path(req), _transfer(req))
+    w.write_json("context/clients.json", v)
+    w.record("clients seen by the server", command=None, exit_code=0, duration=time.monotonic() - t0,
+             output="context/clients.json")
+    req_part, store_part = v.get("requests") or {}, v.get("store") or {}
+    return {"received": req_part.get("received"), "aborted": req_part.get("aborted"),
+            "store_files": store_part.get("data_files"), "of_aborted_requests": store_part.get("of_aborted_requests")}
+
+
 def _storage_path(req: CaptureRequest) -> str | None:
+    if _transfer(req) != "file":
+        return None
     if req.storage_path:
         return req.storage_path
     server = (req.scenario or {}).get("server") or {}
@@ -433,6 +490,10 @@ def _storage_path(req: CaptureRequest) -> str | None:
 
 def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
     path = _storage_path(req)
+    if not path and _transfer(req) != "file":  # say why there is no census, never a census of nothing
+        w.write_json("context/storage.json", {"census": None, "why": "the connector hands back handles into a "
+                                              "Mooncake store, not files: no storage directory to count"})
+        return None
     if not path:
         return None
     t0 = time.monotonic()

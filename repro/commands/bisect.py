@@ -135,7 +135,7 @@ def _report(d: Decision) -> None:
 @click.option("--log", "log_dir", default=None, metavar="DIR", help="Print the journal of DIR and exit.")
 @click.option("--undo", "undo_dir", default=None, metavar="DIR",
               help="Void the last step of DIR (e.g. a false alarm), then exit; --resume re-plans.")
-@click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/bisect-<time>).")
+@click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/bisect-<time>).")
 @click.option("--workload-prompt-len", "prompt_len", default="128-1024", metavar="LO-HI", help="Prompt tokens.")
 @click.option("--max-tokens", type=int, default=16, help="Tokens per request when extraction is off (chat).")
 @click.option("--seed", type=int, default=0, help="Load seed.")

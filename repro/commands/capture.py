@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,9 @@ from typing import Any
 import click
 import psutil
 
+from repro import invocation
 from repro.capture.request import CaptureRequest
+from repro.commands.options import env_allow_option
 from repro.errors import TargetError, UsageError
 from repro.scenario import CaptureSettings
 from repro.units import parse_size
@@ -99,10 +101,13 @@ def _next_bundle_dir(base: Path) -> Path:
               help="Stack dumps per process.")
 @click.option("--interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds between dumps.")
-@click.option("--out", default=None, metavar="DIR",
+@click.option("-o", "--out", default=None, metavar="DIR",
               help="Bundle directory to create (the .tar.gz goes beside it). Default: RUN_DIR/bundle-NNN, "
                    "else ./repro-runs/capture-<time>/bundle-001.")
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="The server's log file.")
+@click.option("--server-command", default=None, metavar="CMD",
+              help="The attached server's command line, for the report, when repro cannot read it (a server on "
+                   "another machine); a local server's is read from /proc.")
 @click.option("--storage", default=None, metavar="DIR", help="The hidden-state storage directory to census.")
 @click.option("--api-key", default=None, envvar="REPRO_API_KEY", help="API key for /metrics (env REPRO_API_KEY).")
 @click.option("--py-spy", "pyspy", default=None, metavar="PATH", help="py-spy to use (default: beside repro, else PATH).")
@@ -111,9 +116,11 @@ def _next_bundle_dir(base: Path) -> Path:
               help="Run vLLM's collect_env with the server's Python (slow; runs during sampling).")
 @click.option("--redact-hosts", is_flag=True, help="Replace hostnames and IPs by stable aliases.")
 @click.option("--size-budget", default="20MB", show_default=True, help="Largest bundle size (logs trimmed first).")
+@env_allow_option
 def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, samples: int,
             interval: float, out: str | None, log_file: Path | None, storage: str | None, api_key: str | None,
-            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str) -> int:
+            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str,
+            server_command: str | None, env_allow: tuple[str, ...]) -> int:
     """Take the evidence of a stall from a running vLLM server, into a bundle.
 
     \b
@@ -126,6 +133,13 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     tail, command line and environment (secrets redacted), collect-env, storage
     state, a timeline plot, summary.md and manifest.json; the .tar.gz beside it
     fits a GitHub issue. Then: `repro analyze BUNDLE`, `repro issue BUNDLE`.
+
+    \b
+    Secrets: detect-secrets' detectors and repro's rules mask them in every file;
+    the server's environment is shown by allow-list (VLLM_*, CUDA*, NCCL*,
+    TORCH*, OMP_*, HF_* settings, PATH, LD_LIBRARY_PATH, proxies without
+    credentials; more with --env-allow); every file is read back and checked
+    again before the .tar.gz is packed, and not packed if one cannot be read.
     """
     from repro.capture.run import capture
 
@@ -151,7 +165,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
         root = _resolve_pid(owner)
     settings = CaptureSettings(samples=samples, interval=interval, native=native, redact_hosts=redact_hosts,
                                size_budget=parse_size(size_budget, "--size-budget"), pyspy=pyspy,
-                               collect_env=collect_env)
+                               collect_env=collect_env, env_allow=tuple(env_allow))
     if out:
         out_dir = Path(out).expanduser()
         if (out_dir / "manifest.json").exists():
@@ -169,13 +183,22 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
                          log_path=log_file or info.get("log_path"), docker=docker,
                          storage_path=storage, scenario=scenario, events=info.get("events") or [],
                          timeline_csv=info.get("timeline_csv"), detection=info.get("detection"), reason="manual",
-                         repro_command=["repro", *sys.argv[1:]] if sys.argv else None)
+                         repro_command=invocation.command_line([api_key or ""]),
+                         server_command=shlex.split(server_command) if server_command else None)
     click.echo(f"capturing {samples} samples, {interval:g} s apart ...", err=True)
     b = capture(req)
     v = b.verdict or {}
     click.echo(f"bundle: {b.dir}")
     if b.tarball:
         click.echo(f"tarball: {b.tarball} ({os.path.getsize(b.tarball) / 1e6:.2f} MB)")
+    elif b.not_packed:
+        click.echo(f"not packed: {b.not_packed}", err=True)
+    lc = b.manifest.get("last_check") or {}
+    red = b.manifest.get("redaction") or {}
+    click.echo(f"secrets: {red.get('total', 0)} masked while writing, {lc.get('total', 0)} more by the last check of "
+               f"{lc.get('files', 0)} files" + (f"; {red['rules']['env_withheld']} environment values withheld "
+                                                  "(--env-allow NAME to show one)"
+                                                  if (red.get('rules') or {}).get('env_withheld') else ""))
     click.echo(f"verdict: {v.get('stuck_process') or '?'} {v.get('verdict')}"
                + (f" in {v['stuck_frame']}" if v.get("stuck_frame") else ""))
     click.echo(f"signature: {v.get('signature')}")

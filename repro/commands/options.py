@@ -20,6 +20,7 @@ Fault injection (--inject SPEC; several joined with ';'; times like 30, 30s, 5m,
   gpu-hang[=T|=Nsteps]     a GPU kernel that never finishes on the engine's CUDA stream, T s
                            after the first request: EngineCore blocks in a CUDA wait (CUDA only;
                            cannot be released: stop the server)
+  raise-after=T|Nsteps     raise ReproInjectedEngineError inside the scheduler: EngineCore dies with a traceback
   hazard=R,min_running=N[,seed=S]
                            a permanent stall at random, R per hour while >= N requests run
 The plugin is loaded by vLLM from repro's entry point: repro must be installed beside vLLM.
@@ -31,6 +32,7 @@ INJECT_HELP = (
     "stall-for=T[,after=A] (block it for T s once: slow, not dead); "
     "write-stall[=A] (hang inside the hidden-state file write); "
     "gpu-hang[=T] (a GPU kernel that never finishes on the engine's stream: EngineCore blocks in a CUDA wait); "
+    "raise-after=T|Nsteps (raise inside the scheduler: EngineCore dies with a traceback); "
     "hazard=R,min_running=N[,seed=S] (permanent stall at random, R per hour while >= N requests run). "
     "Join several with ';'. Times: 30, 30s, 5m, 1h."
 )
@@ -57,6 +59,17 @@ def _check_inject(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _check_connector(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from repro.errors import UsageError
+    from repro.target import connectors
+
+    try:
+        connectors.resolve(value, gpu=False)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add the `repro serve` options to a command; `server_settings(kwargs)` turns them into settings."""
     opts = [
@@ -72,9 +85,15 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--layers", callback=_parse_layers, default=None, metavar="IDS",
                      help="1-based layer ids to extract, e.g. 2,16,29,32. Default: speculators' "
                           "[2, L//2, L-3, L] clipped to the model."),
-        click.option("--connector", type=click.Choice(["auto", "cpu", "stock"]), default="auto", show_default=True,
-                     help="Hidden-states connector: repro's synchronous CPU one (vLLM 0.20.2 behaviour) or vLLM's "
-                          "ExampleHiddenStatesConnector. auto: cpu when no GPU is visible."),
+        click.option("--connector", callback=_check_connector, default="auto", show_default=True,
+                     metavar="NAME|module:Class",
+                     help="Hidden-states connector: stock (vLLM's ExampleHiddenStatesConnector, GPU), cpu (repro's, "
+                          "synchronous: the vLLM 0.20.2 behaviour), fp8 (hs-connectors' FP8HiddenStatesConnector: "
+                          "float8 files with per-token scales, GPU), cpu-fp8 (that format written on CPU), mooncake "
+                          "(hs-connectors: a handle into a Mooncake store, no file), or module:Class of any KV "
+                          "connector importable beside vLLM. auto: cpu when no GPU is visible, else stock. When "
+                          "attaching (--url) it says what the server runs, so that its files are checked for that "
+                          "format."),
         click.option("--async-scheduling/--no-async-scheduling", default=None, help="Force vLLM's async scheduling."),
         click.option("--chunked-prefill/--no-chunked-prefill", default=None, help="Force chunked prefill."),
         click.option("--prefix-caching/--no-prefix-caching", default=None, help="Force prefix caching."),
@@ -115,3 +134,13 @@ def server_settings(kwargs: dict[str, Any], extra_args: tuple[str, ...] = ()) ->
 def passthrough(f: Callable[..., Any]) -> Callable[..., Any]:
     """Collect vLLM arguments given after `--`."""
     return click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- VLLM_ARGS...]")(f)
+
+
+ENV_ALLOW_HELP = ("Also show this variable of the server's environment in the bundle (repeatable; wildcards such as "
+                  "'MYAPP_*'; or REPRO_ENV_ALLOW=NAME,NAME). Off the allow-list, a value is withheld (name kept); "
+                  "names that say secret are always withheld.")
+
+
+def env_allow_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--env-allow NAME` (repeatable): more server environment variables a bundle shows (CaptureSettings.env_allow)."""
+    return click.option("--env-allow", "env_allow", multiple=True, metavar="NAME", help=ENV_ALLOW_HELP)(f)

@@ -28,7 +28,7 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 @click.command("serve", epilog=INJECT_GRAMMAR)
 @server_options
-@click.option("--out", default=None, metavar="DIR", help="Run directory for the server log (default ./repro-runs/serve-<time>).")
+@click.option("-o", "--out", default=None, metavar="DIR", help="Run directory for the server log (default ./repro-runs/serve-<time>).")
 @click.option("--build-tiny-model", "build_tiny", default=None, metavar="DIR",
               help="Only build the tiny random Llama into DIR and exit.")
 @passthrough
@@ -54,6 +54,10 @@ def command(out: str | None, build_tiny: str | None, vllm_args: tuple[str, ...],
             server.start()
             click.echo(f"starting vLLM (log: {server.log_path})", err=True)
             click.echo("  " + " ".join(server.command), err=True)
+            c = server.connector
+            if c is not None:
+                click.echo(f"  hidden states: --connector {c.name}: {c.kv_connector}"
+                           + (f" from {c.module_path}" if c.module_path else " (vLLM's own)"), err=True)
             last = [0.0]
 
             def waiting(elapsed: float) -> None:

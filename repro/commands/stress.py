@@ -5,13 +5,15 @@ Only parses flags into a Scenario and calls :func:`repro.load.runner.run_stress`
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from repro.commands.options import passthrough, server_options, server_settings
+from repro import invocation
+from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
 from repro.rundir import new_run_dir
@@ -55,15 +57,24 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--model-name", default=None, help="Model id to request. Default: the first of /v1/models.")
 @click.option("--log-file", default=None, metavar="FILE", help="Server log to follow when attaching (--url).")
 @click.option("--docker", default=None, metavar="NAME", help="Follow the log of this container (docker logs -f).")
+@click.option("--server-command", default=None, metavar="CMD",
+              help="The attached server's command line, for the report, when repro cannot read it (a server on "
+                   "another machine); a local server's is read from /proc.")
 @click.option("--storage-path", default=None, metavar="DIR",
               help="Hidden-state storage of an attached server: orphan census while the run goes, and capture.")
 @click.option("--storage-horizon", default="30m", metavar="DUR",
               help="Warn storage-exhaustion when the store is projected to fill within this.")
 @click.option("--orphan-grace", default="30s", metavar="DUR",
               help="An unclaimed hidden-state file younger than this is pending, not yet an orphan (files appear late).")
-@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|mixed:RATIO",
+@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|speculators|mixed:RATIO",
               help="hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and consumed; "
-                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states.")
+                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states; "
+                   "speculators: exactly what speculators 0.9's generate-offline-data sends (same bodies, "
+                   "2/4/8 s retry back-off, also on HTTP 4xx, 10 s LOCK_EX wait then lock removal, give-up after "
+                   "--max-consecutive-errors).")
+@click.option("--max-consecutive-errors", type=int, default=None,
+              help="With --workload speculators: stop (exit 3, outcome client-gave-up) after this many failed "
+                   "samples in a row, as speculators does. Default: --concurrency, speculators' default.")
 @click.option("--concurrency", "-c", type=int, default=32, help="Requests in flight at most.")
 @click.option("--rate", type=float, default=None, help="Poisson arrivals per second (capped by --concurrency). "
                                                         "Default: closed loop, always --concurrency in flight.")
@@ -76,9 +87,10 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--retries", type=int, default=3, help="Retries per request, with 2^n s backoff.")
 @click.option("--seed", type=int, default=0, help="Seed for prompts, lengths, arrivals and the mixed workload.")
 @click.option("--prompt-len", default="128-2048", metavar="N|LO-HI", help="Synthetic prompt length in tokens.")
-@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl",
+@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl|DIR",
               help="Prompts instead of synthetic ones: one JSON per line, {\"prompt\": text}, "
-                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}.")
+                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}; or the directory `speculators "
+                   "prepare-data` wrote (its input_ids, in order; needs the datasets package).")
 @click.option("--vocab-size", type=int, default=None, help="Synthetic token ids stay below this. "
                                                            "Default: the model's config, else 500.")
 @click.option("--check-threads", type=int, default=None,
@@ -106,7 +118,8 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
               help="On a stall: seconds between dump rounds.")
 @click.option("--bundle-budget", default="20MB", show_default=True, metavar="SIZE",
               help="On a stall: size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.")
-@click.option("--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
+@env_allow_option
+@click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
 @click.option("--replicas", type=int, default=1,
               help="With --executor ray: this many independent soaks, each with its own server on its node.")
 @click.option("--keep-going", is_flag=True, default=False,
@@ -119,7 +132,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     Launches a server with the `repro serve` options (or attaches with --url), sends the load,
     polls /metrics and follows the log, and classifies what it sees: engine-stall, queue-stall,
     client-stall, server-dead, slow. /health is never trusted. Writes scenario.json,
-    requests.jsonl, timeline.csv, events.jsonl and summary.json into the run directory.
+    requests.jsonl, timeline.csv, events.jsonl and summary.json into the run directory, and at the
+    end report.html + timeline.png (`repro report`); the last line points at the report.
 
     \b
     Exit codes: 0 no stall, 1 stall, 2 usage error, 3 target unreachable or failed to start,
@@ -150,17 +164,20 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
         max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
         keep_bad_budget=parse_size(kw["keep_bad"], "--keep-bad"),
-        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"])
+        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"],
+        max_consecutive_errors=kw["max_consecutive_errors"])
     detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
                             min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
                             startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
     capture = CaptureSettings(samples=kw["samples"], interval=kw["sample_interval"],
-                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"))
+                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"),
+                              env_allow=tuple(kw["env_allow"]))
     scn = Scenario(server=server, load=load, detect=detect, capture=capture, url=url.rstrip("/") if url else None,
                    log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
                    on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"],
                    storage_horizon=parse_duration(kw["storage_horizon"], "--storage-horizon"),
-                   orphan_grace=_grace(kw["orphan_grace"]))
+                   orphan_grace=_grace(kw["orphan_grace"]), invocation=invocation.command_line([kw["api_key"] or ""]),
+                   server_cmdline=shlex.split(kw["server_command"]) if kw["server_command"] else None)
     scn.validate()
     if scn.storage_path:
         from repro.storage.census import StorageCensus
@@ -169,7 +186,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if load.prompts_file:
         from repro.load.prompts import load_prompts_file
 
-        load_prompts_file(load.prompts_file)
+        prompts = load_prompts_file(load.prompts_file)
+        if load.workload == "speculators":
+            from repro.load.speculators import check_prompts
+
+            check_prompts(prompts, load.prompts_file)  # before a run directory exists
     ex = executor_settings(kw)
     if ex.kind != "ray" and (kw["replicas"] != 1 or kw["keep_going"]):
         raise UsageError("--replicas and --keep-going need --executor ray")
@@ -183,14 +204,17 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     err = sys.stderr
     if res.exit_code == EXIT_TARGET:
         click.echo(f"error: {res.error}", err=True)
+        _report_line(run_dir, res.summary)
         return res.exit_code
     if res.error:
         click.echo(f"error: {res.error}", err=True)
     s = res.summary
     fid = s.get("fidelity", {})
-    click.echo(f"{res.outcome}: {res.counts.get('ok', 0)} ok / {res.counts.get('total', 0)} requests in "
-               f"{res.load_s:.0f} s, files verified {res.files.get('verified', 0)} (bad {res.files.get('bad', 0)}), "
-               f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')}", file=err)
+    click.echo(f"fidelity mean {fid.get('mean')} p5 {fid.get('p5')} (server running+waiting / concurrency)", file=err)
+    handles = res.files.get("handles") or 0
+    if handles:
+        click.echo(f"handles {handles} (bad {res.files.get('bad_handles', 0)}): the connector returns store handles, "
+                   "not files", file=err)
     if res.counts.get("rejected"):
         click.echo(f"rejected: {res.counts['rejected']} request(s) refused by the server as invalid (HTTP 400), "
                    f"e.g. {(res.counts.get('rejected_detail') or '')[:200]}", file=err)
@@ -211,14 +235,25 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                    f"share {storm.get('peak_abort_share')}, goodput down to {storm.get('min_goodput_per_s')} req/s): "
                    f"client timeouts throw the engine's work away; not a stall", file=err)
     sto = s.get("storage")
-    if sto:
+    if sto and sto.get("applies") is False:
+        click.echo(f"storage: no census ({sto['why']})", file=err)
+    elif sto:
         click.echo(f"storage {sto['path']}: {sto.get('orphan_files')} orphaned files ({(sto.get('orphan_bytes') or 0) / 1e6:.1f} MB) "
                    f"no response claimed, {sto.get('claimed_files')} claimed and still present; "
                    f"warnings: {', '.join(sto.get('warnings') or {}) or 'none'}", file=err)
     if s.get("storage_cause"):
         click.echo(f"storage cause: {s['storage_cause']['kind']}: {s['storage_cause']['line'][:200]}", file=err)
-    click.echo(f"run directory: {run_dir}", file=err)
+    _report_line(run_dir, s)
     return res.exit_code
+
+
+def _report_line(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The report (never costs the run: a failure is one line) and the one-line summary pointing at it."""
+    from repro.load.display import final_line
+    from repro.report import report_after_run
+
+    rep = report_after_run(Path(run_dir), lambda msg: click.echo(msg, err=True))
+    click.echo(final_line(summary, rep.html if rep is not None else None, run_dir), err=True)
 
 
 def _grace(text: str) -> float:

@@ -6,15 +6,16 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from repro.commands.options import passthrough, server_options, server_settings
+from repro import invocation
+from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
+from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario
 from repro.target.launcher import check_storage
@@ -24,6 +25,7 @@ from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
+from repro.watch.timeline import WatchTimeline
 from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
@@ -31,6 +33,16 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     return parse_duration(value, f"--{param.name.replace('_', '-')}")  # type: ignore[union-attr]
+
+
+def _connector_record(settings: Any, known: bool) -> dict[str, Any]:
+    """Which hidden-states connector the watched server runs (launched, or said with --connector), for bundles."""
+    from repro.target.launcher import server_connector
+
+    conn = server_connector(settings) if known else None
+    if conn is None:
+        return {"name": None, "note": "not launched by repro and no --connector given"}
+    return conn.to_dict()
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -73,6 +85,7 @@ def _say(msg: str) -> None:
 @click.option("--capture-samples", type=click.IntRange(min=1), default=3, help="py-spy samples per process.")
 @click.option("--capture-interval", default="2s", callback=_duration, help="Seconds between samples.")
 @click.option("--collect-env/--no-collect-env", default=True, help="Run vLLM's collect_env into the bundle.")
+@env_allow_option
 @click.option("--max-restarts", type=click.IntRange(min=0), default=5,
               help="Give up (exit 1) when the server stalls again after this many restarts within an hour.")
 @click.option("--backoff", default="10s", callback=_duration,
@@ -88,7 +101,7 @@ def _say(msg: str) -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve the watchdog's own Prometheus counters on this port.")
 @click.option("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
-@click.option("--out", default=None, metavar="DIR",
+@click.option("-o", "--out", default=None, metavar="DIR",
               help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
 @click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
 @click.option("--storage-grace", default="5m", callback=_duration,
@@ -141,7 +154,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
 
     Exit 1 after giving up (--max-restarts in an hour, or no space within
     --storage-wait-max), 3 when the target cannot be reached or restarted, 0 after --duration
-    or SIGTERM.
+    or SIGTERM. At the end: report.html + timeline.png in the run directory (`repro report`).
     """
     modes = [m for m, on in (("--serve", serve), ("--docker", bool(docker_name)), ("--url", bool(url)))
              if on]
@@ -149,10 +162,11 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         raise UsageError(f"--serve launches its own server: it cannot be combined with {modes[1]}")
     if not modes:
         raise UsageError("say what to watch: --serve, --docker NAME, or --url URL --restart-cmd CMD")
+    env_allow = tuple(kwargs.pop("env_allow", ()))  # a capture setting, not a server one
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     settings = server_settings(kwargs, vllm_args)
     if not serve:
-        launch_only = sorted(n for n in explicit if n not in ("port", "storage"))
+        launch_only = sorted(n for n in explicit if n not in ("port", "storage", "connector"))
         if vllm_args or launch_only:
             what = "arguments after --" if vllm_args else "--" + launch_only[0].replace("_", "-")
             raise UsageError(f"{what} only apply with --serve (repro launches the server)")
@@ -177,7 +191,8 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
                             max_restarts=max_restarts)
     policy.validate()
-    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env)
+    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env,
+                               env_allow=env_allow)
                if do_capture else None)
     ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
                        on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
@@ -217,17 +232,22 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     else:
         scn = Scenario(detect=detect, capture=capture or CaptureSettings(), url=target_url, log_file=log_file,
                        storage_path=storage, on_stall="restart", out_dir=str(run_dir))
+    argv = invocation.command_line([api_key or ""])  # secrets masked: watch.json and the bundles' reproducer
+    scn.invocation = argv
     watch_json = {"mode": target.kind, "target_url": target.url, "watch": {k: v for k, v in dataclasses.asdict(ws).items()
                                                                         if k != "api_key"},
-                  "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": sys.argv}
+                  "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": argv}
     (run_dir / "watch.json").write_text(json.dumps(watch_json, indent=2, default=str) + "\n")
 
     events = EventLog(run_dir / "events.jsonl")
+    timeline = WatchTimeline(run_dir / "timeline.csv")
     metrics = WatchMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
-    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn.to_dict(),
-                     repro_command=["repro", *sys.argv[1:]] if sys.argv and "repro" in Path(sys.argv[0]).name else None)
+    scenario = scn.to_dict()
+    scenario["connector"] = _connector_record(settings, serve or "connector" in explicit)
+    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scenario, repro_command=argv,
+                     timeline=timeline)
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -240,3 +260,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
             signal.signal(s, h)
         metrics.close()
         events.close()
+        timeline.close()
+        rep = report_after_run(run_dir, _say)  # a failure to draw it is one line, never the exit code
+        if rep is not None:
+            _say(f"{rep.report.headline} -- report: {rep.html}")

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,11 +68,13 @@ class Replica:
 class FleetView:
     """Per-replica state, total exposure, hangs so far and the rate bound: a rich table on a tty, else lines."""
 
-    def __init__(self, stream: TextIO | None = None, every: float = 15.0) -> None:
+    def __init__(self, stream: TextIO | None = None, every: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
-        self._last = 0.0
+        self.clock = clock
+        self._last: float | None = None  # None: nothing printed yet, the first update prints
         self._live: Any = None
 
     def render_lines(self, reps: list[Replica], elapsed: float) -> list[str]:
@@ -98,8 +101,8 @@ class FleetView:
                 self._live.start()
             self._live.update(Text("\n".join(lines)))
             return
-        now = time.monotonic()
-        if force or now - self._last >= self.every:
+        now = self.clock()
+        if force or self._last is None or now - self._last >= self.every:
             self._last = now
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()

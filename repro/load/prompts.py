@@ -5,10 +5,15 @@ A prompts file has one JSON value per line (blank lines and lines starting with
 
     {"prompt": "The quick brown fox"}            text (English, Chinese, anything UTF-8)
     {"messages": [{"role": "user", "content": "你好"}]}   chat messages
+    {"messages": [...], "prompt_token_ids": [...]}   chat messages and their rendered ids (--workload speculators)
     {"prompt_token_ids": [1, 2, 3]}              token ids (also "token_ids", or "prompt": [ints])
     "a bare string"  /  [1, 2, 3]                text / token ids
 
 A line that is none of these raises :class:`UsageError` naming the file and line.
+
+A directory written by ``speculators prepare-data`` (a Hugging Face ``datasets`` dataset saved
+with ``save_to_disk``, one ``input_ids`` row per sample) gives the same samples, in the same order,
+that ``speculators generate-offline-data --preprocessed-data DIR`` sends (needs ``datasets``).
 """
 
 from __future__ import annotations
@@ -84,7 +89,11 @@ def parse_prompt_line(value: Any, path: str, lineno: int) -> Prompt:
             if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
                 raise _bad(path, lineno, f"messages[{i}] must be {{\"role\": str, \"content\": str}}")
             out.append({"role": m["role"], "content": m["content"]})
-        return Prompt(CHAT, messages=tuple(out), line=lineno)
+        ids = value.get("prompt_token_ids", value.get("input_ids"))
+        if ids is not None and not _token_list(ids):
+            raise _bad(path, lineno, "\"prompt_token_ids\" beside \"messages\" must be non-empty token ids")
+        # with ids: the rendered prompt's token ids, which speculators compares with the response's
+        return Prompt(CHAT, messages=tuple(out), tokens=tuple(ids) if ids is not None else None, line=lineno)
     for key in ("prompt_token_ids", "token_ids"):
         if key in value:
             if not _token_list(value[key]):
@@ -101,9 +110,34 @@ def parse_prompt_line(value: Any, path: str, lineno: int) -> Prompt:
     raise _bad(path, lineno, "no \"prompt\", \"messages\" or \"prompt_token_ids\" key")
 
 
+def load_prompts_dataset(path: str | Path) -> list[Prompt]:
+    """The samples of a speculators preprocessed dataset (``input_ids`` per row), in order."""
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"--prompts {path}: a dataset directory needs the `datasets` package",
+                         help="pip install datasets (speculators installs it), or give a JSON-lines file.") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError and its own errors for a bad directory
+        raise UsageError(f"--prompts {path}: not a dataset saved by `datasets` ({type(exc).__name__}: {exc})") from None
+    if "input_ids" not in ds.column_names:
+        raise UsageError(f"--prompts {path}: the dataset has no input_ids column (columns: {', '.join(ds.column_names)})")
+    out = []
+    for i, ids in enumerate(ds.with_format(None)["input_ids"]):
+        if not _token_list(ids):
+            raise UsageError(f"--prompts {path}: row {i}: input_ids must be non-empty token ids")
+        out.append(Prompt(TOKENS, tokens=tuple(ids), line=i))
+    if not out:
+        raise UsageError(f"--prompts {path}: the dataset has no rows")
+    return out
+
+
 def load_prompts_file(path: str | Path) -> list[Prompt]:
     """Read and validate every line; raise UsageError naming the first bad line."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "state.json").is_file():
+        return load_prompts_dataset(p)
     if not p.is_file():
         raise UsageError(f"--prompts {path}: no such file")
     out: list[Prompt] = []

@@ -4,6 +4,15 @@ Nothing here grows with the number of requests: records are written as they
 finish, counters are integers, and distributions are fixed-size log histograms.
 The summary's request counts and requests.jsonl come from the same call
 (:meth:`RunStats.finish`), so they always agree.
+
+Files a stalled engine never wrote: a response can come back just before the engine stalls,
+and the stalled engine then never writes (or never finishes) its hidden-state file. Such a
+file is evidence of the stall, not a bad file: a check that ended ``file-missing`` or
+``lock-timeout`` at or after the moment the stall began (``t_end`` >= the stall's ``since``,
+seconds since the start of the load) is counted as ``not written: engine stalled``
+(``files_not_written``), apart from ``files_bad``. The stall is declared a window after it
+began, so checks that ended in between are moved over when it is (:meth:`RunStats.stall_began`);
+:func:`count_records` applies the same rule to requests.jsonl.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -105,11 +115,25 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     file: dict[str, Any] | None = None  # check result: ok, error, bytes, shape, consumed, seconds, lock_wait
+    handle: dict[str, Any] | None = None  # a handle into a store instead of a file (Mooncake): handle, bytes, error
     client_s: dict[str, float] = field(default_factory=dict)  # client-side work: prompt wait, file check
 
     def to_json(self) -> str:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+
+NOT_WRITTEN_ERRORS = frozenset({"file-missing", "lock-timeout"})  # the file never appeared / its writer never finished
+NOT_WRITTEN_STALLED = "engine stalled"
+
+
+def not_written_after_stall(file: dict[str, Any], stall_since: float | None) -> bool:
+    """A failed check of a file the stalled engine never wrote: missing (or still locked) when the check ended,
+    and the check ended at or after the stall began (both in seconds since the start of the load)."""
+    if stall_since is None or file.get("ok") or file.get("error") not in NOT_WRITTEN_ERRORS:
+        return False
+    t_end = file.get("t_end")
+    return isinstance(t_end, (int, float)) and t_end >= stall_since
 
 
 class RunStats:
@@ -135,6 +159,10 @@ class RunStats:
         self.files_ok = 0
         self.files_bad = 0
         self.file_errors: Counter[str] = Counter()
+        self.files_not_written = 0  # not written: engine stalled (see the module docstring)
+        self.not_written_errors: Counter[str] = Counter()
+        self.stall_since: float | None = None  # seconds since the load began, once a stall is declared
+        self._unwritten: deque[tuple[float, str]] = deque(maxlen=10_000)  # (t_end, error) of bad missing files
         self.file_bytes = 0
         self.file_dtypes: Counter[str] = Counter()  # stored dtype of hidden_states, over files that were read
         self.consumed: Counter[str] = Counter()
@@ -147,6 +175,9 @@ class RunStats:
         self.prep_s_total = 0.0
         self.prep_n = 0
         self.kinds: Counter[str] = Counter()
+        self.handles = 0  # answers that named an object in a store (Mooncake), not a file
+        self.bad_handles = 0
+        self.observer: Callable[[RequestRecord], None] | None = None  # told of every finished record
 
     def finish(self, rec: RequestRecord, out: IO[str] | None) -> None:
         """Count a finished request and write its record (one place, so summary == requests.jsonl)."""
@@ -176,17 +207,45 @@ class RunStats:
             if f.get("ok"):
                 self.files_ok += 1
                 self.consumed[f.get("consumed") or "?"] += 1
+            elif not_written_after_stall(f, self.stall_since):
+                f["not_written"] = NOT_WRITTEN_STALLED
+                self.files_not_written += 1
+                self.not_written_errors[f["error"]] += 1
             else:
                 self.files_bad += 1
                 self.file_errors[f.get("error") or "?"] += 1
+                if f.get("error") in NOT_WRITTEN_ERRORS and isinstance(f.get("t_end"), (int, float)):
+                    self._unwritten.append((float(f["t_end"]), f["error"]))
             self.file_bytes += f.get("bytes") or 0
             if f.get("dtype"):
                 self.file_dtypes[f["dtype"]] += 1
             if f.get("seconds") is not None:
                 self.check_s.add(f["seconds"])
+        if rec.handle is not None:
+            self.handles += 1
+            self.bad_handles += rec.handle.get("ok") is False
         if out is not None:
             out.write(rec.to_json() + "\n")
         self.bookkeeping_s.add(time.perf_counter() - t0)
+        if self.observer is not None:
+            self.observer(rec)
+
+    def stall_began(self, since: float) -> None:
+        """The run's stall began at ``since`` (seconds since the load began): files missing at or after it
+        were not written by the stalled engine; move those already counted bad, and count later ones apart."""
+        self.stall_since = since
+        keep: deque[tuple[float, str]] = deque(maxlen=self._unwritten.maxlen)
+        for t_end, err in self._unwritten:
+            if t_end < since:
+                keep.append((t_end, err))
+                continue
+            self.files_bad -= 1
+            self.file_errors[err] -= 1
+            if self.file_errors[err] <= 0:
+                del self.file_errors[err]
+            self.files_not_written += 1
+            self.not_written_errors[err] += 1
+        self._unwritten = keep
 
     def counts(self) -> dict[str, Any]:
         return {"total": self.finished, "ok": self.ok, "failed": self.failed, "rejected": self.rejected,
@@ -195,18 +254,26 @@ class RunStats:
                 "errors": dict(self.errors), "by_kind": dict(self.kinds)}
 
     def files(self) -> dict[str, Any]:
-        """`bad` counts every file that did not pass: `failed_check` (read, and wrong) plus `unverifiable`
-        (missing, unreadable, locked, no path in the response ...)."""
+        """The summary's ``files``: ``bad`` counts every file that did not pass, ``failed_check`` (read, and wrong)
+        plus ``unverifiable`` (missing, unreadable, locked, no path in the response ...); ``bad`` and ``errors``
+        leave out the files the stalled engine never wrote, which are ``not_written_engine_stalled`` (by check
+        error in ``not_written_errors``)."""
         from repro.load.workloads import FAILED_CHECK
 
         failed = sum(n for k, n in self.file_errors.items() if k in FAILED_CHECK)
         return {"verified": self.files_ok, "bad": self.files_bad, "failed_check": failed,
                 "unverifiable": self.files_bad - failed, "errors": dict(self.file_errors),
-                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes)}
+                "not_written_engine_stalled": self.files_not_written,
+                "not_written_errors": dict(self.not_written_errors),
+                "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes),
+                "handles": self.handles, "bad_handles": self.bad_handles}
 
 
-def count_records(path: Path) -> dict[str, int]:
-    """Recount requests.jsonl (tests and `summary` checks): totals by status and verified files."""
+def count_records(path: Path, stall_since: float | None = None) -> dict[str, int]:
+    """Recount requests.jsonl (tests and `summary` checks): totals by status and verified files.
+
+    ``stall_since``: the stall's ``since_s`` from summary.json; failed checks of files the stalled engine never
+    wrote then count as ``files_not_written``, not ``files_bad`` (the rule of :class:`RunStats`)."""
     out: Counter[str] = Counter()
     with open(path) as f:
         for line in f:
@@ -215,5 +282,10 @@ def count_records(path: Path) -> dict[str, int]:
             out[r["status"]] += 1
             fr = r.get("file")
             if fr is not None:
-                out["files_ok" if fr.get("ok") else "files_bad"] += 1
+                if fr.get("ok"):
+                    out["files_ok"] += 1
+                elif not_written_after_stall(fr, stall_since):
+                    out["files_not_written"] += 1
+                else:
+                    out["files_bad"] += 1
     return dict(out)

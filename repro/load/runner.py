@@ -52,7 +52,8 @@ from repro.load.feed import PromptFeed
 from repro.load.fidelity import Breakdown, instant as fidelity_instant
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
-from repro.load.workloads import HIDDEN_STATES, FileChecker, PreparedRequest, Workload, read_response
+from repro.load import speculators
+from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
 from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
                                     ClientSnapshot, Detector, Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
@@ -60,6 +61,8 @@ from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metric
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
+from repro.target.attached import LocalServer, find_local_server
+from repro.target import connectors
 from repro.target.launcher import VllmServer
 
 SUMMARY_SCHEMA = "repro.stress.summary"
@@ -140,6 +143,10 @@ class _Run:
         self.bad_seen: set[str] = set()  # file error kinds already announced on the display
         self.model: str | None = None
         self.last_metrics: MetricsSample | None = None
+        self.last_metrics_wall: float | None = None  # when /metrics last answered (for a death report)
+        self.last_stats_text: str | None = None  # the last stats line as vLLM printed it
+        self.refused_wall: float | None = None  # the first refused /metrics of the current streak
+        self.attached: LocalServer | None = None  # an attached server found on this machine (read while alive)
         self._prev_tok: tuple[float, float, float] | None = None  # (t, prompt, gen) for the display
         self._tps: tuple[float | None, float | None] = (None, None)
         self.events_f: IO[str]
@@ -168,7 +175,19 @@ class _Run:
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
             headers["Authorization"] = f"Bearer {scn.api_key}"
+        self.speculators = Workload.parse(scn.load.workload).client == SPECULATORS
+        self.tracker: speculators.FailureTracker | None = None
+        self.gave_up: dict[str, Any] | None = None  # speculators' client gave up (consecutive failed samples)
+        if self.speculators:  # what the OpenAI SDK sends for speculators (api_key="EMPTY")
+            headers.setdefault("Authorization", f"Bearer {speculators.API_KEY}")
+            headers["Accept"] = "application/json"
+            self.tracker = speculators.FailureTracker(scn.load.max_consecutive_errors or scn.load.concurrency)
         self.headers = headers
+        # what the server's connector hands back (launched: known; attached: --connector, else read from the answers)
+        self.connector: connectors.Connector | None = (
+            server.connector if server is not None and server.connector is not None
+            else (connectors.resolve(scn.server.connector, gpu=False) if scn.server.connector != connectors.AUTO else None))
+        self.handles = 0  # answers naming an object in a store (Mooncake handle), not a file
 
     # -- files -------------------------------------------------------------------
     def open_files(self) -> None:
@@ -308,7 +327,7 @@ class _Run:
                         err = "engine-dead"
                 rec.status = "timeout" if err == "timeout" else ("rejected" if status in REJECTED else "error")
                 rec.error, rec.detail = err, detail
-                if status is not None and 400 <= status < 500 and status not in (408, 429):
+                if status is not None and 400 <= status < 500 and status not in (408, 429) and not self.speculators:
                     self.consecutive_4xx += 1
                     if self.consecutive_4xx >= max(8, min(64, self.L.concurrency)) and st.ok == 0:
                         self.abort_error = (f"every request is rejected with HTTP {status}: {detail.strip()[:200]}")
@@ -318,7 +337,7 @@ class _Run:
                     break
                 st.retries += 1
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), 2.0 ** attempt)
+                    await asyncio.wait_for(self.stop_event.wait(), self.backoff(attempt))
             checking = False
             if rec.status == "ok":
                 checking = self.handle_ok(prep, rec, body or b"")
@@ -332,19 +351,44 @@ class _Run:
             self.check_slots.release()
             raise
 
+    def model_dtype(self) -> str | None:
+        """The dtype the hidden states must be stored in, when the launched server's --dtype says it."""
+        cmd = self.server.command if self.server is not None else []
+        if "--dtype" not in cmd[:-1]:
+            return None
+        from repro.load.expect import dtype_code
+
+        last = len(cmd) - 1 - cmd[::-1].index("--dtype")  # vLLM takes the last one (passthrough may repeat it)
+        return dtype_code(cmd[last + 1]) if last + 1 < len(cmd) else None
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retrying after attempt ``attempt`` (0-based): 1, 2, 4 ...; speculators' 2, 4, 8 ..."""
+        return speculators.backoff(attempt + 1) if self.speculators else 2.0 ** attempt
+
     def handle_ok(self, prep: PreparedRequest, rec: RequestRecord, body: bytes) -> bool:
         """Count the response; submit its file check (True) or finish the record now (False)."""
         st = self.stats
         try:
-            info = read_response(json.loads(body))
+            data = json.loads(body)
+            info = read_response(data)
+            if prep.kind == SPECULATORS:  # speculators rejects such an answer at once, without retrying it
+                speculators.validate(data, prep.prompt_tokens, prep.path.endswith("/chat/completions"))
+        except speculators.InvalidResponse as exc:
+            rec.status, rec.error, rec.detail = "error", "invalid-response", str(exc)
+            st.finish(rec, self.requests_f)
+            return False
         except (ValueError, AttributeError, IndexError, TypeError) as exc:
             rec.status, rec.error, rec.detail = "error", "bad-response", f"{type(exc).__name__}: {exc}"
             st.finish(rec, self.requests_f)
             return False
         rec.prompt_tokens = info.prompt_tokens if info.prompt_tokens is not None else rec.prompt_tokens
         rec.completion_tokens = info.completion_tokens
+        if info.hs_path is None and info.handle is not None:
+            self.note_handle(prep, rec, info)
+            st.finish(rec, self.requests_f)
+            return False
         if info.hs_path is None:
-            if prep.kind == HIDDEN_STATES:
+            if prep.kind in (HIDDEN_STATES, SPECULATORS):
                 rec.file = {"ok": False, "error": "no-path",
                             "detail": "the response has no kv_transfer_params.hidden_states_path "
                                       "(is hidden-state extraction on?)"}
@@ -362,7 +406,8 @@ class _Run:
         # The check runs in the pool; the concurrency slot is already free when it starts.
         st.in_check += 1
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.pool, self.checker.check, info.hs_path, expected, prep.kind == HIDDEN_STATES)
+        check = self.checker.check_after_lock if prep.kind == SPECULATORS else self.checker.check
+        fut = loop.run_in_executor(self.pool, check, info.hs_path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS))
 
         def done(f: "asyncio.Future[Any]") -> None:
             st.in_check -= 1
@@ -385,6 +430,8 @@ class _Run:
                 rec.file = {k: v for k, v in rec.file.items() if v is not None}
                 if r.kept_at:
                     rec.file["kept_at"] = r.kept_at
+                if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
+                    rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
                 if r.consumed in ("deleted", "moved"):
                     self.claim(info.hs_path, forget=True)
                 rec.client_s["check"] = round(r.seconds, 6)
@@ -406,6 +453,41 @@ class _Run:
         self.event("file-bad", error=kind, detail=detail, path=f.get("path"), kept_at=f.get("kept_at"))
         self.progress.message(f"warning: a hidden-state file failed its check ({kind}: {detail}){where}; "
                               f"this run will not be reported clean")
+    def note_handle(self, prep: PreparedRequest, rec: RequestRecord, info: Any) -> None:
+        """An answer that names an object in a key-value store (hs-connectors' Mooncake backend), not a file.
+
+        There is no file to check and nothing of it in a storage directory: the handle is recorded and counted,
+        and its manifest (tensor shapes) is checked against the prompt where it says the number of tokens."""
+        self.handles += 1
+        h: dict[str, Any] = {"handle": info.handle, "transfer": connectors.HANDLE}
+        meta = info.kv.get("metadata") if isinstance(info.kv.get("metadata"), dict) else {}
+        if meta.get("total_aligned_bytes") is not None:
+            h["bytes"] = meta["total_aligned_bytes"]
+        n = meta.get("num_tokens")
+        want = len(prep.prompt_tokens) if prep.prompt_tokens is not None else rec.prompt_tokens
+        if n is not None and want is not None and n != want:
+            h.update(ok=False, error="bad-handle", detail=f"the handle's manifest says {n} tokens, the prompt has {want}")
+        rec.handle = h
+
+    def sample_done(self, rec: RequestRecord) -> None:
+        """speculators' give-up rule (RunStats calls this for every finished record)."""
+        if self.tracker is None or rec.status == "cancelled" or self.stopping:
+            return
+        f = rec.file or {}
+        failed = rec.status != "ok" or (not f.get("ok", True) and f.get("error") in speculators.SAMPLE_FAILURES)
+        if not failed:
+            self.tracker.success()
+            return
+        if self.tracker.failure():
+            what = rec.error or f.get("error")
+            self.gave_up = {"consecutive_failed_samples": self.tracker.consecutive, "threshold": self.tracker.threshold,
+                            "last_error": what, "last_detail": (rec.detail or f.get("detail") or "")[:300],
+                            "at_s": round(self.rel(time.monotonic()), 3)}
+            self.abort_error = (f"speculators' client gives up here: {self.tracker.consecutive} samples in a row "
+                                f"failed (--max-consecutive-errors {self.tracker.threshold}; last: {what})")
+            self.event("give-up", **self.gave_up)
+            self.progress.message(f"give-up: {self.abort_error}")
+            self.request_stop("max-consecutive-errors")
 
     async def issue(self, session: aiohttp.ClientSession, feed: PromptFeed) -> PreparedRequest | None:
         """The next prepared request, or None when the budget is spent or the run stops."""
@@ -502,6 +584,7 @@ class _Run:
             s = parse_stats_line(ln)
             if s is not None:
                 stats_lines.append(s)
+                self.last_stats_text = ln.strip()
                 continue
             fatal = fatal or fatal_marker(ln)
             w = warning_marker(ln)
@@ -559,7 +642,9 @@ class _Run:
             a = self.detector.observe(ob)
             self.last = a
             if ob.metrics is not None:
-                self.last_metrics = ob.metrics
+                self.last_metrics, self.last_metrics_wall, self.refused_wall = ob.metrics, time.time(), None
+            elif ob.metrics_error == REFUSED and self.refused_wall is None:
+                self.refused_wall = time.time()
             await self.poll_storage()
             self.track_storm(a)
             if a.stall_class == SERVER_DEAD and a.state == STALLED:
@@ -572,6 +657,7 @@ class _Run:
                            evidence=a.evidence)
             if a.state == STALLED and self.stall is None:
                 self.stall = a
+                self.stats.stall_began(round(self.rel(a.since or a.t), 3))  # files it never wrote are not bad
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
                            detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
@@ -618,12 +704,14 @@ class _Run:
         recent_fill = st.in_flight / self.L.concurrency
         return {
             "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed),
+            "duration": dur,
             "req_s": st.ok / elapsed if elapsed > 0 else 0.0, "in_flight": st.in_flight,
             "concurrency": self.L.concurrency, "in_check": st.in_check,
             "running": None if m is None else m.running, "waiting": None if m is None else m.waiting,
             "kv_pct": None if m is None or m.kv_usage is None else 100 * m.kv_usage,
             "prompt_tps": self._tps[0], "gen_tps": self._tps[1], "ok": st.ok, "files_ok": st.files_ok,
-            "files_bad": st.files_bad, "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
+            "files_bad": st.files_bad, "files_not_written": st.files_not_written,
+            "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
             "since_progress": None if self.detector.last_progress_t is None else ob.t - self.detector.last_progress_t,
             "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
             "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
@@ -724,6 +812,17 @@ class _Run:
             self.storm["seconds"] = round(self.storm["seconds"] + a.t - self.storm.pop("_start", a.t), 3)
             self.event(f"{ABORT_STORM}-end")
 
+    def client_summary(self) -> dict[str, Any]:
+        """Whose request shape the load had, and (speculators) whether its give-up rule ended the run."""
+        if not self.speculators:
+            return {"shape": "repro", "workload": self.L.workload}
+        assert self.tracker is not None
+        return {"shape": "speculators", "speculators_version": speculators.SPECULATORS_VERSION,
+                "request_timeout_s": self.L.request_timeout, "retries": self.L.retries,
+                "backoff_s": [speculators.backoff(a) for a in range(1, self.L.retries + 1)],
+                "lock_wait_s": speculators.LOCK_TIMEOUT, "max_consecutive_errors": self.tracker.threshold,
+                "peak_consecutive_failures": self.tracker.peak, "gave_up": self.gave_up}
+
     def storm_summary(self) -> dict[str, Any] | None:
         if self.storm is None:
             return None
@@ -739,8 +838,7 @@ class _Run:
         if self.storage_death is not None:
             return
         text = ""
-        log_path = (self.server.log_path if self.server is not None
-                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        log_path = self.server_log_path()
         if log_path is not None:
             with contextlib.suppress(OSError):
                 with open(log_path, "rb") as f:
@@ -755,7 +853,22 @@ class _Run:
         a.evidence.setdefault("reasons", []).append(
             f"storage: {cause['kind']} in the hidden-state write ({cause['line'][:200]})")
 
+    def hands_back_handles(self) -> bool:
+        """The connector answers with handles into a store (Mooncake), so no storage directory holds the output."""
+        conn, handles = getattr(self, "connector", None), getattr(self, "handles", 0)
+        if conn is not None and not conn.writes_files:
+            return True
+        return handles > 0 and self.stats.files_ok + self.stats.files_bad == 0
+
+    def no_census(self) -> dict[str, Any]:
+        return {"census": None, "applies": False, "handles": self.handles,
+                "why": "the connector hands back handles to objects in a Mooncake store, not files: there is no "
+                       "file to check and no storage directory to count orphans in (an aborted request's object, "
+                       "if the store keeps one, is not visible from here)"}
+
     def storage_summary(self) -> dict[str, Any] | None:
+        if self.hands_back_handles():
+            return self.no_census()
         w = self.storage
         if w is None:
             return None
@@ -792,7 +905,7 @@ class _Run:
     def storage_accounting(self) -> dict[str, Any] | None:
         """For the bundle: the summary's storage figures, the orphan census with a sample of names, the growth curve."""
         d = self.storage_summary()
-        if d is None or self.storage is None:
+        if d is None or self.storage is None or d.get("applies") is False:
             return None
         c = self.storage.census
         d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)} for n, b, age in c.orphans(limit=50)]
@@ -848,8 +961,7 @@ class _Run:
         from repro.capture import run as capture_run
         from repro.capture.request import CaptureRequest
 
-        log_path = (self.server.log_path if self.server is not None
-                    else (Path(self.scn.log_file) if self.scn.log_file else None))
+        log_path = self.server_log_path()
         events = []
         with contextlib.suppress(OSError, ValueError):
             self.events_f.flush()
@@ -862,8 +974,9 @@ class _Run:
             storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
             storage_accounting=self.storage_accounting(),
             timeline_csv=self.run_dir / "timeline.csv", detection=detection,
-            server_command=self.server.command if self.server is not None else None,
-            server_env=self.server.env if self.server is not None else None, reason="stall")
+            server_command=self.server_command()[0],
+            server_env=self.server.env if self.server is not None else None, reason="stall",
+            repro_command=self.scn.invocation)
         self.progress.message(f"capturing into {req.out_dir} ...")
         t0 = time.monotonic()
         try:
@@ -873,13 +986,18 @@ class _Run:
             self.progress.message(f"capture failed: {type(exc).__name__}: {exc}")
         else:
             self.capture_info = {"status": "done", "dir": str(getattr(bundle, "dir", req.out_dir)),
-                                 "tarball": str(getattr(bundle, "tarball", None)),
-                                 "errors": list(getattr(bundle, "errors", []) or [])}
-            self.progress.message(f"capture written: {self.capture_info['tarball'] or self.capture_info['dir']}")
+                                 "tarball": str(bundle.tarball) if getattr(bundle, "tarball", None) else None,
+                                 "errors": list(getattr(bundle, "errors", []) or []),
+                                 "not_packed": getattr(bundle, "not_packed", None)}
+            self.progress.message(f"capture written: {self.capture_info['tarball'] or self.capture_info['dir']}"
+                                  + (f" (not packed: {self.capture_info['not_packed']})"
+                                     if self.capture_info["not_packed"] else ""))
         self.capture_info["seconds"] = round(time.monotonic() - t0, 2)
         self.event("capture", **self.capture_info)
 
     def storage_path(self) -> str | None:
+        if self.connector is not None and not self.connector.writes_files:
+            return None
         if self.scn.storage_path:
             return self.scn.storage_path
         if self.server is not None and self.server.settings.extract:
@@ -888,8 +1006,46 @@ class _Run:
 
     def scenario_dict(self) -> dict[str, Any]:
         d = self.scn.to_dict()
-        d["server_command"] = self.server.command if self.server is not None else None
+        d["server_command"], d["server_command_source"] = self.server_command()
+        d["server_log"] = self.server_log_info()
+        d["connector"] = (self.connector.to_dict() if self.connector is not None else
+                          {"name": None, "note": "attached without --connector: each answer is checked by what it "
+                                                 "holds (a file's own dtype and scales, or a handle)"})
         return d
+
+    def server_log_path(self) -> Path | None:
+        """The server's log: the launched server's, --log-file, else the attached local server's stdout file."""
+        if self.server is not None:
+            return self.server.log_path
+        if self.scn.log_file:
+            return Path(self.scn.log_file)
+        if self.attached is not None and self.attached.log_path and not self.scn.docker:
+            return Path(self.attached.log_path)
+        return None
+
+    def server_log_info(self) -> dict[str, Any]:
+        """Where the server's log came from, or why there is none and which flag would have captured it."""
+        if self.server is not None:
+            return {"path": str(self.server.log_path), "source": "launched by repro"}
+        if self.scn.log_file:
+            return {"path": self.scn.log_file, "source": "--log-file"}
+        if self.scn.docker:
+            return {"path": None, "source": f"docker logs {self.scn.docker}"}
+        if self.attached is not None:
+            return {"path": self.attached.log_path, "source": self.attached.log_note}
+        return {"path": None, "source": "not captured: the server is not on this machine; pass --log-file FILE "
+                                        "(a copy of its log) or run repro on the server's machine"}
+
+    def server_command(self) -> tuple[list[str] | None, str | None]:
+        """(the server's command line, where it came from): launched, /proc of the attached local server, or
+        --server-command."""
+        if self.server is not None:
+            return self.server.command, "launched by repro"
+        if self.attached is not None and self.attached.command:
+            return self.attached.command, f"/proc/{self.attached.pid}/cmdline"
+        if self.scn.server_cmdline:
+            return self.scn.server_cmdline, "--server-command"
+        return None, None
 
     def detection_dict(self) -> dict[str, Any] | None:
         a = self.stall
@@ -901,7 +1057,7 @@ class _Run:
              "since_s": round(self.rel(since), 3), "detected_s": round(self.rel(a.t), 3),
              "since_wall": _iso(wall_of(since)), "detected_wall": _iso(wall_of(a.t)),
              "detection_delay_s": round(a.t - since, 3), "window_s": self.D.window,
-             "evidence": a.evidence}
+             "evidence": a.evidence, "last_seen": self.last_seen()}
         inj = self.injected()
         if inj:
             first = next((e for e in inj if e.get("event") in ("stall",)), None)
@@ -909,6 +1065,16 @@ class _Run:
                 d["injected_wall"] = _iso(first["t"])
                 d["detected_after_injection_s"] = round(wall_of(a.t) - first["t"], 3)
         return d
+
+    def last_seen(self) -> dict[str, Any]:
+        """What the server last showed before the verdict: for a death, the moment before it went away."""
+        m = self.last_metrics
+        return {"metrics_wall": None if self.last_metrics_wall is None else _iso(self.last_metrics_wall),
+                "metrics": None if m is None else {"running": m.running, "waiting": m.waiting, "kv_usage": m.kv_usage,
+                                                   "prompt_tokens_total": m.prompt_tokens,
+                                                   "generation_tokens_total": m.generation_tokens},
+                "refused_wall": None if self.refused_wall is None else _iso(self.refused_wall),
+                "stats_line": self.last_stats_text, "client_in_flight": self.stats.in_flight}
 
     def injected(self) -> list[dict[str, Any]]:
         p = self.run_dir / "injected.jsonl"
@@ -939,7 +1105,11 @@ class _Run:
         self.check_slots = asyncio.Semaphore(max(64, 4 * c))
         self.checker = FileChecker(self.L.consume, self.L.keep_budget,
                                    lock_timeout=min(30.0, self.L.request_timeout),
+                                   file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
+                                   layout=self.connector.output if self.connector is not None else None,
+                                   model_dtype=self.model_dtype(),
                                    bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
+        self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
         mon_connector = aiohttp.TCPConnector(limit=4)
         tasks: list[asyncio.Task[Any]] = []
@@ -989,7 +1159,7 @@ class _Run:
                 self.load_t1 = time.monotonic()
                 if self.stall is not None:
                     await self.on_stall()
-                if self.interrupted or self.stall is not None or self.stop_reason == "rejected":
+                if self.interrupted or self.stall is not None or self.stop_reason in ("rejected", "max-consecutive-errors"):
                     self.checker.abandon.set()  # files a stalled engine never wrote: report them missing now
                     for t in tasks:
                         t.cancel()
@@ -1046,12 +1216,12 @@ class _Run:
         return self.feed.prep_seconds if self.feed is not None else 0.0
 
     def open_log(self) -> None:
-        if self.server is not None:
-            self.log = LogFollower(self.server.log_path)
-        elif self.scn.log_file:
-            self.log = LogFollower(self.scn.log_file)
-        elif self.scn.docker:
+        if self.scn.docker and self.server is None and not self.scn.log_file:
             self.log = DockerLogFollower(self.scn.docker)
+            return
+        path = self.server_log_path()
+        if path is not None:
+            self.log = LogFollower(path)
 
     def on_signal(self, sig: int) -> None:
         if self.interrupted:
@@ -1100,6 +1270,8 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
         "stall": run.detection_dict(),
         "abort_storm": run.storm_summary(),
         "storage": run.storage_summary(),
+        "connector": run.scenario_dict()["connector"],
+        "client": run.client_summary(),
         "storage_cause": run.storage_death,
         "capture": run.capture_info,
         "log_warnings": run.warnings,
@@ -1126,7 +1298,9 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     paths = {name: run_dir / name for name in ("scenario.json", "requests.jsonl", "timeline.csv",
                                                "events.jsonl", "summary.json")}
     if scenario.load.prompts_file:
-        load_prompts_file(scenario.load.prompts_file)  # bad line -> UsageError before anything starts
+        prompts = load_prompts_file(scenario.load.prompts_file)  # bad line -> UsageError before anything starts
+        if Workload.parse(scenario.load.workload).client == SPECULATORS:
+            speculators.check_prompts(prompts, scenario.load.prompts_file)
     owned: VllmServer | None = None
     if server is None and not scenario.url:
         owned = server = VllmServer(scenario.server, run_dir)
@@ -1151,7 +1325,9 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
 
                 owned.wait_ready(on_wait=waiting)
                 progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
-            if run.storage is None and server is not None and server.settings.extract:
+            if server is None and url:  # attached: read what a report needs while the server is alive
+                run.attached = find_local_server(url)
+            if run.storage is None and server is not None and server.settings.extract and run.storage_path():
                 run.storage = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
                                                 horizon=scenario.storage_horizon)
             (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
@@ -1167,6 +1343,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
                 result.exit_code, result.outcome = EXIT_STALL, "stall"
             elif run.stop_reason == "rejected":
                 result.exit_code, result.outcome, result.error = EXIT_USAGE, "aborted", run.abort_error
+            elif run.gave_up is not None:  # speculators' client would have stopped here: the target kept failing
+                result.exit_code, result.outcome, result.error = EXIT_TARGET, "client-gave-up", run.abort_error
             elif run.stats.files_bad:
                 result.exit_code, result.outcome, result.error = EXIT_FILES, "files-bad", run.files_error()
     finally:

@@ -6,6 +6,9 @@ holding ``hidden_states`` ``[prompt_tokens, layers, hidden]`` and ``token_ids`` 
 ``chat``: ``/v1/chat/completions`` with ``--max-tokens``. With extraction on, vLLM writes a file
 for chat requests too; it is checked and consumed the same way, so storage never fills.
 ``mixed:RATIO``: each request is hidden-states with probability RATIO (seeded), chat otherwise.
+``speculators``: the requests of speculators' client, retries and give-up included (:mod:`repro.load.speculators`).
+A response whose ``kv_transfer_params`` carries a ``handle`` instead of a path (hs-connectors' Mooncake
+connector) names an object in a store: it is recorded and counted, there is no file to check.
 
 :class:`FileChecker` runs in a thread pool, never on the event loop and never
 while a concurrency slot is held. It honours vLLM's ``.lock`` protocol (the
@@ -23,18 +26,22 @@ import random
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from repro.errors import UsageError
-from repro.load import hsfile
+from repro.load import expect, hsfile
 from repro.load.prompts import CHAT, Prompt
 
-HIDDEN_STATES, CHAT_WL = "hidden-states", "chat"
+if TYPE_CHECKING:
+    from repro.target.connectors import Output
+
+HIDDEN_STATES, CHAT_WL, SPECULATORS = "hidden-states", "chat", "speculators"
 # File errors where the file was read and found wrong; every other file error means it could not be verified.
-FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values", "bad-scales"})
+FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values", "bad-scales", "bad-dtype", "bad-layout"})
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,14 @@ class Workload:
     """The parsed --workload: share of hidden-states requests (1.0, 0.0 or the mixed ratio)."""
 
     hs_ratio: float
+    client: str = "repro"  # whose request shape: repro's, or speculators' (SPECULATORS)
 
     @classmethod
     def parse(cls, text: str) -> "Workload":
         if text == HIDDEN_STATES:
             return cls(1.0)
+        if text == SPECULATORS:
+            return cls(1.0, SPECULATORS)
         if text == CHAT_WL:
             return cls(0.0)
         if text.startswith("mixed:"):
@@ -56,9 +66,11 @@ class Workload:
                 raise UsageError(f"--workload {text!r}: RATIO must be a number between 0 and 1") from None
             if 0.0 <= r <= 1.0:
                 return cls(r)
-        raise UsageError(f"--workload {text!r}: use hidden-states, chat or mixed:RATIO (RATIO in 0..1)")
+        raise UsageError(f"--workload {text!r}: use hidden-states, chat, speculators or mixed:RATIO (RATIO in 0..1)")
 
     def pick(self, rng: random.Random) -> str:
+        if self.client == SPECULATORS:
+            return SPECULATORS
         if self.hs_ratio >= 1.0:
             return HIDDEN_STATES
         if self.hs_ratio <= 0.0:
@@ -69,7 +81,7 @@ class Workload:
 @dataclass(frozen=True)
 class PreparedRequest:
     seq: int
-    kind: str  # hidden-states | chat
+    kind: str  # hidden-states | chat | speculators
     path: str  # URL path
     body: bytes
     prompt_tokens: tuple[int, ...] | None  # what the file's token_ids must equal (None: take it from the response)
@@ -78,6 +90,12 @@ class PreparedRequest:
 
 def prepare(seq: int, prompt: Prompt, kind: str, model: str, max_tokens: int) -> PreparedRequest:
     """Build the request body (JSON bytes) for one prompt."""
+    if kind == SPECULATORS:
+        from repro.load import speculators
+
+        path, sbody = speculators.request_body(prompt, model)
+        ids = prompt.tokens  # speculators compares the response's prompt ids with the sample's input_ids
+        return PreparedRequest(seq, kind, path, speculators.dumps(sbody), ids, len(ids) if ids is not None else None)
     if kind == HIDDEN_STATES and prompt.kind != CHAT:
         body: dict[str, object] = {"model": model, "max_tokens": 1, "return_token_ids": True}
         if prompt.tokens is not None:
@@ -105,17 +123,23 @@ class ResponseInfo:
     prompt_ids: list[int] | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    handle: str | None = None  # a key into a store (hs-connectors' Mooncake connector) instead of a file path
+    kv: dict = field(default_factory=dict)  # the whole kv_transfer_params (a handle's manifest: tensors, metadata)
 
 
 def read_response(data: dict) -> ResponseInfo:
     kv = data.get("kv_transfer_params") or {}
-    hs = kv.get("hidden_states_path") if isinstance(kv, dict) else None
+    if not isinstance(kv, dict):
+        kv = {}
+    hs = kv.get("hidden_states_path")
+    handle = kv.get("handle") if hs is None else None
     ids = data.get("prompt_token_ids")
     if ids is None:
         choices = data.get("choices") or [{}]
         ids = choices[0].get("prompt_token_ids")
     usage = data.get("usage") or {}
-    return ResponseInfo(hs, ids, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    return ResponseInfo(hs, ids, usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                        str(handle) if handle is not None else None, kv)
 
 
 @dataclass
@@ -138,6 +162,7 @@ class FileChecker:
 
     def __init__(self, consume: str = "delete", keep_budget: int = 1 << 30, file_wait: float = 10.0,
                  lock_timeout: float = 30.0, expected_layers: int | None = None,
+                 layout: "Output | None" = None, model_dtype: str | None = None,
                  bad_dir: Path | None = None, bad_budget: int = 0) -> None:
         self.consume = consume
         self.move_dir: Path | None = None
@@ -165,6 +190,8 @@ class FileChecker:
         self.bad_deleted = 0
         self._lock = threading.Lock()
         self.abandon = threading.Event()  # set when the run ends on a stall: stop waiting for files
+        self.layout = layout  # what the server's connector writes (None: unknown, the file's own declarations)
+        self.model_dtype = model_dtype  # safetensors code of the model's dtype when the server's --dtype says it
 
     def _waiting_allowed(self, deadline: float) -> bool:
         return time.monotonic() < deadline and not self.abandon.is_set()
@@ -248,6 +275,9 @@ class FileChecker:
             return err
         if not np.isfinite(data.values()).all():
             return "bad-values", f"hidden_states ({data.dtype}) holds NaN or inf"
+        err = expect.check(data, self.layout, self.model_dtype)  # the connector's own format, when it is known
+        if err:
+            return err
         ids = data.token_ids
         assert ids is not None  # check_layout
         if prompt is not None:
@@ -257,6 +287,26 @@ class FileChecker:
             if not same:
                 return "bad-tokens", f"token_ids ({got.shape[0]} tokens) differ from the prompt ({p.shape[0]} tokens)"
         return None
+
+    def check_after_lock(self, path: str, prompt_ids: tuple[int, ...] | list[int] | None,
+                         exact: bool = True) -> CheckResult:
+        """speculators' order: if ``<path>.lock`` exists, take LOCK_EX (0.1 s polls, 10 s at most) and remove the
+        lock file, then verify and consume. A lock held past 10 s fails the sample and leaves both files."""
+        from repro.load import speculators
+
+        t0 = time.perf_counter()
+        lock_path = path + ".lock"
+        waited = speculators.wait_for_lock(lock_path, abandon=self.abandon) if os.path.exists(lock_path) else None
+        if waited is not None and waited.timed_out:
+            return CheckResult(False, "lock-timeout", f"the writer held {lock_path} for over {speculators.LOCK_TIMEOUT:g} s: "
+                               "speculators skips the sample and leaves the file and its lock behind",
+                               seconds=time.perf_counter() - t0, lock_wait=waited.seconds)
+        if waited is not None and waited.error:
+            return CheckResult(False, "unreadable-lock", f"{lock_path}: {waited.error}", seconds=time.perf_counter() - t0)
+        res = self.check(path, prompt_ids, exact)
+        res.lock_wait += waited.seconds if waited is not None else 0.0
+        res.seconds = time.perf_counter() - t0
+        return res
 
     def discard(self, path: str) -> None:
         """Remove a file nobody needs (the detector's probe), once it has been written."""

@@ -42,6 +42,7 @@ class StorageFinding:
     aborts: dict[str, Any] | None  # the worst abort-storm window seen, with the episode count
     hang: bool = False  # the bundle also shows a genuine stall: the storage report goes beside the stall report
     sample: list[dict[str, Any]] = field(default_factory=list)
+    moment: str = ""  # which census every figure comes from, and when (one source, one moment)
 
     @property
     def kind(self) -> str:
@@ -78,21 +79,31 @@ def find(detection: dict[str, Any] | None, storage: dict[str, Any] | None, event
     leak_ev = (warnings.get(LEAK) or {}).get("evidence") or {}
     ex_ev = (warnings.get(EXHAUSTION) or {}).get("evidence") or {}
     census: dict[str, Any] = {"path": acc.get("path") or st.get("path")}
-    for key, alt in (("orphan_files", leak_ev.get("orphan_files")), ("orphan_bytes", leak_ev.get("orphan_bytes")),
-                     ("oldest_orphan_age_s", leak_ev.get("oldest_orphan_age_s")), ("files", st.get("files_waiting")),
-                     ("bytes", st.get("bytes_waiting")), ("claimed_files", None), ("pending_files", None),
-                     ("fs_free_bytes", ex_ev.get("fs_free_bytes", st.get("bytes_free"))),
-                     ("fs_total_bytes", st.get("bytes_total")),
-                     ("fs_free_inodes", ex_ev.get("fs_free_inodes", st.get("inodes_free"))),
-                     ("fs_total_inodes", st.get("inodes_total")), ("claims_made", None)):
-        v = acc.get(key, alt)
-        if v is not None:
-            census[key] = v
-    r = acc.get("rates") or {}
-    rates = {"orphan_files_per_s": _num(r.get("orphan_files_per_s", leak_ev.get("orphan_files_per_s"))),
-             "orphan_bytes_per_s": _num(r.get("orphan_bytes_per_s", leak_ev.get("orphan_bytes_per_s"))),
-             "used_bytes_per_s": _num(r.get("used_bytes_per_s", ex_ev.get("used_bytes_per_s")))}
-    to_full = _num(acc.get("projected_seconds_to_full", ex_ev.get("seconds_to_full")))
+    # Every figure from one census: the client's accounting when there is one (the run's final census, or the
+    # one at capture), else the last warning's evidence, else the bare census of the store at capture.
+    src: dict[str, Any]
+    if acc:
+        src, moment = acc, st.get("moment") or "repro's census at capture (context/storage.json)"
+        r = acc.get("rates") or {}
+        to_full = _num(acc.get("projected_seconds_to_full"))
+    elif leak_ev or ex_ev:
+        kind = LEAK if leak_ev else EXHAUSTION
+        src = {**ex_ev, **leak_ev}
+        moment = f"the evidence of the last `{kind}` warning ({(warnings.get(kind) or {}).get('t')} s into the run)"
+        r = src
+        to_full = _num(ex_ev.get("seconds_to_full"))
+    else:
+        src = {"files": st.get("files_waiting"), "bytes": st.get("bytes_waiting"), "fs_free_bytes": st.get("bytes_free"),
+               "fs_total_bytes": st.get("bytes_total"), "fs_free_inodes": st.get("inodes_free"),
+               "fs_total_inodes": st.get("inodes_total")}
+        moment, r, to_full = st.get("moment") or "the store at capture (context/storage.json)", {}, None
+    for key in ("orphan_files", "orphan_bytes", "oldest_orphan_age_s", "files", "bytes", "claimed_files",
+                "pending_files", "fs_free_bytes", "fs_total_bytes", "fs_free_inodes", "fs_total_inodes", "claims_made"):
+        if src.get(key) is not None:
+            census[key] = src[key]
+    rates = {"orphan_files_per_s": _num(r.get("orphan_files_per_s")),
+             "orphan_bytes_per_s": _num(r.get("orphan_bytes_per_s")),
+             "used_bytes_per_s": _num(r.get("used_bytes_per_s"))}
     load = (scenario or {}).get("load") or {}
     watchdog = (manifest or {}).get("reason") == "watchdog" or any(e.get("event") == "watch-start" for e in events)
     client: dict[str, Any] = {"driven_by": "other clients (repro watch sends no load)" if watchdog else "repro stress"}
@@ -108,7 +119,7 @@ def find(detection: dict[str, Any] | None, storage: dict[str, Any] | None, event
         aborts = {"aborted": ev.get("client_aborted"), "completed": ev.get("client_completed"), "episodes": 0}
     return StorageFinding(cause, warnings, census, rates, to_full, client, aborts,
                           hang=det.get("class") in HANG_CLASSES and not cause,
-                          sample=list(acc.get("orphan_sample") or [])[:10])
+                          sample=list(acc.get("orphan_sample") or [])[:10], moment=moment)
 
 
 def title(f: StorageFinding) -> str:
@@ -210,4 +221,4 @@ def _warnings(f: StorageFinding) -> str:
 def values(f: StorageFinding) -> dict[str, str]:
     return {"storage_title": title(f), "storage_summary": _summary(f), "storage_client": _client(f),
             "storage_rate": _rate(f), "storage_census": _census(f), "storage_warnings": _warnings(f),
-            "storage_kind": f.kind}
+            "storage_kind": f.kind, "storage_moment": f.moment or "the bundle's census"}

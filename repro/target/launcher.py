@@ -27,14 +27,12 @@ import psutil
 
 from repro.errors import ServerStartError, TargetError, UsageError
 from repro.scenario import ServerSettings
-from repro.target import procs, shm, tinymodel
+from repro.target import connectors, procs, shm, tinymodel
 from repro.vllm_plugins import faultspec
 
 TINY_SERVED_NAME = "repro-tiny"
 TINY_ARGS = ["--max-model-len", "2304", "--dtype", "float32", "--enforce-eager",
              "--kv-cache-memory-bytes", str(128 << 20)]
-CPU_CONNECTOR = ("CpuHiddenStatesConnector", "repro.vllm_plugins.cpu_hs_connector")
-STOCK_CONNECTOR = "ExampleHiddenStatesConnector"
 
 
 def has_gpu() -> bool:
@@ -132,19 +130,13 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
         if bad:
             raise UsageError(f"--layers {','.join(map(str, layers))}: layer ids are 1-based and the model has "
                              f"{n if n is not None else 'an unknown number of'} layers (bad: {bad})")
-        storage = check_storage(s.storage)
-        use_cpu = s.connector == "cpu" or (s.connector == "auto" and not has_gpu())
-        connector: dict[str, object] = {
-            "kv_connector": CPU_CONNECTOR[0] if use_cpu else STOCK_CONNECTOR,
-            "kv_role": "kv_producer",
-            "kv_connector_extra_config": {"shared_storage_path": str(storage)},
-        }
-        if use_cpu:
-            connector["kv_connector_module_path"] = CPU_CONNECTOR[1]
+        conn = server_connector(s)
+        assert conn is not None
+        storage = str(check_storage(s.storage)) if conn.writes_files else None
         spec = {"method": "extract_hidden_states", "num_speculative_tokens": 1,
                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": layers}}}
         cmd += ["--speculative-config", json.dumps(spec, separators=(",", ":")),
-                "--kv-transfer-config", json.dumps(connector, separators=(",", ":"))]
+                "--kv-transfer-config", json.dumps(conn.kv_transfer_config(storage), separators=(",", ":"))]
     for flag, value in (("async-scheduling", s.async_scheduling), ("enable-chunked-prefill", s.chunked_prefill),
                         ("enable-prefix-caching", s.prefix_caching)):
         if value is not None:
@@ -173,7 +165,19 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
     if s.inject or s.inject_control:
         env["REPRO_INJECT_EVENTS"] = str(run_dir / "injected.jsonl")
     env.update(s.env)
+    conn = server_connector(s)
+    if conn is not None:  # the connector's module must import in vLLM's Python: one line and exit 2 if not
+        from repro.capture.context import server_python
+
+        connectors.require(conn, server_python(None, cmd), env.get("PYTHONPATH", ""))
     return cmd, env
+
+
+def server_connector(s: ServerSettings) -> connectors.Connector | None:
+    """The hidden-states connector these settings launch with (None without extraction); UsageError for a bad name."""
+    if not s.extract:
+        return None
+    return connectors.resolve(s.connector, has_gpu())
 
 
 def http_get(url: str, timeout: float = 2.0, api_key: str | None = None) -> tuple[int, bytes]:
@@ -211,6 +215,7 @@ class VllmServer:
         self.ready_at: float | None = None
         self.model_name: str | None = None
         self.removed_shm: list[str] = []  # /dev/shm segments the stopped group left and stop() unlinked
+        self.connector = server_connector(settings)  # the hidden-states connector it runs with (None: no extraction)
 
     @property
     def url(self) -> str:
@@ -220,6 +225,17 @@ class VllmServer:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    @property
+    def api_key(self) -> str | None:
+        """The key the server requires on /v1 (`--api-key` after `--`, or VLLM_API_KEY), for the ready check."""
+        cmd = self.command
+        for i, a in enumerate(cmd):
+            if a == "--api-key" and i + 1 < len(cmd):
+                return cmd[i + 1]
+            if a.startswith("--api-key="):
+                return a.partition("=")[2]
+        return self.env.get("VLLM_API_KEY") or None
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +266,7 @@ class VllmServer:
             try:
                 status, _ = http_get(self.url + "/health", timeout=2)
                 if status == 200:
-                    status, body = http_get(self.url + "/v1/models", timeout=5)
+                    status, body = http_get(self.url + "/v1/models", timeout=5, api_key=self.api_key)
                     if status == 200:
                         data = json.loads(body).get("data") or [{}]
                         self.model_name = data[0].get("id")

@@ -36,6 +36,11 @@ class _DoneEvent:
 
 
 class CpuHiddenStatesConnector(ExampleHiddenStatesConnector):
+    @staticmethod
+    def _tensors_to_write(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What goes into the file (a subclass may change the encoding, e.g. FP8 with scales)."""
+        return tensors
+
     def _submit_async_write(self, pending) -> None:  # type: ignore[no-untyped-def]
         if not self._is_tp_rank_zero:
             return
@@ -45,7 +50,7 @@ class CpuHiddenStatesConnector(ExampleHiddenStatesConnector):
         slot_mapping = (torch.arange(bs, dtype=torch.long).reshape(1, bs) + block_ids.reshape(-1, 1) * bs).flatten()
         num_tokens = pending.token_ids.shape[0]
         hidden = extract_from_kv_cache(self._kv_cache, slot_mapping, num_tokens).clone()
-        tensors = {"hidden_states": hidden.contiguous(), "token_ids": pending.token_ids.clone()}
+        tensors = self._tensors_to_write({"hidden_states": hidden.contiguous(), "token_ids": pending.token_ids.clone()})
         os.makedirs(os.path.dirname(pending.filename), exist_ok=True)
         lock_fd = self._lock_fds.pop(pending.req_id, None)
         if lock_fd is None and self.use_lock:

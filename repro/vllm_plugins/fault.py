@@ -122,10 +122,17 @@ class Injector:
         for i, fault in enumerate(spec.faults):
             if i in self.fired:
                 continue
-            if fault.kind == "stall-after":
+            if fault.kind in ("stall-after", "raise-after", "gpu-hang"):
                 due = (fault.steps is not None and self.steps_with_work >= fault.steps) or (
                     fault.seconds is not None and elapsed >= fault.seconds)
-                if due:
+                if due and fault.kind == "gpu-hang":
+                    self.fired.add(i)
+                    repro_injected_gpu_hang(self, spec.text, running, waiting)
+                elif due and fault.kind == "raise-after":
+                    self.fired.add(i)
+                    self.record("raise", kind="raise-after", spec=spec.text, running=running, waiting=waiting)
+                    repro_injected_engine_error(spec.text)
+                elif due:
                     self.fired.add(i)
                     self.record("stall", kind="stall-after", spec=spec.text, running=running, waiting=waiting)
                     repro_injected_scheduler_stall(self)
@@ -135,12 +142,6 @@ class Injector:
                     self.record("slow", kind="stall-for", seconds=fault.seconds, running=running)
                     repro_injected_slow_scheduler(self, fault.seconds or 0.0)
                     self.record("slow-end", kind="stall-for")
-            elif fault.kind == "gpu-hang":
-                due = (fault.steps is not None and self.steps_with_work >= fault.steps) or (
-                    fault.seconds is not None and elapsed >= fault.seconds)
-                if due:
-                    self.fired.add(i)
-                    repro_injected_gpu_hang(self, spec.text, running, waiting)
             elif fault.kind == "hazard":
                 if running >= fault.min_running and dt > 0 and fault.rate_per_hour:
                     p = 1.0 - math.exp(-fault.rate_per_hour * dt / 3600.0)
@@ -213,6 +214,13 @@ def repro_injected_gpu_hang(inj: Injector, spec: str, running: int, waiting: int
     inj.record("stall", kind="gpu-hang", spec=spec, running=running, waiting=waiting,
                device=getattr(stream, "device_index", None), stream=getattr(stream, "cuda_stream", None))
     return True
+class ReproInjectedEngineError(RuntimeError):
+    """Raised inside the real scheduler by `raise-after`: EngineCore dies of it like of any real error."""
+
+
+def repro_injected_engine_error(spec: str) -> None:
+    """Injected by repro: the scheduler raises, which kills EngineCore."""
+    raise ReproInjectedEngineError(f"injected by repro ({spec}): the engine raises inside Scheduler.schedule")
 
 
 _INJECTOR: Injector | None = None

@@ -20,6 +20,11 @@ Kinds (times in seconds, or with a unit: 30s, 5m, 1h):
                            (e.g. the async output copy's event synchronize) never returns while
                            the API server keeps answering. Needs a CUDA device; it cannot be
                            released (the kernel runs until the process dies): stop the server.
+    raise-after=T          raise an exception inside the scheduler (EngineCore.step), T seconds
+                           after the engine first had work: EngineCore dies the way it dies of a
+                           real error (`EngineCore encountered a fatal error` + the traceback,
+                           `ReproInjectedEngineError` from frame `repro_injected_engine_error`)
+    raise-after=Nsteps     the same after N scheduler steps with work
     hazard=R,min_running=N[,seed=S]
                            a permanent scheduler stall that strikes at random, at R per hour
                            of engine time while at least N requests are running (and never
@@ -35,7 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-KINDS = ("stall-after", "stall-for", "write-stall", "gpu-hang", "hazard", "release")
+KINDS = ("stall-after", "stall-for", "write-stall", "gpu-hang", "raise-after", "hazard", "release")
 
 
 class FaultSpecError(ValueError):
@@ -45,8 +50,8 @@ class FaultSpecError(ValueError):
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    seconds: float | None = None  # stall-after / gpu-hang (time form), stall-for duration, write-stall delay
-    steps: int | None = None  # stall-after=Nsteps, gpu-hang=Nsteps
+    seconds: float | None = None  # stall-after / raise-after / gpu-hang (time form), stall-for duration, write-stall delay
+    steps: int | None = None  # stall-after=Nsteps, raise-after=Nsteps, gpu-hang=Nsteps
     after: float = 0.0  # stall-for start
     rate_per_hour: float | None = None  # hazard
     min_running: int = 1  # hazard
@@ -104,18 +109,19 @@ def parse(text: str) -> FaultSpec:
             if not eq:
                 raise FaultSpecError(f"{raw!r}: option {opt!r} must be KEY=VALUE")
             kw[k.strip().lower()] = v.strip()
-        allowed = {"stall-after": set(), "stall-for": {"after"}, "write-stall": set(), "gpu-hang": set(),
+        allowed = {"stall-after": set(), "raise-after": set(), "stall-for": {"after"}, "write-stall": set(),
+                   "gpu-hang": set(),
                    "hazard": {"min_running", "seed"}, "release": set()}[kind]
         unknown = set(kw) - allowed
         if unknown:
             raise FaultSpecError(f"{raw!r}: unknown option(s) {', '.join(sorted(unknown))}")
-        if kind == "stall-after":
+        if kind in ("stall-after", "raise-after"):
             if not value:
-                raise FaultSpecError("stall-after needs a value: stall-after=30 or stall-after=200steps")
+                raise FaultSpecError(f"{kind} needs a value: {kind}=30 or {kind}=200steps")
             if value.lower().endswith("steps"):
-                faults.append(Fault(kind, steps=_int(value[:-5], "stall-after")))
+                faults.append(Fault(kind, steps=_int(value[:-5], kind)))
             else:
-                faults.append(Fault(kind, seconds=_seconds(value, "stall-after")))
+                faults.append(Fault(kind, seconds=_seconds(value, kind)))
         elif kind == "stall-for":
             if not value:
                 raise FaultSpecError("stall-for needs a duration: stall-for=10")

@@ -38,6 +38,7 @@ from repro.watch.policy import PolicySettings, RestartPolicy
 from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import GIVE_UP, RESTART, FsReading, RecoverySettings, StorageRecovery, measured_rates
 from repro.watch.storage import StorageDuty
+from repro.watch.timeline import WatchTimeline
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWatch
 from repro.watch.targets import Target
@@ -101,7 +102,8 @@ class Supervisor:
                  capture_fn: Callable[[CaptureRequest], Bundle] | None = None,
                  say: Callable[[str], None] = lambda msg: None,
                  scenario: dict[str, Any] | None = None, repro_command: list[str] | None = None,
-                 statvfs: Callable[[str], Any] = os.statvfs, writable: Callable[[str], bool] = _writable) -> None:
+                 statvfs: Callable[[str], Any] = os.statvfs, writable: Callable[[str], bool] = _writable,
+                 timeline: WatchTimeline | None = None) -> None:
         self.target, self.s, self.run_dir, self.events = target, settings, Path(run_dir), events
         self.metrics = metrics or WatchMetrics()
         self.clock, self.wall, self.sleep = clock, wall, sleep
@@ -122,6 +124,8 @@ class Supervisor:
         self.statvfs, self.writable = statvfs, writable
         self._log_from = 0  # where the current server's part of the log begins
         self.storage_death: dict[str, str] | None = None  # the storage cause of the last death, until restarted
+        self.timeline = timeline  # timeline.csv: what each evaluation saw (for `repro report`)
+        self.servers = 0  # servers watched so far: 1, then 2 after the first restart, ...
 
     def _storage_duty(self) -> StorageDuty:
         s = self.s
@@ -148,6 +152,7 @@ class Supervisor:
         self.observer = self.make_observer(self.target)
         self._log_from = self.target.log_mark()
         self.watch_t0 = self.clock()
+        self.servers += 1
         self.metrics.set_state("healthy")
         self.metrics.up.set(1)
 
@@ -184,6 +189,7 @@ class Supervisor:
         if res.status == "done" and res.value is not None:
             b: Bundle = res.value
             info.update(dir=str(b.dir), tarball=str(b.tarball) if b.tarball else None, errors=b.errors[:10],
+                        not_packed=b.not_packed,
                         signature=(b.verdict or {}).get("signature"), verdict=(b.verdict or {}).get("verdict"))
         elif res.status == "failed":
             info["error"] = res.error
@@ -358,6 +364,8 @@ class Supervisor:
                 self.last = a
                 self.metrics.up.set(1 if ob.metrics is not None else 0)
                 self.policy.note_health(ob.t, a.state == HEALTHY)
+                if self.timeline is not None:
+                    self.timeline.record(ob, a, self.servers)
                 if a.changed:
                     self.events.write("detector", state=a.state, **{"class": a.stall_class},
                                       reasons=a.evidence.get("reasons", []))

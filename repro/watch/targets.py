@@ -507,6 +507,18 @@ class ExternalTarget(_AttachedTarget):
         self.check_url()
         if self.pid is not None:
             self.pid = procs.find_server_root(self.pid)
+        self._find_log()
+
+    def _find_log(self) -> None:
+        """Without --log-file, a server on this machine that writes its output to a file: follow that file (it
+        holds the traceback of a death, which /proc cannot give once the server is gone)."""
+        if (self.log_file and not getattr(self, "_log_found", False)) or not self.local:
+            return
+        from repro.target.attached import find_local_server
+
+        found = find_local_server(self.url)
+        if found is not None and found.log_path:
+            self.log_file, self._log_found = found.log_path, True
 
     def stop(self) -> dict[str, Any]:
         assert self.restart_cmd is not None
@@ -526,4 +538,5 @@ class ExternalTarget(_AttachedTarget):
 
             owner = port_owner(self.url)
             self.pid = procs.find_server_root(owner) if owner else None
-        return {**info, "pid": self.pid}
+            self._find_log()  # a restarted server may write elsewhere
+        return {**info, "pid": self.pid, "log": self.log_file}

@@ -23,6 +23,7 @@ from repro.capture.bundle import unpack
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture
 from repro.scenario import CaptureSettings
+from tests.helpers_issue import check_report
 from tests.integration.conftest import SharedServer, complete
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +111,8 @@ def test_engine_core_is_blocked_in_the_injected_scheduler_frame(bundles: dict[st
         v = bundles[name].verdict
         assert v is not None and v["stuck_process"] == "EngineCore" and v["verdict"] == "blocked", v
         assert v["stuck_frame"].startswith("repro_injected_scheduler_stall ("), v["stuck_frame"]
+        assert [m["id"] for m in v["known_matches"]] == ["repro-injected-scheduler-stall"], v["known_matches"]
+    assert [m["id"] for m in bundles["write"].verdict["known_matches"]] == ["repro-injected-write-stall"]
 
 
 def test_signature_is_the_same_for_two_stalls_and_differs_for_a_write_stall(bundles: dict[str, Bundle]) -> None:
@@ -145,7 +148,7 @@ def test_planted_secrets_are_in_no_file_of_the_unpacked_tarball(bundles: dict[st
         for s in FORBIDDEN:
             assert s.encode() not in data, f"{s} leaked into {p.relative_to(d)}"
     env = json.loads((d / "context/server-env.json").read_text())
-    assert env["HF_TOKEN"] == "[REDACTED]" and env["VLLM_LOG_STATS_INTERVAL"] == "1.0"
+    assert "HF_TOKEN" in env["withheld"] and env["variables"]["VLLM_LOG_STATS_INTERVAL"] == "1.0"
     assert "--api-key [REDACTED]" in (d / "context/server-command.txt").read_text()
 
 
@@ -167,9 +170,10 @@ def test_cli_capture_analyze_and_issue_end_to_end(vllm_server: SharedServer, bun
                         str(bundles["write"].dir)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert f"{bundles['sched-1'].verdict['signature']}: 2 bundle(s)" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "repro", "issue", str(out)], capture_output=True, text=True,
-                       timeout=120, env=env, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "repro", "issue", str(out), "-o", str(out / "ISSUE.md")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
     md = (out / "ISSUE.md").read_text()
+    check_report(md)
     assert md.startswith("# [Bug]: ") and "### Your current environment" in md and "### 🐛 Describe the bug" in md
     assert "repro capture --pid" in md and "<details>" in md

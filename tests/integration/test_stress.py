@@ -24,6 +24,7 @@ import pytest
 
 from repro.load.records import count_records
 from tests.conftest import free_port
+from tests.helpers_report import assert_page_shows_its_plots
 from tests.integration.conftest import SharedServer
 
 REPRO = str(Path(sys.executable).with_name("repro"))
@@ -94,6 +95,12 @@ def test_a_clean_hidden_state_run_verifies_and_consumes_every_file(vllm_server: 
     rows = list(csv.DictReader(open(run / "timeline.csv")))
     assert len(rows) >= CLEAN_SECONDS - 5 and {r["state"] for r in rows} <= {"healthy", "suspect"}
     assert [e["event"] for e in events(run)][0] == "start"
+    # the report is written at the end, says clean with the exposure at the top, opens in Chromium
+    # and shows its plots; the run's last line points at it
+    html = (run / "report.html").read_text()
+    assert '<div class="status clean" id="status">clean: ' in html and "at concurrency 32</div>" in html
+    assert p.stderr.strip().splitlines()[-1].endswith(f"-- report: {run / 'report.html'}")
+    assert_page_shows_its_plots(run / "report.html", run / "timeline.png", tmp_path)
 
 
 def test_c_pause_shorter_than_the_window_is_not_a_stall(vllm_server: SharedServer, tmp_path: Path) -> None:
@@ -155,6 +162,12 @@ def test_b_injected_scheduler_stall_is_an_engine_stall_captured_at_that_moment(t
     assert any(e["event"] == "capture" and e["status"] == "done" for e in events(run))
     root = next(e["server_pid"] for e in events(run) if e["event"] == "start")
     assert not os.path.exists(f"/proc/{root}"), "stress left its server running"
+    # a file the stalled engine never wrote is not a bad file; the recount from requests.jsonl agrees
+    recount = count_records(run / "requests.jsonl", stall_since=st["since_s"])
+    assert s["files"]["bad"] == recount.get("files_bad", 0) == 0, s["files"]
+    assert s["files"]["not_written_engine_stalled"] == recount.get("files_not_written", 0)
+    html = (run / "report.html").read_text()
+    assert '<div class="status stall" id="status">stall: engine-stall after ' in html
 
 
 def test_d_killed_server_is_server_dead_not_a_traceback(tmp_path: Path) -> None:

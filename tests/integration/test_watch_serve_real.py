@@ -182,3 +182,8 @@ def test_watch_captures_restarts_and_the_load_recovers_then_gives_up_when_the_st
     assert [e["status"] for e in ev if e["event"] == "capture"] == ["done", "done"]
     assert port_free("127.0.0.1", port), "watch left its server running after giving up"
     assert decoy.poll() is None
+    # the watch ends with its report: both stalls, the restart, and its own timeline.csv
+    html = (out / "report.html").read_text()
+    assert '<div class="status stall" id="status">gave up: 2 stall(s), 1 restart(s) in ' in html
+    assert (out / "timeline.png").stat().st_size > 10_000 and len((out / "timeline.csv").read_text().splitlines()) > 3
+    assert "report: " + str(out / "report.html") in err

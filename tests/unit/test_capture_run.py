@@ -214,3 +214,39 @@ def test_capture_into_an_existing_bundle_is_refused(hung: tuple[FakeServer, Bund
     _, b = hung
     with pytest.raises(UsageError, match="already holds a bundle"):
         capture(CaptureRequest(out_dir=b.dir))
+
+
+def test_every_token_format_planted_under_innocuous_names_is_in_no_file_of_the_tarball(tmp_path: Path) -> None:
+    """GIVEN one value of each token format detect-secrets documents in the server's environment (under names that
+    say nothing: NOTE_n off the allow-list, VLLM_NOTE_n on it), its command line, its log (the server echoes them)
+    and the scenario JSON WHEN a stall is captured THEN no secret part is in any file of the unpacked tarball,
+    VLLM_LOGGING_LEVEL and CUDA_VISIBLE_DEVICES stay readable and every other name is listed, value withheld."""
+    from tests.helpers_secrets import FORMATS
+
+    names = sorted(FORMATS)
+    env = {f"NOTE_{i}": FORMATS[n][0] for i, n in enumerate(names)}
+    env.update({f"VLLM_NOTE_{i}": FORMATS[n][0] for i, n in enumerate(names)})
+    env.update(VLLM_LOGGING_LEVEL="DEBUG", CUDA_VISIBLE_DEVICES="0,1")
+    args = [a for i, n in enumerate(names) for a in (f"--note-{i}", FORMATS[n][0])]
+    srv = start_fake(tmp_path, "scheduler", secrets=False, extra_env=env, extra_args=args,
+                     echo_env=[f"NOTE_{i}" for i in range(len(names))])
+    try:
+        b = capture(CaptureRequest(out_dir=tmp_path / "b", settings=CaptureSettings(**FAST), root_pid=srv.pid,
+                                   url=srv.url, log_path=srv.log,
+                                   scenario={"notes": {n: FORMATS[n][0] for n in names}}))
+    finally:
+        srv.stop()
+    assert b.tarball is not None, b.not_packed
+    d = unpack(b.tarball, tmp_path / "u")
+    leaks = [(n, str(p.relative_to(d))) for p in d.rglob("*") if p.is_file() for n in names
+             if FORMATS[n][1].encode() in p.read_bytes()]
+    assert leaks == []
+    shown = json.loads((d / "context/server-env.json").read_text())
+    assert shown["schema"] == "repro.server-env" and shown["version"] == 1
+    assert shown["variables"]["VLLM_LOGGING_LEVEL"] == "DEBUG" and shown["variables"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert {f"NOTE_{i}" for i in range(len(names))} <= set(shown["withheld"])
+    assert all(f"VLLM_NOTE_{i}" in shown["variables"] for i in range(len(names)))
+    assert "--note-0 " in (d / "context/server-command.txt").read_text()
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["last_check"]["unreadable"] == [] and m["redaction"]["total"] > len(names)
+    assert "Secret check" in (d / "summary.md").read_text()

@@ -19,8 +19,18 @@ def test_help_lists_every_command_of_the_kit():
 
 def test_serve_help_documents_the_inject_grammar():
     out = repro("serve", "--help").stdout
-    for word in ["stall-after", "stall-for", "write-stall", "hazard", "min_running"]:
+    for word in ["stall-after", "stall-for", "write-stall", "raise-after", "hazard", "min_running"]:
         assert word in out
+
+
+@pytest.mark.parametrize("name", ["serve", "stress", "trial", "capture", "watch", "bisect", "issue"])
+def test_every_command_that_writes_files_takes_dash_o(name):
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+
+    out = CliRunner().invoke(cli, [name, "--help"]).output
+    assert "-o, --out" in out, out
 
 
 def one_line_error(r):

@@ -4,6 +4,7 @@ Contract: a fault fires only at the point its spec says, blocks in a frame named
 it, and a `release` written to the control file ends every stall.
 """
 
+import json
 import threading
 import time
 from types import SimpleNamespace
@@ -151,7 +152,7 @@ def test_gpu_hang_enqueues_a_never_ending_kernel_on_the_current_stream_and_retur
     inj.on_schedule(sched(3))
     assert time.monotonic() - t0 < 1.0
     assert cuda.sleeps == [fault.GPU_HANG_CYCLES] and fault.GPU_HANG_CYCLES / 2e9 > 1e8  # > 3 years at 2 GHz
-    rec = [__import__("json").loads(x) for x in events.read_text().splitlines()]
+    rec = [json.loads(x) for x in events.read_text().splitlines()]
     assert [(r["event"], r["kind"], r["running"], r["device"], r["stream"]) for r in rec] == [
         ("stall", "gpu-hang", 3, 0, 1234)]
 
@@ -163,5 +164,19 @@ def test_gpu_hang_without_cuda_injects_nothing_and_says_so(control, tmp_path, fa
     inj.on_schedule(sched(1))
     inj.on_schedule(sched(1))
     assert cuda.sleeps == []
-    rec = [__import__("json").loads(x) for x in events.read_text().splitlines()]
+    rec = [json.loads(x) for x in events.read_text().splitlines()]
     assert [r["event"] for r in rec] == ["gpu-hang-failed"] and "no CUDA device" in rec[0]["error"]
+def test_raise_after_steps_raises_a_named_exception_from_a_named_frame_once(tmp_path):
+    """GIVEN raise-after=2steps WHEN the second step with work comes THEN ReproInjectedEngineError is raised from
+    `repro_injected_engine_error` (what EngineCore dies of), the event is recorded, and it fires only once."""
+    import traceback
+
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("raise-after=2steps"), None, str(events))
+    inj.on_schedule(sched(0))
+    inj.on_schedule(sched(1))
+    with pytest.raises(fault.ReproInjectedEngineError, match=r"injected by repro \(raise-after=2steps\)") as ei:
+        inj.on_schedule(sched(1))
+    assert traceback.extract_tb(ei.tb)[-1].name == "repro_injected_engine_error"
+    assert [json.loads(x)["event"] for x in events.read_text().splitlines()] == ["raise"]
+    inj.on_schedule(sched(1))  # fired: the next step goes on

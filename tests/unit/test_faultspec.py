@@ -2,7 +2,7 @@
 
 import pytest
 
-from repro.vllm_plugins.faultspec import FaultSpecError, parse
+from repro.vllm_plugins.faultspec import Fault, FaultSpecError, parse
 
 
 def test_stall_after_accepts_seconds_units_and_steps():
@@ -54,3 +54,10 @@ def test_release_is_a_spec_of_its_own():
 def test_bad_specs_are_refused_with_a_message_naming_the_part(text, words):
     with pytest.raises(FaultSpecError, match=words):
         parse(text)
+
+
+def test_raise_after_takes_seconds_or_steps_like_stall_after():
+    assert parse("raise-after=30s").faults[0] == Fault("raise-after", seconds=30.0)
+    assert parse("raise-after=5steps").faults[0] == Fault("raise-after", steps=5)
+    with pytest.raises(FaultSpecError, match="raise-after needs a value"):
+        parse("raise-after")

@@ -125,3 +125,13 @@ def test_the_tiny_model_is_float32_unless_a_dtype_is_given(tmp_path, monkeypatch
     assert arg(cmd, "--dtype") == "float32"
     cmd, _ = launcher.build_launch(ServerSettings(**base, dtype="float16"), tmp_path)
     assert arg(cmd, "--dtype") == "float16" and cmd.count("--dtype") == 1
+
+
+def test_the_ready_check_uses_the_api_key_the_server_was_given(tmp_path, model_dir):
+    """A server started with `-- --api-key K` (or VLLM_API_KEY) answers /v1/models only with K: the ready check
+    sends it, or the server would never count as ready."""
+    for extra, env, key in ((["--api-key", "k1k1"], {}, "k1k1"), (["--api-key=k2k2"], {}, "k2k2"),
+                            ([], {"VLLM_API_KEY": "k3k3"}, "k3k3"), ([], {}, None)):
+        srv = launcher.VllmServer(settings(tmp_path, model_dir, extra_args=extra, env=env), tmp_path)
+        srv.command, srv.env = launcher.build_launch(srv.settings, tmp_path)
+        assert srv.api_key == key

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from repro.capture.redact import MASK, Redactor, argv_secrets, secret_name
+from repro.capture.redact import MASK, WITHHELD, Redactor, argv_secrets, secret_name
 
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "VLLM_API_KEY", "PASSWORD",
@@ -63,10 +63,17 @@ def test_known_secret_values_are_removed_in_any_context() -> None:
     assert r.report()["rules"]["known_secret"] == 1
 
 
-def test_env_masks_by_name_and_scans_values() -> None:
+def test_env_keeps_allow_listed_settings_scans_them_and_withholds_every_other_value() -> None:
+    """GIVEN a server environment WHEN redacted THEN settings on the allow-list are readable (their values still
+    scanned), proxy credentials are removed, and every other variable is listed by name with its value withheld."""
     r = Redactor()
-    env = r.env({"HF_TOKEN": "x1234567", "PATH": "/usr/bin", "DB": "mysql://u:pw99@h/db", "EMPTY_TOKEN": ""})
-    assert env == {"HF_TOKEN": MASK, "PATH": "/usr/bin", "DB": f"mysql://u:{MASK}@h/db", "EMPTY_TOKEN": ""}
+    env = r.env({"HF_TOKEN": "x1234567", "PATH": "/usr/bin", "DB": "mysql://u:pw99@h/db", "EMPTY_TOKEN": "",
+                 "VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_NOTE": "mysql://u:pw99@h/db", "VLLM_API_KEY": "k",
+                 "HTTPS_PROXY": "http://bob:hunter2@proxy.corp:3128", "no_proxy": "localhost"})
+    assert env == {"HF_TOKEN": WITHHELD, "PATH": "/usr/bin", "DB": WITHHELD, "EMPTY_TOKEN": WITHHELD,
+                   "VLLM_LOGGING_LEVEL": "DEBUG", "VLLM_NOTE": f"mysql://u:{MASK}@h/db", "VLLM_API_KEY": WITHHELD,
+                   "HTTPS_PROXY": f"http://{WITHHELD}@proxy.corp:3128", "no_proxy": "localhost"}
+    assert r.report()["rules"]["env_withheld"] == 4
 
 
 def test_argv_masks_both_flag_forms_and_keeps_other_flags() -> None:
@@ -108,3 +115,11 @@ def test_host_mapping_is_consistent_and_optional() -> None:
     assert out.count("host-1") == 2 and "ip-1" in out
     assert "127.0.0.1" in out and "threading.Thread.run" in out
     assert r.text("again gpu-7.corp.example.com") == "again host-1"
+
+
+def test_host_mapping_holds_in_structures_and_command_lines_and_beside_masked_secrets() -> None:
+    """--redact-hosts: a host gets the same alias in JSON strings, argv items and text, next to masked secrets."""
+    r = Redactor(hosts=True)
+    out = r.obj({"url": "https://bob:hunter2pw@gpu-7.corp.example.com/v1", "cmd": ["--host", "gpu-7.corp.example.com"]})
+    assert out == {"url": "https://bob:[REDACTED]@host-1/v1", "cmd": ["--host", "host-1"]}
+    assert r.text("ping gpu-7.corp.example.com") == "ping host-1"

@@ -20,7 +20,7 @@ from repro.analyze.report import timeline_figure, timeline_series
 from repro.capture.request import CaptureRequest
 from repro.cli import main
 from repro.load.runner import TIMELINE_FIELDS
-from tests.unit.test_issue_render import fences_balanced
+from tests.helpers_issue import check_report, fences_balanced, stdout_is_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "traces" / "write-stall"
@@ -81,6 +81,7 @@ def storage_only(b: Path) -> str:
     out = reports(b)
     assert list(out) == ["storage"]
     not_a_hang(out["storage"])
+    check_report(out["storage"])
     return out["storage"]
 
 
@@ -122,7 +123,7 @@ def test_a_genuine_stall_with_a_leak_gets_two_separate_reports(tmp_path: Path, c
     assert "orphaned" not in out["stall"]
     assert "beside the stall report" in out["storage"]
     not_a_hang(out["storage"])
-    with pytest.raises(SystemExit) as ei:
+    with pytest.raises(SystemExit) as ei, stdout_is_a_terminal():
         main(["issue", str(b)])
     assert ei.value.code == 0
     assert (b / "ISSUE.md").read_text() == out["stall"]

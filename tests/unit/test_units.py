@@ -21,3 +21,11 @@ def test_sizes_and_formatting():
     with pytest.raises(UsageError):
         parse_size("lots")
     assert format_duration(3725) == "1h02m05s"
+
+
+@pytest.mark.parametrize("seconds, text", [(600, "0.17 h"), (20, "0.0056 h"), (5400, "1.5 h"), (21600, "6.0 h"),
+                                           (129600, "36 h"), (-1, "0 h")])
+def test_exposure_is_written_in_hours(seconds, text):
+    from repro.units import format_hours
+
+    assert format_hours(seconds) == text

@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--ready", required=True)
     ap.add_argument("--mode", default="scheduler")
     ap.add_argument("--api-key", default=None)
+    ap.add_argument("--echo-env", action="append", default=[])
     args, _unknown = ap.parse_known_args()
     pid = os.getpid()
     with open(args.log, "a") as log:
@@ -104,7 +105,7 @@ def main() -> None:
                   f"{{'port': {args.port}, 'api_key': [{args.api_key!r}]}}\n")
         log.write(f"(APIServer pid={pid}) INFO argv: {' '.join(sys.argv)}\n")
         for k, v in sorted(os.environ.items()):
-            if k.startswith(("HF_", "OPENAI", "PLANTED", "DATABASE")):
+            if k.startswith(("HF_", "OPENAI", "PLANTED", "DATABASE")) or k in args.echo_env:
                 log.write(f"(APIServer pid={pid}) DEBUG env {k}={v}\n")
         log.write(f"(APIServer pid={pid}) INFO 11-28 17:00:05 [loggers.py:335] Engine 000: Avg prompt throughput: "
                   "0.0 tokens/s, Avg generation throughput: 0.0 tokens/s, Running: 3 reqs, Waiting: 1 reqs, "

@@ -51,7 +51,11 @@ class FakeServer:
         self.proc.wait(10)
 
 
-def start_fake(tmp: Path, mode: str = "scheduler", secrets: bool = True, timeout: float = 30.0) -> FakeServer:
+def start_fake(tmp: Path, mode: str = "scheduler", secrets: bool = True, timeout: float = 30.0,
+               extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+               echo_env: list[str] | None = None) -> FakeServer:
+    """The fake server; `extra_env`/`extra_args` go to its environment and command line, the values of the
+    `echo_env` variables are echoed into its log (as a server echoing its settings would)."""
     port = free_port()
     log = tmp / f"server-{mode}.log"
     ready = tmp / f"ready-{mode}"
@@ -63,6 +67,10 @@ def start_fake(tmp: Path, mode: str = "scheduler", secrets: bool = True, timeout
         env.update({k: v for k, v in SECRETS.items() if k != "API_KEY_FLAG"})
         cmd += ["--api-key", SECRETS["API_KEY_FLAG"],
                 f"--db=postgres://repro:{SECRETS['DATABASE_URL'].split(':')[2].split('@')[0]}@localhost/x"]
+    env.update(extra_env or {})
+    cmd += list(extra_args or [])
+    for name in echo_env or []:
+        cmd += ["--echo-env", name]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
