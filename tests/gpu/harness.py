@@ -320,6 +320,7 @@ def _launch(ctx: Context, name: str) -> dict[str, Any]:
     sp.tweak(ctx, s)
     Path(s.storage).mkdir(parents=True, exist_ok=True)
     rec: dict[str, Any] = {"name": name, "purpose": sp.purpose, "watch": sp.watch, "port": s.port,
+                           "settings": asdict(s),
                            "url": f"http://127.0.0.1:{s.port}", "storage": s.storage, "control": s.inject_control,
                            "dir": str(d), "launched_at": time.time()}
     if sp.watch:
@@ -429,7 +430,8 @@ def cmd_run(label: str, out: Path, budget: float | None = None) -> int:
     budget = budget or ctx.profile.run_budget
     t0 = time.monotonic()
     env = child_env(ctx)
-    env.update(REPRO_GPU="1", REPRO_GPU_CHECK_STATE=str(ctx.state_path))
+    env.update(REPRO_GPU="1", REPRO_GPU_CHECK_STATE=str(ctx.state_path),
+               REPRO_GPU_OUT=str(ctx.artifacts / "figures"))  # where steps written for the launcher put figures
     procs = {}
     for f in lanes():
         lane = f.stem[len("test_"):]
@@ -617,6 +619,35 @@ def pack(ctx: Context, res: dict[str, Any], out: Path) -> int:
                 big[0].unlink()
     shutil.copy(ctx.results / "results.md", out / f"{name}.md")
     return 0 if res["failed"] == 0 else 1
+
+
+@dataclass
+class StartedServer:
+    """A server of the GPU check seen the way a VllmServer is (url, settings, command, alive()), for steps
+    written against the kit's launcher (tests/gpu/test_fp8_connector.py)."""
+
+    name: str
+    url: str
+    settings: Any  # ServerSettings
+    command: list[str]
+    pgid: int
+    log_path: Path
+
+    def alive(self) -> bool:
+        from repro.watch.targets import group_pids
+
+        return bool(group_pids(self.pgid))
+
+
+def started_server(ctx: Context, name: str) -> StartedServer | None:
+    """The check's server `name` when it started and is ready (None: not started for this version, or not ready)."""
+    from repro.scenario import ServerSettings
+
+    rec = ctx.servers.get(name)
+    if not rec or rec.get("status") != "ready" or "settings" not in rec:
+        return None
+    return StartedServer(name, rec["url"], ServerSettings(**rec["settings"]), list(rec.get("command") or []),
+                         int(rec["pgid"]), Path(rec["log"]))
 
 
 # -- markers between lanes ------------------------------------------------------------------------

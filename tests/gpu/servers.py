@@ -57,12 +57,26 @@ def _hang_flags(ctx: "Context") -> list[str]:
             "--probe", "--probe-interval", "5s", "--probe-timeout", "10s"]
 
 
+def _fp8_needed(ctx: "Context") -> bool:
+    """hs-connectors' FP8 connector (tests/gpu/test_fp8_connector.py): a GPU, vLLM 0.22+ (the stock connector's async
+    path it inherits), and hs_connectors importable beside vLLM."""
+    import importlib.util
+
+    return ctx.gpu and ctx.at_least(0, 22) and importlib.util.find_spec("hs_connectors") is not None
+
+
+def _fp8_tweak(ctx: "Context", settings: "ServerSettings") -> None:
+    settings.connector = "fp8"
+
+
 SERVERS: list[ServerSpec] = [
     ServerSpec("main", "hidden-state verification, clipping and the fidelity breakdown"),
     ServerSpec("hang", "a hang inside CUDA (gpu-hang; stall-after on CPU) under repro watch --serve",
                watch=True, watch_flags=_hang_flags, tweak=_hang_tweak),
     ServerSpec("aux", "a Python-level stall, the abort storm, the leak bundle and the standalone reproducer"),
     ServerSpec("killer", "the 0.05 s abort storm that kills EngineCore (upstream #56841)", needed=_killer_needed),
+    ServerSpec("fp8", "hs-connectors' FP8HiddenStatesConnector under load and aborts", needed=_fp8_needed,
+               tweak=_fp8_tweak),
 ]
 
 
