@@ -52,6 +52,28 @@ def run_repro(ctx: Context, args: list[str], log: Path, timeout: float, out: Pat
     return Ran(rc, round(time.monotonic() - t0, 1), log, out)
 
 
+def run_repro_guarding_store(ctx: Context, args: list[str], log: Path, timeout: float, store: str,
+                             min_free: float) -> tuple[Ran, float | None]:
+    """`run_repro`, but stopped early (SIGINT: it writes its summary) when the store's filesystem falls below
+    `min_free` bytes: every server's store shares /dev/shm, and a full one kills their engines. Returns the run
+    and the free bytes at which it was stopped (None: it was not)."""
+    import shutil
+
+    t0 = time.monotonic()
+    p = start_repro(ctx, args, log)
+    stopped_at = None
+    try:
+        while p.poll() is None and time.monotonic() - t0 < timeout:
+            free = shutil.disk_usage(store).free
+            if free < min_free and stopped_at is None:
+                stopped_at = float(free)
+                os.killpg(p.pid, signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        rc = end(p) if p.poll() is None else p.returncode
+    return Ran(rc if time.monotonic() - t0 < timeout else None, round(time.monotonic() - t0, 1), log), stopped_at
+
+
 def start_repro(ctx: Context, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """`repro ARGS` in the background, in its own process group (stop it with `end`)."""
     log.parent.mkdir(parents=True, exist_ok=True)

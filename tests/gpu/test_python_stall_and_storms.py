@@ -8,6 +8,7 @@ lane's load; the storm waits until the fidelity measurements are done, so that i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.gpu.harness import REPO, mark, profile_from_env, wait_marker
-from tests.gpu.helpers import (clear_store, gpu_readings, run_repro, store_listing, stress_args, summary, wait_serving,
-                               write_control)
+from tests.gpu.helpers import (clear_store, gpu_readings, run_repro, run_repro_guarding_store, store_listing,
+                               stress_args, summary, wait_serving, write_control)
 
 pytestmark = [pytest.mark.gpu]
 SLOW = 1 if profile_from_env().gpu else 3
@@ -65,7 +66,7 @@ def test_python_stall_is_captured_and_leaves_the_gpu_idle(ctx, gpu_server, step)
 
 
 # storage-leak needs orphans growing over a minute (half of StorageWatch.leak_window): the storm lasts 75 s, with
-# short prompts so that the store does not fill (about 1.5 MB a file on the GPU)
+# short prompts so that the store does not fill (under 1 MB a file on the GPU), and stops early if it still does
 @pytest.mark.timeout(500 * SLOW)
 def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, step) -> None:  # type: ignore[no-untyped-def]
     srv = gpu_server("aux")
@@ -74,11 +75,13 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
     clear_store(srv["storage"])
     t = _storm_timeout(ctx)
     out = ctx.work / "runs" / "abort-storm"
-    ran = run_repro(ctx, stress_args(srv, out, "--concurrency", str(p.storm_concurrency), "--duration",
-                                     f"{p.storm_seconds:g}s", "--request-timeout", f"{t:g}", "--retries", "0",
-                                     "--prompt-len", "128-256", "--window", "20", "--startup-grace", "5",
-                                     "--orphan-grace", "5s"),
-                    out.with_suffix(".log"), timeout=p.storm_seconds + 150 * SLOW)
+    total = shutil.disk_usage(srv["storage"]).total
+    ran, stopped_at = run_repro_guarding_store(
+        ctx, stress_args(srv, out, "--concurrency", str(p.storm_concurrency), "--duration", f"{p.storm_seconds:g}s",
+                         "--request-timeout", f"{t:g}", "--retries", "0", "--prompt-len", "32-128", "--window", "20",
+                         "--startup-grace", "5", "--orphan-grace", "5s"),
+        out.with_suffix(".log"), p.storm_seconds + 150 * SLOW, srv["storage"], max(10e9, 0.2 * total) if ctx.gpu else 0)
+    step.put(stopped_early_at_free_gb=None if stopped_at is None else round(stopped_at / 1e9, 1))
     s = summary(out)
     sto, storm = s.get("storage") or {}, s.get("abort_storm") or {}
     data, locks, size = store_listing(srv["storage"])
