@@ -9,6 +9,13 @@ safetensors file ([prompt_tokens, --layers, --hidden] float32 + token_ids) under
 the .lock protocol (LOCK_EX while writing) from a thread, and returns its path in
 kv_transfer_params like vLLM's hidden-states connector.
 
+For the kit's own tests it can also act like a server with limits: --max-model-len N is listed in
+/v1/models and a prompt plus max_tokens above it gets vLLM's HTTP 400; --bad-files garbage|tokens
+writes files that are unreadable or hold the wrong token ids; --engine-share F reports only that share
+of the requests in flight as running (the rest look as if they sat inside vLLM's API server);
+--write-first writes each file before the request's latency (as vLLM writes at prefill), so a client
+that times out leaves a file no response names: vLLM's orphan leak.
+
 GET /stats returns the time-integral of in-flight (``area``) at time ``t``: the
 mean in flight between two calls is (area2 - area1) / (t2 - t1).
 
@@ -57,12 +64,17 @@ class State:
         self.in_flight -= 1
 
 
-def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int) -> None:
+def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int, bad: str | None = None) -> None:
     lock = os.open(path + ".lock", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if bad == "garbage":  # not a safetensors file: the check cannot read it
+            with open(path, "wb") as f:
+                f.write(b"\xff" * 64)
+            return
         hs = np.zeros((len(token_ids), layers, hidden), dtype=np.float32)
-        save_file({"hidden_states": hs, "token_ids": np.asarray(token_ids, dtype=np.int64)}, path)
+        ids = [t + 1 for t in token_ids] if bad == "tokens" else token_ids
+        save_file({"hidden_states": hs, "token_ids": np.asarray(ids, dtype=np.int64)}, path)
     finally:
         os.close(lock)
 
@@ -85,12 +97,22 @@ async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         ids = prompt_ids(body)
         n_out = int(body.get("max_tokens") or 1)
-        await asyncio.sleep(st.args.latency)
+        limit = getattr(st.args, "max_model_len", None)
+        if limit and len(ids) + n_out > limit:
+            return web.json_response({"error": {"message": f"This model's maximum context length is {limit} tokens. "
+                                                           f"However, you requested {len(ids) + n_out} tokens.",
+                                                "type": "BadRequestError", "code": 400}}, status=400)
         rid = f"cmpl-{uuid.uuid4().hex[:16]}"
+        path = os.path.join(st.args.files, rid + ".safetensors") if st.args.files else None
+        first = getattr(st.args, "write_first", False)
+        if path and first:
+            write_hidden_states(path, ids, st.args.layers, st.args.hidden, getattr(st.args, "bad_files", None))
+        await asyncio.sleep(st.args.latency)
         kv = None
-        if st.args.files:
-            path = os.path.join(st.args.files, rid + ".safetensors")
-            await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden)
+        if path:
+            if not first:
+                await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden,
+                                        getattr(st.args, "bad_files", None))
             kv = {"hidden_states_path": path}
         st.requests += 1
         st.prompt_tokens += len(ids)
@@ -123,13 +145,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
-    return web.json_response({"object": "list", "data": [{"id": st.args.model, "object": "model", "root": None}]})
+    card = {"id": st.args.model, "object": "model", "root": None}
+    if getattr(st.args, "max_model_len", None):
+        card["max_model_len"] = st.args.max_model_len
+    return web.json_response({"object": "list", "data": [card]})
 
 
 async def metrics(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
     m = st.args.model
-    text = (f'vllm:num_requests_running{{engine="0",model_name="{m}"}} {float(st.in_flight)}\n'
+    running = float(round(st.in_flight * getattr(st.args, "engine_share", 1.0)))
+    text = (f'vllm:num_requests_running{{engine="0",model_name="{m}"}} {running}\n'
             f'vllm:num_requests_waiting{{engine="0",model_name="{m}"}} 0.0\n'
             f'vllm:kv_cache_usage_perc{{engine="0",model_name="{m}"}} 0.0\n'
             f'vllm:prompt_tokens_total{{engine="0",model_name="{m}"}} {float(st.prompt_tokens)}\n'
@@ -169,6 +195,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--model", default="fast")
+    ap.add_argument("--max-model-len", type=int, default=None, help="list it in /v1/models; longer requests get 400")
+    ap.add_argument("--bad-files", choices=["garbage", "tokens"], default=None, help="write files that fail the check")
+    ap.add_argument("--engine-share", type=float, default=1.0, help="share of in-flight reported as running")
+    ap.add_argument("--write-first", action="store_true", help="write each file before the latency (leaks on abort)")
     args = ap.parse_args()
     if args.files:
         os.makedirs(args.files, exist_ok=True)

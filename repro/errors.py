@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_STALL = 1  # a stall reproduced / "bad" for git bisect run
 EXIT_USAGE = 2
 EXIT_TARGET = 3  # the target could not be started or reached
+EXIT_FILES = 4  # the run finished, but hidden-state files failed their check or could not be verified
 EXIT_SKIP = 125  # git bisect run: could not test
 EXIT_INTERRUPTED = 130
 

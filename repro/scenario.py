@@ -68,6 +68,7 @@ class LoadSettings:
     max_tokens: int = 16  # chat workload; hidden-states always uses 1
     consume: str = "delete"  # delete | move:DIR | keep
     keep_budget: int = 1 << 30  # bytes kept at most with consume=keep
+    keep_bad_budget: int = 256 * 1000 * 1000  # failing hidden-state files kept in RUN_DIR/bad-files up to this
     model_name: str | None = None  # None: from /v1/models
     vocab_size: int | None = None  # synthetic token ids are drawn below this; None: from the model's config
     check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/16 in 4..16

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from repro.analyze.stacks import analyze_bundle_dir
-from repro.capture import context, docker as docker_mod, procfs, pyspy
+from repro.capture import context, docker as docker_mod, gpu as gpu_mod, procfs, pyspy
 from repro.capture.bundle import MANIFEST, BundleWriter
 from repro.capture.envpolicy import EnvPolicy
 from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
@@ -302,7 +302,12 @@ def capture(req: CaptureRequest) -> Bundle:
         _metrics_snapshot(w, req, "before", metric_samples)
 
         sampler = _Sampler(req, w, processes)
-        stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+        smi = gpu_mod.find_smi()
+        gpu_sampler = gpu_mod.GpuSampler(smi).start() if smi else None  # GPU readings through the stack phase
+        try:
+            stacks_info = sampler.run() if processes else {"duration": 0.0, "processes": 0, "samples": 0}
+        finally:
+            gpu_samples = gpu_sampler.stop() if gpu_sampler is not None else []
         # Any secret in the server's environment (kept or withheld) is masked wherever it appears.
         redactor.add_known(redactor.env_secrets(server_env or {}))
     metric_samples += sampler.metric_samples
@@ -318,7 +323,7 @@ def capture(req: CaptureRequest) -> Bundle:
     _write_run_context(w, req)
     storage = _write_storage(w, req)
     clients_view = _write_clients(w, req)
-    _write_gpu(w)
+    _write_gpu(w, gpu_samples, gpu_sampler.errors if gpu_sampler is not None else [])
 
     remaining = max(0.0, s.collect_env_timeout + 25.0 - (time.monotonic() - t_start))
     env_thread.join(remaining)
@@ -559,7 +564,8 @@ def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | Non
     return info
 
 
-def _write_gpu(w: BundleWriter) -> None:
+def _write_gpu(w: BundleWriter, samples: list[dict[str, Any]] | None = None,
+               sample_errors: list[str] | None = None) -> None:
     t0 = time.monotonic()
     g = context.nvidia(timeout=20.0)
     if not g["present"]:
@@ -576,6 +582,18 @@ def _write_gpu(w: BundleWriter) -> None:
         w.write_text("context/xid.txt", "\n".join(x["lines"]) + "\n" if x["lines"] else "(no NVRM Xid lines)\n")
         w.record("kernel Xid lines", command=x["command"], exit_code=x["exit_code"], duration=x["duration"],
                  timed_out=x["timed_out"], output="context/xid.txt", error=x["error"])
+    smi = gpu_mod.find_smi()
+    if smi:
+        t1 = time.monotonic()
+        gj = gpu_mod.report(smi, (g.get("xid") or {}).get("lines") or [], samples or [])
+        errors = list(gj.get("errors", [])) + sorted(set(sample_errors or []))[:5]
+        w.write_json("context/gpu.json", gj)
+        w.record("gpu telemetry", command=[smi, f"--query-gpu={','.join(gpu_mod.GPU_FIELDS)}",
+                                           f"--query-compute-apps={','.join(gpu_mod.APP_FIELDS)}"],
+                 exit_code=0 if not errors else 1, duration=time.monotonic() - t1, output="context/gpu.json",
+                 samples=len(gj["samples"]), error="; ".join(errors) or None)
+        if errors:
+            w.error("gpu telemetry", errors[0], "Check `nvidia-smi` on this machine.")
 
 
 def _write_env(w: BundleWriter, res: dict[str, Any], still_running: bool) -> None:

@@ -17,6 +17,9 @@ Fault injection (--inject SPEC; several joined with ';'; times like 30, 30s, 5m,
   stall-after=Nsteps       the same after N scheduler steps with work
   stall-for=T[,after=A]    block the scheduler once for T s (a slow engine, not a dead one)
   write-stall[=A]          hang inside the hidden-state file write (hung shared storage)
+  gpu-hang[=T|=Nsteps]     a GPU kernel that never finishes on the engine's CUDA stream, T s
+                           after the first request: EngineCore blocks in a CUDA wait (CUDA only;
+                           cannot be released: stop the server)
   raise-after=T|Nsteps     raise ReproInjectedEngineError inside the scheduler: EngineCore dies with a traceback
   hazard=R,min_running=N[,seed=S]
                            a permanent stall at random, R per hour while >= N requests run
@@ -28,6 +31,7 @@ INJECT_HELP = (
     "stall-after=T | stall-after=Nsteps (block the scheduler for good, T s after the first request); "
     "stall-for=T[,after=A] (block it for T s once: slow, not dead); "
     "write-stall[=A] (hang inside the hidden-state file write); "
+    "gpu-hang[=T] (a GPU kernel that never finishes on the engine's stream: EngineCore blocks in a CUDA wait); "
     "raise-after=T|Nsteps (raise inside the scheduler: EngineCore dies with a traceback); "
     "hazard=R,min_running=N[,seed=S] (permanent stall at random, R per hour while >= N requests run). "
     "Join several with ';'. Times: 30, 30s, 5m, 1h."

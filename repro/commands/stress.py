@@ -99,6 +99,9 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.option("--consume", default="delete", metavar="delete|move:DIR|keep",
               help="What to do with each verified hidden-state file.")
 @click.option("--keep-budget", default="1GB", metavar="SIZE", help="With --consume keep: keep at most this much.")
+@click.option("--keep-bad", "keep_bad", default="256MB", metavar="SIZE",
+              help="Hidden-state files that fail their check are moved to RUN_DIR/bad-files for inspection, "
+                   "up to this much (0: delete them); the run then exits 4.")
 @click.option("--poll-interval", type=float, default=1.0, help="Seconds between /metrics polls.")
 @click.option("--window", default="180", metavar="DUR", help="How long a bad state must last to be a stall.")
 @click.option("--min-bad", type=int, default=3, help="Consecutive bad polls needed as well as the window.")
@@ -134,6 +137,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
 
     \b
     Exit codes: 0 no stall, 1 stall, 2 usage error, 3 target unreachable or failed to start,
+    4 hidden-state files failed their check or could not be verified (no stall),
     130 interrupted (partial results and summary.json written).
 
     \b
@@ -159,6 +163,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"), retries=kw["retries"],
         seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
         max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
+        keep_bad_budget=parse_size(kw["keep_bad"], "--keep-bad"),
         model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"],
         max_consecutive_errors=kw["max_consecutive_errors"])
     detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
@@ -214,6 +219,16 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if handles:
         click.echo(f"handles {handles} (bad {res.files.get('bad_handles', 0)}): the connector returns store handles, "
                    "not files", file=err)
+    if res.counts.get("rejected"):
+        click.echo(f"rejected: {res.counts['rejected']} request(s) refused by the server as invalid (HTTP 400), "
+                   f"e.g. {(res.counts.get('rejected_detail') or '')[:200]}", file=err)
+    bd = fid.get("breakdown") or {}
+    if bd.get("samples"):
+        click.echo(f"where the load was (means): client in flight {bd['client_in_flight']:.1f} of {bd['concurrency']}, "
+                   f"engine running {bd['engine_running']:.1f}, waiting {bd['engine_waiting']:.1f}, inside the API "
+                   f"server {bd['api_server']:.1f}", file=err)
+    if fid.get("advice"):
+        click.echo(f"warning: {fid['advice']}", file=err)
     if res.stall is not None:
         st = s.get("stall") or {}
         click.echo(f"stall: {st.get('class')} since {st.get('since_s')} s, detected at {st.get('detected_s')} s "

@@ -5,7 +5,8 @@ exit codes `git bisect run` understands:
 
     0    no stall within the duration  -> good
     1    a classified stall             -> bad
-    125  the target did not start or could not be reached -> skip this commit
+    125  the target did not start or could not be reached, or its hidden-state files failed
+         their check (stress exit 4: the load ran but its output was not verified) -> skip this commit
     2    bad options (fix them first: git bisect run would read 2 as "bad")
     130  interrupted (git bisect run stops)
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 
-from repro.errors import EXIT_OK, EXIT_SKIP, EXIT_STALL, EXIT_TARGET, TargetError
+from repro.errors import EXIT_FILES, EXIT_OK, EXIT_SKIP, EXIT_STALL, EXIT_TARGET, TargetError
 
 
 def _stress() -> click.Command:
@@ -27,7 +28,7 @@ def _stress() -> click.Command:
 
 def map_exit(code: int) -> int:
     """stress exit code -> git bisect run exit code."""
-    if code == EXIT_TARGET:
+    if code in (EXIT_TARGET, EXIT_FILES):
         return EXIT_SKIP
     return code
 
@@ -51,7 +52,8 @@ HELP = """One stress run for `git bisect run`: the options of `repro stress`, gi
 \b
     0    no stall within the duration             -> good
     1    a classified stall                       -> bad
-    125  the target did not start / was unreachable -> skip this commit
+    125  the target did not start / was unreachable, or its
+         hidden-state files failed their check     -> skip this commit
     2    bad options (fix them first: git bisect run reads 2 as "bad")
     130  interrupted (git bisect run stops)
 

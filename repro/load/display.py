@@ -58,12 +58,16 @@ class Progress:
                 f"server run {_f(s.get('running'))} wait {_f(s.get('waiting'))}  "
                 f"tok/s gen {_f(s.get('gen_tps'))} prompt {_f(s.get('prompt_tps'))}  "
                 f"kv {_f(s.get('kv_pct'), '{:.1f}')}%  ok {s['ok']} files {s['files_ok']}"
-                + (f" (bad {s['files_bad']})" if s.get("files_bad") else "")
+                + (f" BAD {s['files_bad']} (not clean)" if s.get("files_not_clean")
+                   else (f" (bad {s['files_bad']})" if s.get("files_bad") else ""))
                 + (f" (not written: engine stalled {s['files_not_written']})" if s.get("files_not_written") else "")
+                + (f"  api-server {s['api_server']:.0f}" if s.get("api_server") is not None else "")
                 + f"  err {s['errors_total']}  last progress {_f(s.get('since_progress'), '{:.0f}')}s ago  "
                 f"fidelity {_f(s.get('fidelity'), '{:.2f}')}  detector {s['state']}"
                 + (f" ({s['class']})" if s.get("class") else "")
-                + ("  WARNING: the client, not the server, is the limit" if s.get("client_limited") else ""))
+                + ("  WARNING: the client, not the server, is the limit" if s.get("client_limited") else "")
+                + ("  WARNING: vLLM's API server holds a large share of the load" if s.get("api_server_heavy")
+                   else ""))
 
     def table(self, s: dict[str, Any]) -> Any:
         from rich.table import Table
@@ -76,9 +80,11 @@ class Progress:
             ("requests", f"{s['ok']} ok, {s['req_s']:.1f} req/s, in flight {s['in_flight']}/{s['concurrency']}, "
                          f"file checks pending {s['in_check']}"),
             ("server", f"running {_f(s.get('running'))}, waiting {_f(s.get('waiting'))}, "
-                       f"KV {_f(s.get('kv_pct'), '{:.1f}')}%"),
+                       f"inside the API server {_f(s.get('api_server'))}, KV {_f(s.get('kv_pct'), '{:.1f}')}%"),
             ("tokens/s", f"generated {_f(s.get('gen_tps'))}, prompt {_f(s.get('prompt_tps'))}"),
-            ("files", f"{s['files_ok']} verified and consumed, {s['files_bad']} bad"
+            ("files", f"{s['files_ok']} verified and consumed, "
+                      + (f"[bold red]{s['files_bad']} bad: this run is not clean[/bold red]" if s.get("files_not_clean")
+                         else f"{s['files_bad']} bad")
                       + (f", {s['files_not_written']} not written: engine stalled" if s.get("files_not_written") else "")),
             ("errors", ", ".join(f"{k} {v}" for k, v in s.get("errors", {}).items()) or "none"),
             ("last progress", f"{_f(s.get('since_progress'), '{:.0f}')} s ago"),
@@ -89,6 +95,9 @@ class Progress:
             t.add_row(f"[bold]{k}[/bold]", v)
         if s.get("client_limited"):
             t.add_row("[bold yellow]warning[/bold yellow]", "the client, not the server, is the limit")
+        if s.get("api_server_heavy"):
+            t.add_row("[bold yellow]warning[/bold yellow]", "vLLM's API server holds a large share of the requests in "
+                      "flight: try --api-server-count 2+, shorter prompts or a faster client machine")
         return t
 
     def update(self, s: dict[str, Any]) -> None:

@@ -167,7 +167,7 @@ class PromptSource:
     """
 
     def __init__(self, seed: int, prompt_len: tuple[int, int], vocab_size: int,
-                 prompts: list[Prompt] | None = None, low_id: int = 4) -> None:
+                 prompts: list[Prompt] | None = None, low_id: int = 4, max_prompt: int | None = None) -> None:
         if vocab_size <= low_id + 1:
             raise UsageError(f"--vocab-size {vocab_size}: too small for synthetic prompts")
         self.rng = random.Random(seed)
@@ -176,12 +176,17 @@ class PromptSource:
         self.vocab_size = vocab_size
         self.low_id = low_id
         self.prompts = prompts
+        self.max_prompt = max_prompt  # token-id prompts from the file are cut to this many tokens
+        self.truncated = 0  # file prompts cut so far
         self._i = 0
 
     def next(self) -> Prompt:
         if self.prompts:
             p = self.prompts[self._i % len(self.prompts)]
             self._i += 1
+            if self.max_prompt is not None and p.tokens is not None and len(p.tokens) > self.max_prompt:
+                self.truncated += 1
+                return Prompt(TOKENS, tokens=p.tokens[: self.max_prompt], line=p.line)
             return p
         n = self.rng.randint(*self.prompt_len)
         return Prompt(TOKENS, tokens=tuple(self.np_rng.integers(self.low_id, self.vocab_size, n).tolist()))

@@ -107,7 +107,7 @@ class RequestRecord:
     kind: str
     t_start: float  # seconds since the start of the load
     latency: float | None  # send to last byte of the final attempt (None: never answered)
-    status: str  # ok | error | timeout | cancelled
+    status: str  # ok | error | rejected (HTTP 400: the request itself is invalid) | timeout | cancelled
     attempts: int
     http_status: int | None = None
     error: str | None = None  # kind of the last error
@@ -147,6 +147,8 @@ class RunStats:
         self.finished = 0  # records written
         self.ok = 0
         self.failed = 0  # error after all retries
+        self.rejected = 0  # HTTP 400 (and 413/422): the server refused the request as invalid, not a server failure
+        self.rejected_detail: str | None = None  # the first rejection's message
         self.timeouts = 0  # client timeouts (each aborts the request on the server)
         self.cancelled = 0
         self.attempt_timeouts = 0  # timeouts of single attempts (retried or not)
@@ -188,6 +190,10 @@ class RunStats:
             self.timeouts += 1
         elif rec.status == "cancelled":
             self.cancelled += 1
+        elif rec.status == "rejected":
+            self.rejected += 1
+            if self.rejected_detail is None:
+                self.rejected_detail = (rec.detail or "")[:300]
         else:
             self.failed += 1
         if rec.status != "ok" and rec.error:
@@ -242,14 +248,21 @@ class RunStats:
         self._unwritten = keep
 
     def counts(self) -> dict[str, Any]:
-        return {"total": self.finished, "ok": self.ok, "failed": self.failed, "timeouts": self.timeouts,
+        return {"total": self.finished, "ok": self.ok, "failed": self.failed, "rejected": self.rejected,
+                "rejected_detail": self.rejected_detail, "timeouts": self.timeouts,
                 "cancelled": self.cancelled, "retries": self.retries, "attempt_timeouts": self.attempt_timeouts,
                 "errors": dict(self.errors), "by_kind": dict(self.kinds)}
 
     def files(self) -> dict[str, Any]:
-        """The summary's ``files``: ``bad`` and ``errors`` leave out the files the stalled engine never wrote,
-        which are ``not_written_engine_stalled`` (by check error in ``not_written_errors``)."""
-        return {"verified": self.files_ok, "bad": self.files_bad, "errors": dict(self.file_errors),
+        """The summary's ``files``: ``bad`` counts every file that did not pass, ``failed_check`` (read, and wrong)
+        plus ``unverifiable`` (missing, unreadable, locked, no path in the response ...); ``bad`` and ``errors``
+        leave out the files the stalled engine never wrote, which are ``not_written_engine_stalled`` (by check
+        error in ``not_written_errors``)."""
+        from repro.load.workloads import FAILED_CHECK
+
+        failed = sum(n for k, n in self.file_errors.items() if k in FAILED_CHECK)
+        return {"verified": self.files_ok, "bad": self.files_bad, "failed_check": failed,
+                "unverifiable": self.files_bad - failed, "errors": dict(self.file_errors),
                 "not_written_engine_stalled": self.files_not_written,
                 "not_written_errors": dict(self.not_written_errors),
                 "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes),

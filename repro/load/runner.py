@@ -44,9 +44,12 @@ from typing import IO, Any
 
 import aiohttp
 
-from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError, TargetError
+from repro.errors import (EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError,
+                          TargetError)
+from repro.load import limits
 from repro.load.display import Progress
 from repro.load.feed import PromptFeed
+from repro.load.fidelity import Breakdown, instant as fidelity_instant
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
@@ -65,6 +68,8 @@ from repro.target.launcher import VllmServer
 SUMMARY_SCHEMA = "repro.stress.summary"
 SUMMARY_VERSION = 1
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
+BAD_FILES_DIR = "bad-files"  # failing hidden-state files kept for inspection (up to --keep-bad)
+REJECTED = (400, 413, 422)  # the server refused the request itself (too long, invalid): counted apart from errors
 TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started", "finished", "ok", "failed",
                    "timeouts", "server_running", "server_waiting", "server_in_system", "kv_usage",
                    "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class", "completions", "probe",
@@ -75,8 +80,8 @@ TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started"
 class StressResult:
     """What a stress run ended with (also in summary.json)."""
 
-    exit_code: int  # 0 clean, 1 stall, 3 target unreachable/failed, 130 interrupted
-    outcome: str  # clean | stall | interrupted | target-error | aborted
+    exit_code: int  # 0 clean, 1 stall, 3 target unreachable/failed, 4 files bad or unverifiable, 130 interrupted
+    outcome: str  # clean | stall | files-bad | interrupted | target-error | aborted
     stall: Assessment | None  # the detector's verdict when a stall was detected
     exposure_s: float  # seconds of load before the stall began (or the whole load when clean)
     load_s: float  # seconds the load ran
@@ -131,6 +136,11 @@ class _Run:
         self.issued = 0
         self.fidelity = LinearHistogram()
         self.client_fill = LinearHistogram()
+        self.breakdown = Breakdown()  # client in flight / engine running / waiting / inside the API server
+        self.clip: limits.PromptClip | None = None
+        self._model_card: dict[str, Any] | None = None
+        self.source: PromptSource | None = None
+        self.bad_seen: set[str] = set()  # file error kinds already announced on the display
         self.model: str | None = None
         self.last_metrics: MetricsSample | None = None
         self.last_metrics_wall: float | None = None  # when /metrics last answered (for a death report)
@@ -221,6 +231,7 @@ class _Run:
                         models = data.get("data") or []
                         if models and models[0].get("id"):
                             self._model_root = models[0].get("root")
+                            self._model_card = models[0]
                             return str(models[0]["id"])
                         last = "no model listed"
                     else:
@@ -232,6 +243,23 @@ class _Run:
         raise TargetError(f"cannot reach the server at {self.url} ({last})",
                           help="Check --url (scheme, host, port) and that vLLM is running: "
                                "curl URL/v1/models should answer 200.")
+
+    async def prompt_clip(self, session: aiohttp.ClientSession) -> limits.PromptClip:
+        """The prompt lengths to use: --prompt-len clipped to the served model's max_model_len."""
+        card = self._model_card
+        if card is None:  # --model-name given: /v1/models was not asked yet (best effort)
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+                async with session.get(self.url + "/v1/models", headers=self.headers,
+                                       timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    data = await r.json(content_type=None) if r.status == 200 else {}
+                models = data.get("data") or []
+                card = next((m for m in models if m.get("id") == self.model), models[0] if models else None)
+        n, source = limits.from_model_card(card), limits.FROM_MODELS
+        if n is None and self.server is not None:
+            n, source = limits.from_argv(self.server.command), limits.FROM_LAUNCH
+        wl = Workload.parse(self.L.workload)
+        max_tokens = max(1 if wl.hs_ratio > 0 else 0, self.L.max_tokens if wl.hs_ratio < 1 else 0)
+        return limits.clip(self.L.prompt_len, n, source if n is not None else None, max_tokens)
 
     def vocab_size(self) -> int:
         if self.L.vocab_size:
@@ -297,7 +325,7 @@ class _Run:
                     detail = (body or b"")[:300].decode("utf-8", "replace")
                     if "EngineDeadError" in detail or "EngineCore" in detail:
                         err = "engine-dead"
-                rec.status = "timeout" if err == "timeout" else "error"
+                rec.status = "timeout" if err == "timeout" else ("rejected" if status in REJECTED else "error")
                 rec.error, rec.detail = err, detail
                 if status is not None and 400 <= status < 500 and status not in (408, 429) and not self.speculators:
                     self.consecutive_4xx += 1
@@ -364,6 +392,7 @@ class _Run:
                 rec.file = {"ok": False, "error": "no-path",
                             "detail": "the response has no kv_transfer_params.hidden_states_path "
                                       "(is hidden-state extraction on?)"}
+                self.announce_bad_file(rec.file)
             st.finish(rec, self.requests_f)
             return False
         if self.storage is not None:
@@ -399,16 +428,31 @@ class _Run:
                 if r.detail or prev_bad:
                     rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
                 rec.file = {k: v for k, v in rec.file.items() if v is not None}
+                if r.kept_at:
+                    rec.file["kept_at"] = r.kept_at
                 if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
                     rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
                 if r.consumed in ("deleted", "moved"):
                     self.claim(info.hs_path, forget=True)
                 rec.client_s["check"] = round(r.seconds, 6)
+            if rec.file is not None and not rec.file.get("ok"):
+                self.announce_bad_file(rec.file)
             st.finish(rec, self.requests_f)
 
         fut.add_done_callback(done)
         return True
 
+    def announce_bad_file(self, f: dict[str, Any]) -> None:
+        """The first file of each error kind that fails: one line on the display and an event, at once."""
+        kind = str(f.get("error") or "?")
+        if kind in self.bad_seen:
+            return
+        self.bad_seen.add(kind)
+        where = f" (kept: {f['kept_at']})" if f.get("kept_at") else ""
+        detail = str(f.get("detail") or "")[:300]
+        self.event("file-bad", error=kind, detail=detail, path=f.get("path"), kept_at=f.get("kept_at"))
+        self.progress.message(f"warning: a hidden-state file failed its check ({kind}: {detail}){where}; "
+                              f"this run will not be reported clean")
     def note_handle(self, prep: PreparedRequest, rec: RequestRecord, info: Any) -> None:
         """An answer that names an object in a key-value store (hs-connectors' Mooncake backend), not a file.
 
@@ -634,6 +678,8 @@ class _Run:
         if active and fid is not None and not self.L.rate:
             self.fidelity.add(fid)
             self.client_fill.add(st.in_flight / c)
+        if active and running is not None and waiting is not None:
+            self.breakdown.add(st.in_flight, running, waiting)
         if m is not None and m.prompt_tokens is not None and m.generation_tokens is not None:
             if self._prev_tok is not None and ob.t > self._prev_tok[0]:
                 dt = ob.t - self._prev_tok[0]
@@ -670,6 +716,10 @@ class _Run:
             "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
             "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
                                and recent_fill < 0.9),
+            "api_server": fidelity_instant(st.in_flight, None if m is None else m.running,
+                                           None if m is None else m.waiting),
+            "api_server_heavy": self.breakdown.api_server_heavy(self.L.concurrency),
+            "files_not_clean": st.files_bad > 0,
             "state": a.state, "class": a.stall_class,
         }
 
@@ -1057,7 +1107,8 @@ class _Run:
                                    lock_timeout=min(30.0, self.L.request_timeout),
                                    file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
                                    layout=self.connector.output if self.connector is not None else None,
-                                   model_dtype=self.model_dtype())
+                                   model_dtype=self.model_dtype(),
+                                   bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
         self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
         mon_connector = aiohttp.TCPConnector(limit=4)
@@ -1068,7 +1119,10 @@ class _Run:
                     aiohttp.ClientSession(connector=mon_connector) as mon_session:
                 self.model = await self.resolve_model(mon_session)
                 prompts = load_prompts_file(self.L.prompts_file) if self.L.prompts_file else None
-                source = PromptSource(self.L.seed, self.L.prompt_len, self.vocab_size(), prompts)
+                self.clip = await self.prompt_clip(mon_session)
+                source = PromptSource(self.L.seed, self.clip.used, self.vocab_size(), prompts,
+                                      max_prompt=self.clip.max_prompt)
+                self.source = source
                 feed = PromptFeed(source, Workload.parse(self.L.workload), self.model, self.L.max_tokens,
                                   self.L.seed, buffer=2 * c, executor=prep_pool)
                 self.feed = feed
@@ -1080,6 +1134,11 @@ class _Run:
                 self.event("start", url=self.url, model=self.model, concurrency=c, duration=self.L.duration,
                            requests=self.L.requests, workload=self.L.workload,
                            server_pid=self.server.pid if self.server is not None else None)
+                clip_line = self.clip.line() if prompts is None else self.clip.file_line(
+                    str(self.L.prompts_file), max((len(p.tokens) for p in prompts if p.tokens is not None), default=0))
+                if clip_line:
+                    self.event("prompt-clip", message=clip_line, **self.clip.to_dict())
+                    self.progress.message(clip_line)
                 mon_task = asyncio.ensure_future(self.monitor(mon_session))
                 if self.L.rate:
                     tasks = [asyncio.ensure_future(self.arrivals(session, feed))]
@@ -1135,6 +1194,23 @@ class _Run:
             if self.log is not None:
                 self.log.close()
 
+    def files_error(self) -> str:
+        """The one line that says why a run whose files failed is not clean."""
+        st = self.stats
+        kinds = ", ".join(f"{k} {n}" for k, n in st.file_errors.most_common(4))
+        kept = self.checker.kept_bad() if getattr(self, "checker", None) is not None else {}
+        where = (f"; {kept['files']} kept for inspection in {kept['dir']}" if kept.get("files") else "")
+        return (f"{st.files_bad} of {st.files_bad + st.files_ok} hidden-state files failed their check or could not "
+                f"be verified ({kinds}){where}: the load ran, but its output was not verified")
+
+    def prompts_summary(self) -> dict[str, Any] | None:
+        if self.clip is None:
+            return None
+        d = self.clip.to_dict()
+        if self.source is not None and self.source.prompts:
+            d["file_prompts_truncated"] = self.source.truncated
+        return d
+
     @property
     def prep_seconds(self) -> float:
         return self.feed.prep_seconds if self.feed is not None else 0.0
@@ -1184,7 +1260,10 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
             "client_fill_mean": None if run.client_fill.mean is None else round(run.client_fill.mean, 4),
             "definition": "server vllm:num_requests_running + waiting divided by --concurrency, "
                           "sampled every poll while the load runs (first 2 polls excluded)",
+            "breakdown": run.breakdown.summary(c),
+            "advice": run.breakdown.advice(c),
         },
+        "prompts": run.prompts_summary(),
         "detector": {"state": run.last.state if run.last else None,
                      "class": run.last.stall_class if run.last else None,
                      "settings": scn.to_dict()["detect"]},
@@ -1266,6 +1345,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
                 result.exit_code, result.outcome, result.error = EXIT_USAGE, "aborted", run.abort_error
             elif run.gave_up is not None:  # speculators' client would have stopped here: the target kept failing
                 result.exit_code, result.outcome, result.error = EXIT_TARGET, "client-gave-up", run.abort_error
+            elif run.stats.files_bad:
+                result.exit_code, result.outcome, result.error = EXIT_FILES, "files-bad", run.files_error()
     finally:
         if owned is not None:
             owned.stop(grace=5.0 if run.stall is not None else 20.0)
@@ -1278,6 +1359,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     result.stall = run.stall
     result.counts = run.stats.counts()
     result.files = run.stats.files()
+    if getattr(run, "checker", None) is not None:
+        result.files["kept_for_inspection"] = run.checker.kept_bad()
     result.summary = _summary(run, result, scenario)
     paths["summary.json"].write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
     return result

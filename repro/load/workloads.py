@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from repro.target.connectors import Output
 
 HIDDEN_STATES, CHAT_WL, SPECULATORS = "hidden-states", "chat", "speculators"
+# File errors where the file was read and found wrong; every other file error means it could not be verified.
+FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values", "bad-scales", "bad-dtype", "bad-layout"})
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class CheckResult:
     seconds: float = 0.0  # time spent in this check (client-side work)
     lock_wait: float = 0.0
     dtype: str | None = None  # stored dtype of hidden_states (safetensors code: BF16, F16, F32, F8_E4M3)
+    kept_at: str | None = None  # a failing file kept for inspection: where it is now
 
 
 class FileChecker:
@@ -159,7 +162,8 @@ class FileChecker:
 
     def __init__(self, consume: str = "delete", keep_budget: int = 1 << 30, file_wait: float = 10.0,
                  lock_timeout: float = 30.0, expected_layers: int | None = None,
-                 layout: "Output | None" = None, model_dtype: str | None = None) -> None:
+                 layout: "Output | None" = None, model_dtype: str | None = None,
+                 bad_dir: Path | None = None, bad_budget: int = 0) -> None:
         self.consume = consume
         self.move_dir: Path | None = None
         if consume.startswith("move:"):
@@ -179,6 +183,11 @@ class FileChecker:
         self.expected_layers = expected_layers
         self.kept_bytes = 0
         self.over_budget = 0  # files deleted because keeping them would exceed the budget
+        self.bad_dir = Path(bad_dir) if bad_dir is not None else None  # failing files are moved here ...
+        self.bad_budget = bad_budget  # ... up to this many bytes; the rest are deleted (and counted)
+        self.bad_kept = 0
+        self.bad_kept_bytes = 0
+        self.bad_deleted = 0
         self._lock = threading.Lock()
         self.abandon = threading.Event()  # set when the run ends on a stall: stop waiting for files
         self.layout = layout  # what the server's connector writes (None: unknown, the file's own declarations)
@@ -240,8 +249,8 @@ class FileChecker:
             try:
                 data = hsfile.read(path)
             except hsfile.HiddenStateFileError as exc:
-                self._consume_failed_file(path, lock_path)
-                return CheckResult(False, exc.kind, exc.detail, lock_wait=waited)
+                kept = self._consume_failed_file(path, lock_path)
+                return CheckResult(False, exc.kind, exc.detail, lock_wait=waited, kept_at=kept)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -250,8 +259,9 @@ class FileChecker:
         hs = data.hidden_states
         shape = tuple(hs.shape) if hs is not None else None
         if err:
-            self._consume_failed_file(path, lock_path)
-            return CheckResult(False, err[0], err[1], nbytes, shape, lock_wait=waited, dtype=data.dtype)
+            kept = self._consume_failed_file(path, lock_path)
+            return CheckResult(False, err[0], err[1], nbytes, shape, lock_wait=waited, dtype=data.dtype,
+                               kept_at=kept)
         try:
             how = self._consume(path, lock_path, nbytes)
         except OSError as exc:
@@ -313,10 +323,45 @@ class FileChecker:
         except FileNotFoundError:
             pass
 
-    def _consume_failed_file(self, path: str, lock_path: str) -> None:
-        """A file that failed its check is never kept: it would only fill storage."""
-        self._remove(path)
+    def _consume_failed_file(self, path: str, lock_path: str) -> str | None:
+        """A file that failed its check leaves the store (it would only fill it): moved to ``bad_dir`` for
+        inspection while the kept files stay within ``bad_budget`` bytes, deleted otherwise. Returns where
+        it was kept (None: deleted)."""
+        dest: str | None = None
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = None
+        if self.bad_dir is not None and size is not None:
+            with self._lock:
+                keep = self.bad_kept_bytes + size <= self.bad_budget
+                if keep:
+                    self.bad_kept_bytes += size
+                    self.bad_kept += 1
+            if keep:
+                target = self.bad_dir / os.path.basename(path)
+                try:
+                    self.bad_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.move(path, target)  # os.rename on one filesystem, copy + unlink across them
+                    dest = str(target)
+                except OSError:
+                    with self._lock:
+                        self.bad_kept_bytes -= size
+                        self.bad_kept -= 1
+        if dest is None:
+            if size is not None:
+                with self._lock:
+                    self.bad_deleted += 1
+            self._remove(path)
         self._remove(lock_path)
+        return dest
+
+    def kept_bad(self) -> dict[str, object]:
+        """Failing files kept for inspection (summary.json `files.kept_for_inspection`)."""
+        with self._lock:
+            return {"dir": str(self.bad_dir) if self.bad_dir is not None else None, "files": self.bad_kept,
+                    "bytes": self.bad_kept_bytes, "budget_bytes": self.bad_budget,
+                    "deleted_over_budget": self.bad_deleted}
 
     def _consume(self, path: str, lock_path: str, nbytes: int) -> str:
         if self.move_dir is not None:

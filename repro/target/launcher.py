@@ -114,8 +114,7 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
         args = list(TINY_ARGS)
         if s.max_model_len:
             args[1] = str(s.max_model_len)
-        if s.dtype:
-            args[3] = s.dtype
+        args[3] = s.dtype or tinymodel.model_dtype(Path(model)) or args[3]  # a bf16 tiny model is served in bf16
         cmd += args
     else:
         if s.max_model_len:
@@ -318,17 +317,21 @@ class VllmServer:
             self.proc.wait(10)
         # Children outlive the leader for a moment; anything left of the group gets SIGKILL.
         _, alive = psutil.wait_procs([m for m in members if m.pid != pgid], timeout=10)
-        stragglers = []
+        stragglers, killed = [], []
         for p in alive:
             try:
                 p.kill()
                 stragglers.append(p.pid)
+                killed.append(p)
             except psutil.NoSuchProcess:
                 pass
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # A process deaf to SIGTERM (an engine thread spinning in cuEventSynchronize never runs Python's
+        # handler) dies only now: wait for it, so that "stopped" means gone.
+        psutil.wait_procs(killed, timeout=10)
         self.removed_shm = shm.remove_unused(segs)
         return stragglers
 

@@ -5,6 +5,11 @@ head size >= 32), a byte-level BPE tokenizer trained locally on a small syntheti
 corpus, and a chat template. About 550 KB, built in seconds, cached under
 ``~/.cache/repro/tiny-llama`` (or ``$REPRO_CACHE``). Needs torch, transformers
 and tokenizers, which vLLM brings.
+
+``build(out, hidden=1024, layers=8, dtype="bfloat16")`` makes the larger sibling
+used on GPUs: 97 M parameters, hidden/64 heads of 64, a quarter as many KV heads,
+an MLP of 3 x hidden, weights (and vLLM's default dtype) in bfloat16. The recipe
+and its size are recorded in ``repro-tiny-model.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from repro.errors import UsageError
@@ -45,8 +51,42 @@ def is_built(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "tokenizer.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def build(out: Path, seed: int = 0) -> Path:
-    """Build the tiny model into `out` (atomically: a half-built directory is never left)."""
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The Llama config of a tiny model of `hidden` x `layers`."""
+
+    hidden: int = 128
+    layers: int = 2
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // 64 if self.hidden >= 256 else 4
+
+    @property
+    def kv_heads(self) -> int:
+        return max(1, self.heads // 4) if self.hidden >= 256 else 2
+
+    @property
+    def head_dim(self) -> int:
+        return 64 if self.hidden >= 256 else 32
+
+    @property
+    def intermediate(self) -> int:
+        return self.hidden * 3 if self.hidden >= 256 else self.hidden * 2
+
+
+def build(out: Path, seed: int = 0, hidden: int = 128, layers: int = 2, dtype: str = "float32") -> Path:
+    """Build the tiny model into `out` (atomically: a half-built directory is never left).
+
+    hidden/layers/dtype: see the module docstring (hidden a multiple of 64 from 256 on; dtype one of DTYPES)."""
+    if dtype not in DTYPES:
+        raise UsageError(f"tiny model dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if hidden < 32 or layers < 1 or (hidden >= 256 and hidden % 64):
+        raise UsageError(f"tiny model {hidden}x{layers}: hidden >= 32 (a multiple of 64 from 256 on), layers >= 1")
+    shape = Shape(hidden, layers)
     try:
         import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -77,13 +117,19 @@ def build(out: Path, seed: int = 0) -> Path:
         hf_tok.chat_template = CHAT_TEMPLATE
         hf_tok.save_pretrained(tmp)
         cfg = LlamaConfig(
-            vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+            vocab_size=tok.get_vocab_size(), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+            num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+            head_dim=shape.head_dim, max_position_embeddings=4096,
             bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
-            tie_word_embeddings=False, torch_dtype="float32",
+            tie_word_embeddings=False, torch_dtype=dtype,
         )
-        LlamaForCausalLM(cfg).save_pretrained(tmp, safe_serialization=True)
-        (tmp / "repro-tiny-model.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}) + "\n")
+        model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
+        model.save_pretrained(tmp, safe_serialization=True)
+        meta = {"version": TINY_VERSION, "seed": seed}
+        if (hidden, layers, dtype) != (128, 2, "float32"):
+            meta.update(hidden=hidden, layers=layers, dtype=dtype,
+                        parameters=sum(p.numel() for p in model.parameters()))
+        (tmp / "repro-tiny-model.json").write_text(json.dumps(meta) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -99,6 +145,16 @@ def ensure(path: Path | None = None) -> Path:
     if not is_built(path):
         build(path)
     return path
+
+
+def model_dtype(model_dir: Path) -> str | None:
+    """The dtype a tiny model was built in (None when it is not one, or an old one: float32)."""
+    try:
+        meta = json.loads((Path(model_dir) / "repro-tiny-model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    d = meta.get("dtype", "float32")
+    return d if d in DTYPES else None
 
 
 def model_layers(model_dir: Path) -> int | None:

@@ -8,6 +8,14 @@ re-read at run time) is set. Then it wraps ``Scheduler.schedule`` (runs inside
 write) so that stalls happen in the real code path, under function names that
 make the cause obvious in a py-spy dump.
 
+``gpu-hang`` is different: at its trigger the scheduler hook enqueues a kernel
+that never finishes (``torch.cuda._sleep`` with a cycle count of centuries) on
+the engine thread's current CUDA stream -- the stream vLLM's model runner
+launches on -- and returns at once. The engine goes on, queues its forward pass
+behind that kernel, and blocks in vLLM's own next CUDA wait (the async output
+copy's ``Event.synchronize``, a ``.cpu()`` copy, ...), in native frames such as
+``cuEventSynchronize``; no repro frame is on the stack.
+
 ``REPRO_INJECT_EVENTS`` (optional) names a JSON-lines file where each injected
 stall is recorded with its wall time: the ground truth tests and bisect
 calibration check detection against.
@@ -114,10 +122,13 @@ class Injector:
         for i, fault in enumerate(spec.faults):
             if i in self.fired:
                 continue
-            if fault.kind in ("stall-after", "raise-after"):
+            if fault.kind in ("stall-after", "raise-after", "gpu-hang"):
                 due = (fault.steps is not None and self.steps_with_work >= fault.steps) or (
                     fault.seconds is not None and elapsed >= fault.seconds)
-                if due and fault.kind == "raise-after":
+                if due and fault.kind == "gpu-hang":
+                    self.fired.add(i)
+                    repro_injected_gpu_hang(self, spec.text, running, waiting)
+                elif due and fault.kind == "raise-after":
                     self.fired.add(i)
                     self.record("raise", kind="raise-after", spec=spec.text, running=running, waiting=waiting)
                     repro_injected_engine_error(spec.text)
@@ -181,6 +192,28 @@ def repro_injected_write_stall(inj: Injector) -> None:
     _block(inj, None)
 
 
+# torch.cuda._sleep spins for this many GPU clock cycles: ~2.3e9 s at 2 GHz, a kernel that never ends.
+GPU_HANG_CYCLES = 1 << 62
+
+
+def repro_injected_gpu_hang(inj: Injector, spec: str, running: int, waiting: int) -> bool:
+    """Injected by repro: enqueue a never-ending kernel on this thread's current CUDA stream and return.
+
+    Recorded as ``stall`` (kind gpu-hang) once the kernel is enqueued; without a CUDA device nothing is
+    injected and ``gpu-hang-failed`` is recorded instead (the server stays healthy)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device in this process")
+        stream = torch.cuda.current_stream()
+        torch.cuda._sleep(GPU_HANG_CYCLES)
+    except Exception as exc:  # noqa: BLE001 - an injection that cannot happen must not kill the engine
+        inj.record("gpu-hang-failed", kind="gpu-hang", spec=spec, error=f"{type(exc).__name__}: {exc}")
+        return False
+    inj.record("stall", kind="gpu-hang", spec=spec, running=running, waiting=waiting,
+               device=getattr(stream, "device_index", None), stream=getattr(stream, "cuda_stream", None))
+    return True
 class ReproInjectedEngineError(RuntimeError):
     """Raised inside the real scheduler by `raise-after`: EngineCore dies of it like of any real error."""
 

@@ -14,6 +14,12 @@ Kinds (times in seconds, or with a unit: 30s, 5m, 1h):
     write-stall[=A]        block inside the hidden-state file write for good, A seconds
                            (default 0) after the first write (frame `repro_injected_write_stall`;
                            what hung shared storage does to vLLM 0.20.2)
+    gpu-hang[=T|=Nsteps]   a GPU kernel that never finishes, enqueued on the engine's current
+                           CUDA stream from inside EngineCore, T seconds (default 0) or N
+                           steps after the engine first had work: vLLM's own next CUDA wait
+                           (e.g. the async output copy's event synchronize) never returns while
+                           the API server keeps answering. Needs a CUDA device; it cannot be
+                           released (the kernel runs until the process dies): stop the server.
     raise-after=T          raise an exception inside the scheduler (EngineCore.step), T seconds
                            after the engine first had work: EngineCore dies the way it dies of a
                            real error (`EngineCore encountered a fatal error` + the traceback,
@@ -34,7 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-KINDS = ("stall-after", "stall-for", "write-stall", "raise-after", "hazard", "release")
+KINDS = ("stall-after", "stall-for", "write-stall", "gpu-hang", "raise-after", "hazard", "release")
 
 
 class FaultSpecError(ValueError):
@@ -44,8 +50,8 @@ class FaultSpecError(ValueError):
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    seconds: float | None = None  # stall-after / raise-after (time form), stall-for duration, write-stall delay
-    steps: int | None = None  # stall-after=Nsteps, raise-after=Nsteps
+    seconds: float | None = None  # stall-after / raise-after / gpu-hang (time form), stall-for duration, write-stall delay
+    steps: int | None = None  # stall-after=Nsteps, raise-after=Nsteps, gpu-hang=Nsteps
     after: float = 0.0  # stall-for start
     rate_per_hour: float | None = None  # hazard
     min_running: int = 1  # hazard
@@ -104,6 +110,7 @@ def parse(text: str) -> FaultSpec:
                 raise FaultSpecError(f"{raw!r}: option {opt!r} must be KEY=VALUE")
             kw[k.strip().lower()] = v.strip()
         allowed = {"stall-after": set(), "raise-after": set(), "stall-for": {"after"}, "write-stall": set(),
+                   "gpu-hang": set(),
                    "hazard": {"min_running", "seed"}, "release": set()}[kind]
         unknown = set(kw) - allowed
         if unknown:
@@ -122,6 +129,11 @@ def parse(text: str) -> FaultSpec:
                                 after=_seconds(kw.get("after", "0"), "stall-for after")))
         elif kind == "write-stall":
             faults.append(Fault(kind, seconds=_seconds(value, "write-stall") if value else 0.0))
+        elif kind == "gpu-hang":
+            if value.lower().endswith("steps"):
+                faults.append(Fault(kind, steps=_int(value[:-5], "gpu-hang")))
+            else:
+                faults.append(Fault(kind, seconds=_seconds(value, "gpu-hang") if value else 0.0))
         elif kind == "hazard":
             if not value:
                 raise FaultSpecError("hazard needs a rate per hour: hazard=60,min_running=8")

@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from repro.capture import gpu as gpu_memory
 from repro.errors import ServerStartError, TargetError, UsageError
 from repro.monitor.logs import DockerLogFollower, LogFollower
 from repro.scenario import ServerSettings
@@ -90,7 +91,12 @@ def gpu_pids() -> set[int] | None:
     return {int(x) for x in r.stdout.split() if x.strip().isdigit()}
 
 
-def wait_gpu_released(pids: set[int], timeout: float) -> dict[str, Any]:
+def wait_gpu_released(pids: set[int], timeout: float, held_before: float | None = None,
+                      used_before: list[float | None] | None = None) -> dict[str, Any]:
+    """Wait until no stopped pid holds GPU memory; say how much they held (`held_before`, MiB, read before the
+    stop) and what each GPU uses now, so that the event shows the memory came back. Where nvidia-smi lists none
+    of the pids (a container without the host's pid namespace), wait instead (15 s at most) for the GPUs' memory
+    in use to fall below `used_before`."""
     held = gpu_pids()
     if held is None:
         return {"status": "skipped", "why": "no nvidia-smi"}
@@ -102,7 +108,29 @@ def wait_gpu_released(pids: set[int], timeout: float) -> dict[str, Any]:
                               help="Check `nvidia-smi`; a zombie holding GPU memory needs the host's attention.")
         time.sleep(RELEASE_POLL)
         held = gpu_pids() or set()
-    return {"status": "released", "seconds": round(time.monotonic() - t0, 3)}
+    after = gpu_memory.memory_of(pids)
+    if not held_before and used_before and after is not None:
+        before_total = sum(x or 0.0 for x in used_before)
+        limit = time.monotonic() + min(timeout, 15.0)
+        while sum(x or 0.0 for x in after["memory_used_mib"]) > before_total - 256 and time.monotonic() < limit:
+            time.sleep(RELEASE_POLL)
+            after = gpu_memory.memory_of(pids) or after
+    out: dict[str, Any] = {"status": "released", "seconds": round(time.monotonic() - t0, 3)}
+    if held_before is not None:
+        out["held_mib_before"] = held_before
+    if after is not None:
+        out["held_mib_after"] = after["held_mib"]
+        out["memory_used_mib_after"] = after["memory_used_mib"]
+    return out
+
+
+def gpu_held(pids: set[int]) -> dict[str, Any]:
+    """For a stop record: the GPU memory `pids` hold now (MiB), when nvidia-smi can say."""
+    m = gpu_memory.memory_of(pids)
+    if m is None:
+        return {}
+    # per GPU as well: where nvidia-smi cannot see the pids (some containers), the drop in use still shows
+    return {"gpu_held_mib": m["held_mib"], "gpu_held_by": m["held_by"], "gpu_memory_used_mib": m["memory_used_mib"]}
 
 
 def wait_ready(url: str, timeout: float, alive: Any = None, api_key: str | None = None) -> str:
@@ -275,19 +303,21 @@ class ServeTarget(Target):
             return {"method": "process-group", "pids": []}
         pgid = self.server.pid
         pids = sorted(group_pids(pgid) | tree_pids(pgid))
+        held = gpu_held(set(pids))
         t0 = time.monotonic()
         stragglers = self.server.stop(grace=STOP_GRACE)
         still = sorted(group_pids(pgid) | {p for p in pids if psutil.pid_exists(p) and _not_zombie(p)})
         if still:
             raise TargetError(f"server process(es) {still} of process group {self.server.pid} survived the stop")
         return {"method": "process-group", "pgid": self.server.pid, "pids": pids, "stragglers": stragglers,
-                "seconds": round(time.monotonic() - t0, 3)}
+                "seconds": round(time.monotonic() - t0, 3), **held}
 
     def released(self, stopped: dict[str, Any], timeout: float) -> list[tuple[str, dict[str, Any]]]:
         s = self.settings
         waited = wait_port_free(s.host, s.port, timeout)
         out = [("port-free", {"host": s.host, "port": s.port, "seconds": round(waited, 3)})]
-        out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout)))
+        out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout,
+                                                  stopped.get("gpu_held_mib"), stopped.get("gpu_memory_used_mib"))))
         return out
 
     def alive(self) -> bool | None:
@@ -372,7 +402,8 @@ class _AttachedTarget(Target):
             return [("port-free", {"status": "skipped", "why": f"{self.host} is not this machine"})]
         waited = wait_port_free(self.host, self.port, timeout)
         out = [("port-free", {"host": self.host, "port": self.port, "seconds": round(waited, 3)})]
-        out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout)))
+        out.append(("gpu-free", wait_gpu_released(set(stopped.get("pids", [])), timeout,
+                                                  stopped.get("gpu_held_mib"), stopped.get("gpu_memory_used_mib"))))
         return out
 
     def log_source(self) -> LineSource | None:

@@ -53,6 +53,17 @@ def record(name: str, figures: dict) -> None:
 
 @pytest.fixture(scope="module")
 def fp8_server(tmp_path_factory: pytest.TempPathFactory):
+    if os.environ.get("REPRO_GPU_CHECK_STATE"):  # inside scripts/gpu_check.sh: the server its `start` launched
+        from tests.gpu.harness import Context, started_server, wait_marker
+
+        ctx = Context.load(Path(os.environ["REPRO_GPU_CHECK_STATE"]))
+        started = started_server(ctx, "fp8")
+        if started is None:
+            pytest.skip(f"no fp8 server for vLLM {ctx.vllm_version}: it needs a GPU, vLLM 0.22+ and hs-connectors "
+                        f"beside vLLM")
+        wait_marker(ctx, "fidelity-done", 420)  # this lane's load must not fall into the other lanes' readings
+        yield started
+        return
     if not has_gpu():
         pytest.fail("REPRO_GPU=1 but no NVIDIA GPU is visible")
     run_dir = tmp_path_factory.mktemp("fp8-server")

@@ -111,6 +111,61 @@ def test_plugin_is_inert_without_its_environment(monkeypatch):
     assert fault._INJECTOR is None
 
 
+class _FakeCuda:
+    """torch.cuda as gpu-hang uses it: is_available, current_stream, _sleep (records its cycle counts)."""
+
+    def __init__(self, available: bool) -> None:
+        self.available = available
+        self.sleeps: list[int] = []
+        self.stream = SimpleNamespace(device_index=0, cuda_stream=1234)
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def current_stream(self) -> SimpleNamespace:
+        return self.stream
+
+    def _sleep(self, cycles: int) -> None:
+        self.sleeps.append(cycles)
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    def make(available: bool = True) -> _FakeCuda:
+        cuda = _FakeCuda(available)
+        monkeypatch.setitem(__import__("sys").modules, "torch", SimpleNamespace(cuda=cuda))
+        return cuda
+
+    return make
+
+
+def test_gpu_hang_enqueues_a_never_ending_kernel_on_the_current_stream_and_returns(control, tmp_path, fake_torch):
+    """The hang is on the GPU, not in a Python frame: on the 2nd step with work one kernel of GPU_HANG_CYCLES is
+    enqueued on the current stream, the scheduler hook returns at once, and it never fires again."""
+    cuda = fake_torch()
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("gpu-hang=2steps"), str(control), str(events))
+    inj.on_schedule(sched(1))
+    assert cuda.sleeps == []
+    t0 = time.monotonic()
+    inj.on_schedule(sched(3, 1))
+    inj.on_schedule(sched(3))
+    assert time.monotonic() - t0 < 1.0
+    assert cuda.sleeps == [fault.GPU_HANG_CYCLES] and fault.GPU_HANG_CYCLES / 2e9 > 1e8  # > 3 years at 2 GHz
+    rec = [json.loads(x) for x in events.read_text().splitlines()]
+    assert [(r["event"], r["kind"], r["running"], r["device"], r["stream"]) for r in rec] == [
+        ("stall", "gpu-hang", 3, 0, 1234)]
+
+
+def test_gpu_hang_without_cuda_injects_nothing_and_says_so(control, tmp_path, fake_torch):
+    cuda = fake_torch(available=False)
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("gpu-hang"), str(control), str(events))
+    inj.on_schedule(sched(1))
+    inj.on_schedule(sched(1))
+    assert cuda.sleeps == []
+    rec = [json.loads(x) for x in events.read_text().splitlines()]
+    assert [r["event"] for r in rec] == ["gpu-hang-failed"] and "no CUDA device" in rec[0]["error"]
 def test_raise_after_steps_raises_a_named_exception_from_a_named_frame_once(tmp_path):
     """GIVEN raise-after=2steps WHEN the second step with work comes THEN ReproInjectedEngineError is raised from
     `repro_injected_engine_error` (what EngineCore dies of), the event is recorded, and it fires only once."""

@@ -28,6 +28,13 @@ def test_several_faults_join_with_semicolons():
     assert spec.of_kind("write-stall")[0].seconds == 30
 
 
+def test_gpu_hang_takes_an_optional_time_or_step_trigger():
+    assert parse("gpu-hang").faults[0].seconds == 0
+    assert parse("gpu-hang=45s").faults[0].seconds == 45
+    f = parse("gpu-hang=100steps").faults[0]
+    assert (f.kind, f.steps, f.seconds) == ("gpu-hang", 100, None)
+
+
 def test_release_is_a_spec_of_its_own():
     assert parse("release").release
 
@@ -41,6 +48,8 @@ def test_release_is_a_spec_of_its_own():
     ("hazard=3,min_running=-1", "must not be negative"),
     ("", "empty"),
     ("release=1", "takes no value"),
+    ("gpu-hang=later", "not a time"),
+    ("gpu-hang=3,stream=2", "unknown option"),
 ])
 def test_bad_specs_are_refused_with_a_message_naming_the_part(text, words):
     with pytest.raises(FaultSpecError, match=words):

@@ -110,3 +110,17 @@ def test_final_line_is_one_line_pointing_at_the_report() -> None:
     assert line == ("stall (engine-stall after 4m10s of load): 2205 ok / 2240 requests in 5m01s at concurrency 32; "
                     "files 2205 verified, 0 bad, 1 not written: engine stalled -- report: runs/x/report.html")
     assert final_line(summary, None, "runs/x").endswith("-- run directory: runs/x")
+
+
+def test_bad_files_and_the_api_server_share_show_in_both_forms() -> None:
+    """A run with bad files says it is not clean; the API server's share and its warning appear when set."""
+    snap = dict(SNAP, files_not_clean=True, api_server=12.0, api_server_heavy=True)
+    line = Progress(tty=False).line(snap)
+    assert "BAD 1 (not clean)" in line and "api-server 12" in line and "API server holds a large share" in line
+    console = Console(file=io.StringIO(), width=160, record=True)
+    console.print(Progress(tty=True).table(snap))
+    text = console.export_text()
+    assert "1 bad: this run is not clean" in text and "inside the API server 12" in text
+    assert "--api-server-count" in text
+    clean = Progress(tty=False).line(dict(SNAP, files_not_clean=False, api_server=None, api_server_heavy=False))
+    assert "not clean" not in clean and "api-server" not in clean and "API server" not in clean

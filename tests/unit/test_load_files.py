@@ -4,8 +4,9 @@ Contract: a file is verified against the prompt (token_ids equal, shape
 [T, layers, hidden]); the .lock protocol is honoured (a reader waits for the
 writer's LOCK_EX and takes LOCK_SH); after consumption neither the file nor its
 .lock remains (delete, move:DIR) and keep never exceeds its byte budget; a file
-that fails its check is removed, never kept; a file that never appears is
-reported, not waited on forever.
+that fails its check leaves the store: moved to the inspection directory while
+within its budget, deleted otherwise; a file that never appears is reported, not
+waited on forever.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def test_token_mismatch_is_reported_and_the_file_removed(tmp_path: Path) -> None
     r = FileChecker("keep").check(p, (5, 6, 8))
     assert not r.ok and r.error == "bad-tokens"
     assert os.listdir(tmp_path) == []
+
+
+def test_failing_files_are_moved_for_inspection_within_the_budget(tmp_path: Path) -> None:
+    store, bad = tmp_path / "store", tmp_path / "bad"
+    store.mkdir()
+    a, b = make(store, "a", [5, 6, 7]), make(store, "b", [5, 6, 7])
+    size = os.path.getsize(a)
+    fc = FileChecker("delete", bad_dir=bad, bad_budget=size + 1)
+    ra, rb = fc.check(a, (1, 2, 3)), fc.check(b, (1, 2, 3))
+    assert ra.error == rb.error == "bad-tokens"
+    assert ra.kept_at == str(bad / "a.safetensors") and rb.kept_at is None
+    assert os.listdir(store) == [] and os.listdir(bad) == ["a.safetensors"]
+    assert fc.kept_bad() == {"dir": str(bad), "files": 1, "bytes": size, "budget_bytes": size + 1,
+                             "deleted_over_budget": 1}
 
 
 def test_bad_shape_is_reported(tmp_path: Path) -> None:

@@ -10,74 +10,16 @@ without a file (or with a failed check) never leak a concurrency slot.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import threading
 from pathlib import Path
-from typing import Iterator
-
-import pytest
-from aiohttp import web
 
 from repro.load.records import count_records
 from repro.load.runner import run_stress
-from repro.scenario import DetectSettings, LoadSettings, Scenario
-from tests.helpers_http import ThreadedApp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import fast_endpoint  # noqa: E402
-
-
-class Endpoint:
-    def __init__(self, latency: float, files: str | None) -> None:
-        self.args = argparse.Namespace(latency=latency, files=files, layers=2, hidden=8, model="fast")
-        self.max_in_flight = 0
-        self.server = ThreadedApp(self._app, backlog=2048)
-        self.port = self.server.port
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def _app(self) -> web.Application:
-        app = fast_endpoint.make_app(self.args)
-        self.state = app[fast_endpoint.STATE]
-        orig = self.state.enter
-
-        def enter() -> None:
-            orig()
-            self.max_in_flight = max(self.max_in_flight, self.state.in_flight)
-
-        self.state.enter = enter  # type: ignore[method-assign]
-        return app
-
-    def close(self) -> None:
-        self.server.close()
-
-
-@pytest.fixture
-def endpoint_factory(tmp_path: Path) -> Iterator:
-    made: list[Endpoint] = []
-
-    def make(latency: float = 0.0, files: bool = True) -> Endpoint:
-        ep = Endpoint(latency, str(tmp_path / "store") if files else None)
-        if files:
-            os.makedirs(tmp_path / "store", exist_ok=True)
-        made.append(ep)
-        return ep
-
-    yield make
-    for ep in made:
-        ep.close()
-
-
-def scenario(url: str, **load: object) -> Scenario:
-    base = dict(concurrency=8, requests=300, prompt_len=(16, 64), vocab_size=250, request_timeout=30.0)
-    base.update(load)
-    return Scenario(load=LoadSettings(**base), detect=DetectSettings(window=60, startup_grace=0), url=url,  # type: ignore[arg-type]
-                    on_stall="exit")
+from repro.scenario import DetectSettings
+from tests.helpers_endpoint import endpoint_factory  # noqa: F401  (fixture)
+from tests.helpers_endpoint import stress_scenario as scenario
 
 
 def test_request_budget_sent_exactly_files_consumed_and_counts_match(endpoint_factory, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from repro.errors import UsageError
 from repro.load.runner import run_stress
 from repro.scenario import DetectSettings, LoadSettings, Scenario
-from tests.unit.test_load_runner import endpoint_factory  # noqa: F401  (fixture)
+from tests.helpers_endpoint import endpoint_factory  # noqa: F401  (fixture)
 
 
 def scenario(url: str, store: Path, **kw: object) -> Scenario:

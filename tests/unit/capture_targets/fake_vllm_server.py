@@ -11,6 +11,8 @@ function named after MODE:
     scheduler  blocked in hang_in_scheduler (Event.wait, no CPU)
     write      blocked in hang_in_write (lock acquire, no CPU)
     spin       busy in spin_in_loop (pure Python loop, CPU)
+    cuda-wait  busy in spin_in_cuda_wait and deaf to SIGTERM, like an engine thread spinning inside
+               cuEventSynchronize, whose Python signal handler never gets to run
 
 When the child is in place it writes FILE. Every secret given in argv or env is echoed into LOG.
 """
@@ -56,8 +58,16 @@ def spin_in_loop(ready: str) -> None:
         x = (x + 1) % 1000003
 
 
+def spin_in_cuda_wait(ready: str) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    spin_in_loop(ready)
+
+
 def engine_core_step(mode: str, ready: str) -> None:
-    {"scheduler": hang_in_scheduler, "write": hang_in_write, "spin": spin_in_loop}[mode](ready)
+    {"scheduler": hang_in_scheduler, "write": hang_in_write, "spin": spin_in_loop,
+     "cuda-wait": spin_in_cuda_wait}[mode](ready)
 
 
 def engine_core_main(mode: str, ready: str) -> None:
