@@ -34,7 +34,7 @@ def finished(tmp: Path) -> tuple[Path, dict]:
 
 def test_minimal_json_has_config_rate_interval_and_evidence(tmp_path: Path) -> None:
     _, doc = finished(tmp_path)
-    assert doc["schema"] == "repro.bisect.minimal" and doc["version"] == 1
+    assert doc["schema"] == "repro.bisect.minimal" and doc["version"] == 2
     assert doc["config"] == {"concurrency": 8, "changes": ["storage=/dev/shm/repro-bisect-slow"]}
     lo, hi = doc["rate"]["ci95_per_hour"]
     assert lo < doc["rate"]["per_hour"] == 2.0 < hi  # 3 hangs in 1.5 h
