@@ -46,9 +46,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repro.bisect.hazard import Run  # noqa: E402
 from repro.bisect.search import Outcome, Search, Settings  # noqa: E402
-from repro.bisect.sim import Hazard, SimModel, SimServers  # noqa: E402
+from repro.bisect.sim import DirectSim, Hazard, SimModel, SimServers  # noqa: E402
 from repro.bisect.space import Change, Config, SearchSpace  # noqa: E402
 
 # storage is a ladder: plain (tmpfs) < a local disk < the network path of the field setup
@@ -104,38 +103,9 @@ def mean_tth(m: SimModel) -> float:
     return 1.0 / m.hazard.rate + m.hazard.onset
 
 
-class SimExec:
-    """Virtual-time trials straight from the hazard (no journal): one stream of draws per seed.
-
-    Trials run on simulated servers (one slot): with `reuse`, a clean server serves the next trial
-    with the same launch settings, as the real backend does (an aging server keeps its age).
-    """
-
-    def __init__(self, m: SimModel, stream: str, reuse: bool = True, parallel: int = 1) -> None:
-        self.m = m
-        self.rng = random.Random(f"{stream}:{m.seed}")
-        self.servers = SimServers(m.hazard, m.space, reuse)
-        self.parallel = parallel
-
-    def run(self, cfg: Config, cap: float, fresh: bool = False) -> Outcome:
-        if self.parallel == 1:
-            srv, start, t = self.servers.trial(0, cfg, cap, self.rng, fresh)
-            run = min(t, cap)
-            self.servers.finish(0, srv, cfg, run, t < cap)
-            return Outcome(t < cap, run, OVERHEAD + run, OVERHEAD + run, runs=[Run(start, start + run, t < cap, cap)])
-        # --parallel N: N servers share the step's cap; the first hang ends the others
-        each = cap / self.parallel
-        slots = [self.servers.trial(i, cfg, each, self.rng, fresh) for i in range(self.parallel)]
-        first = min(t for _, _, t in slots)
-        hung = first < each
-        run = first if hung else each
-        runs = []
-        for i, (srv, start, t) in enumerate(slots):
-            mine = hung and t == first
-            self.servers.finish(i, srv, cfg, run, mine)
-            runs.append(Run(start, start + run, mine, each))
-        n = self.parallel
-        return Outcome(hung, n * run, OVERHEAD + run, n * (OVERHEAD + run), runs=runs)
+def SimExec(m: SimModel, stream: str, reuse: bool = True, parallel: int = 1) -> DirectSim:
+    """Virtual-time trials straight from the hazard (no journal): one stream of draws per seed."""
+    return DirectSim(m, stream, reuse, parallel, overhead=OVERHEAD)
 
 
 FIELD_BUDGET = 300  # the field protocol's wall-clock budget, in baseline MTTHs (no answer within it: wrong)

@@ -203,7 +203,7 @@ def issue_section(doc: dict[str, Any]) -> str:
                        f"(95% CI {base['ci95_per_hour'][0]:.3g}-{base['ci95_per_hour'][1]:.3g}).")
         hz = doc.get("hazard") or {}
         if hz.get("text"):
-            out.append(f"- Hazard model: {hz['text']}.")
+            out.append(f"- Hazard model: {hz['text'].removeprefix('hazard model: ')}.")
         out.append(f"- Overall error level of the search: alpha = {doc['settings']['alpha']} (a wrong answer can only "
                    "be a configuration that is not minimal: every hang is definitive).")
         out.append(f"- Cost: {doc['trial_hours']:.2f} trial-hours in {doc['steps']} steps.")

@@ -280,8 +280,13 @@ class Search:
         # The test is repeated at every new hang: its level is spent like the re-checks' budget (80% on
         # the baseline's hangs, 10%, 5%, ... on later ones), so memorylessness is wrongly rejected at most
         # model_level of the time over the whole search.
-        self._tests += 1
-        test = memorylessness(strata, recheck_budget(self.s.model_level, self._tests))
+        # Once rejected, the level stays where it was (nothing is left to protect).
+        if self.model_test is not None and self.model_test.verdict == "aging":
+            level = self.model_test.level
+        else:
+            self._tests += 1
+            level = recheck_budget(self.s.model_level, self._tests)
+        test = memorylessness(strata, level)
         onset = onset_of(self.onset_sample())
         hung = [u for c in self.runs for u in self.hang_uptimes(c)] + list(self.s.prior_uptimes or ())
         scale = sum(hung) / len(hung) if hung else 3600.0

@@ -373,3 +373,43 @@ class SimBackend:
             for tid in ids:
                 hooks.heartbeat(tid, done)
             time.sleep(min(hb, (run - done) / speed))
+
+
+class DirectSim:
+    """An executor for Search without a journal (calibration, tests): virtual-time trials on simulated servers.
+
+    One stream of draws per seed. With `reuse`, a clean server serves the slot's next trial with the
+    same launch settings, as the real backend does (an aging server keeps its age); `parallel` slots
+    share a step's cap and the first hang ends the others.
+    """
+
+    def __init__(self, m: SimModel, stream: str, reuse: bool = True, parallel: int = 1,
+                 overhead: float | None = None) -> None:
+        self.m = m
+        self.rng = random.Random(f"{stream}:{m.seed}")
+        self.servers = SimServers(m.hazard, m.space, reuse)
+        self.parallel = parallel
+        self.overhead = m.overhead if overhead is None else overhead
+        self.fresh_asked = 0  # steps that asked for fresh servers
+
+    def run(self, cfg: Config, cap: float, fresh: bool = False) -> Outcome:
+        self.fresh_asked += fresh
+        ov = self.overhead
+        if self.parallel == 1:
+            srv, start, t = self.servers.trial(0, cfg, cap, self.rng, fresh)
+            run = min(t, cap)
+            self.servers.finish(0, srv, cfg, run, t < cap)
+            return Outcome(t < cap, run, ov + run, ov + run, runs=[Run(start, start + run, t < cap, cap)])
+        each = cap / self.parallel
+        slots = [self.servers.trial(i, cfg, each, self.rng, fresh) for i in range(self.parallel)]
+        first = min(t for _, _, t in slots)
+        hung = first < each
+        run = first if hung else each
+        runs = []
+        for i, (srv, start, t) in enumerate(slots):
+            mine = hung and t == first
+            self.servers.finish(i, srv, cfg, run, mine)
+            runs.append(Run(start, start + run, mine, each))
+        n = self.parallel
+        return Outcome(hung, n * run, ov + run, n * (ov + run), runs=runs)
+
