@@ -293,15 +293,18 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     before = {**settings, "hazard_model": args.baseline_model}
+    # today's method is searched again on the aging shapes (and, in the field protocol, on every shape:
+    # there its --prior cannot carry the uptimes)
+    again = [sh for sh in shapes if (sh in AGING or field) and args.baseline_model != "none"]
     ours = collect([("bisect", sh, s, settings) for sh in shapes for s in seeds]
-                   + ([("bisect", sh, s, before) for sh in shapes if sh in AGING for s in seeds]
-                      if args.baseline_model != "none" else []))
+                   + [("bisect", sh, s, before) for sh in again for s in seeds])
     summary: dict[str, Any] = {"seeds": args.seeds, "alpha": args.alpha, "hazard_model": args.hazard_model,
-                               "first_seed": args.first_seed, "shapes": {}}
+                               "first_seed": args.first_seed, "protocol": args.protocol, "parallel": args.parallel,
+                               "shapes": {}}
     print(f"{'shape':<10} {'method':<22} {'correct':>8} {'trial-h mean':>13} {'median':>8}  ratio to bisect")
     for sh in shapes:
         row: dict[str, Any] = {}
-        if sh in AGING and args.baseline_model != "none":
+        if sh in again:
             old = ours[("bisect", sh, json.dumps(before))]
             a0 = sum(r["correct"] for r in old) / len(old)
             h0 = sum(r["hours"] for r in old) / len(old)

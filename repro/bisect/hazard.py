@@ -33,11 +33,12 @@ estimates it without bias (``S`` = the sum of the other hangs' excess over ``t1`
 
 **The models the search uses.** ``exponential``: clean exposure adds across trials and restarts
 (``k = 1``). ``aging``: each clean run counts by its cumulative hazard in *continuous uptime*, under
-two shapes at once, and a verdict must hold under both: ``k = 1`` (a long run on one server is
-judged as the memoryless model judges it; for hazards that age, a run longer than the mean time to
-hang is at least as informative as that model says) and the most aging shape the hangs leave
-plausible (the interval's upper end: a run shorter than the onset is then worth almost nothing, so
-short trials on fresh servers never add up to "does not hang").
+two shapes at once, and a verdict must hold under both: the least aging shape the hangs leave
+plausible (the interval's lower end, or ``k = 1`` where the interval reaches below it: a long run on
+one server is judged as the memoryless model judges it; for hazards that age, a run longer than the
+mean time to hang is at least as informative as that model says) and the most aging one (the upper
+end: a run shorter than the onset is then worth almost nothing, so short trials on fresh servers
+never add up to "does not hang").
 """
 
 from __future__ import annotations
@@ -400,7 +401,10 @@ EXPONENTIAL = HazardModel("exponential", (1.0,), why="memoryless model")
 
 
 def aging_model(test: ModelTest | None, onset: Onset | None, scale: float, why: str) -> HazardModel:
-    """Counting under k = 1 and the steepest plausible shape (the test's interval end; K_MAX without a test)."""
-    k_hi = K_MAX if test is None or test.verdict == "too-few" else max(1.0, test.k_high)
-    shapes = (1.0,) if k_hi <= 1.0 else (1.0, k_hi)
+    """Counting under the least and the most aging shape the hangs leave plausible: the ends of the shape's
+    interval, the lower one raised to k = 1 (memoryless) where it reaches below; without a test, 1 and K_MAX."""
+    known = test is not None and test.verdict != "too-few"
+    k_hi = max(1.0, test.k_high) if known else K_MAX  # type: ignore[union-attr]
+    k_lo = max(1.0, test.k_low) if known else 1.0  # type: ignore[union-attr]
+    shapes = (k_lo,) if k_hi <= k_lo else (k_lo, k_hi)
     return HazardModel("aging", shapes, max(scale, 1.0), test, onset, why)

@@ -33,6 +33,17 @@ Phases (each prints its decisions with credible intervals as they happen):
 4. **Confirmation.** The minimal configuration is run until it has hung
    ``confirm_hangs`` times; its rate estimate and interval come from that.
 
+**The hazard model** (:mod:`repro.bisect.hazard`). Everything above counts clean
+exposure as memoryless (``--hazard-model exponential``). Every trial is also kept as
+a run of its server's continuous uptime; after the baseline and at every later hang
+the times to hang are tested for memorylessness. Under the aging model (rejected, or
+``--hazard-model aging``, or auto with trials on restarted servers while aging is not
+excluded) each computation above runs under two Weibull shapes -- the least (at
+least k = 1) and the most aging plausible ones -- with exposure replaced by the runs' cumulative hazard in
+uptime (``rate_ratio`` becomes a server aging that much slower), and a verdict must
+hold under both: the clean-test sizes are the larger, P(threshold <= c) the larger,
+the answer's mass the smaller. k = 1 alone is exactly the memoryless search.
+
 Trials are requested from an executor (real stress runs, or draws from a known
 hazard in virtual time). Errors in this search are one-sided: a hang is never
 wrong, so a wrong answer is always "not minimal" (a change kept or a
@@ -100,9 +111,10 @@ class Settings:
     hazard_model: str = "auto"
     model_level: float = 0.05  # level of that test over the whole search (80% at the baseline, then 10%, 5%, ...)
     reuse_when_aging: bool = False  # let a clean server serve other configurations even when the hazard ages
-    # Trials run on fresh servers or split over several (--fresh-server, --parallel, Ray): a verdict then
-    # adds up runs of restarted servers, which only the memoryless model allows. auto uses the aging
-    # model there unless the hangs exclude aging (the shape's interval below AGING_EXCLUDED).
+    # A verdict's exposure is cut into runs of restarted servers (--parallel, or --max-trial with
+    # --fresh-server / Ray, where a capped run cannot go on on its server): adding those up is what only
+    # the memoryless model allows. auto uses the aging model there unless the hangs exclude aging (the
+    # shape's interval below AGING_EXCLUDED).
     split_runs: bool = False
 
     def __post_init__(self) -> None:
@@ -254,7 +266,10 @@ class Search:
         ev[0] += 1 if out.hung else 0
         ev[1] += out.exposure
         runs = out.runs if out.runs is not None else [Run(0.0, out.exposure, out.hung, cap)]
-        self.runs.setdefault(cfg, []).extend(Run(r.start, r.end, r.hung, r.cap, self.steps) for r in runs)
+        # as the journal holds them (ms), so that a resumed search replays the same decisions
+        self.runs.setdefault(cfg, []).extend(
+            Run(round(r.start, 3), round(r.end, 3), r.hung, None if r.cap is None else round(r.cap, 3), self.steps)
+            for r in runs)
         if out.hung and self._baseline_done:
             self.refit()
         return out
@@ -517,7 +532,8 @@ class Search:
         post = self.pooled(k)
         if k == 1.0:
             return k, self.exposure(cfg), post.clean_needed(level, self.s.rate_ratio), post
-        return k, self._tau(cfg, k, self.s.rate_ratio), post.clean_needed(level, 1.0), post
+        # (a run sized to close the gap closes it up to rounding: a relative 1e-9 is not worth another trial)
+        return k, self._tau(cfg, k, self.s.rate_ratio) * (1.0 + 1e-9), post.clean_needed(level, 1.0), post
 
     def _longest(self, cfg: Config) -> str:
         runs = self.runs.get(cfg, [])

@@ -232,9 +232,10 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         settings = Settings(alpha=kw["alpha"], baseline_hangs=kw["baseline_hangs"], prior=parse_prior(kw["prior"]),
                             prior_uptimes=parse_prior_uptimes(kw["prior"]), hazard_model=kw["hazard_model"],
                             reuse_when_aging=kw["reuse_server"],
-                            # verdicts add up runs of restarted servers: only the memoryless model allows that
-                            split_runs=bool(kw["fresh_server"] or kw["parallel"] > 1
-                                            or kw.get("executor") == "ray"),
+                            # a verdict's exposure is cut into runs of restarted servers (side by side, or
+                            # capped runs that cannot continue one server): only the memoryless model allows that
+                            split_runs=bool(kw["parallel"] > 1 or (space.max_trial is not None and (
+                                kw["fresh_server"] or kw.get("executor") == "ray"))),
                             rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
                             probe_minimum=kw["probe_minimum"],
                             max_trial=space.max_trial, min_trial=min_trial, budget=space.budget)

@@ -140,10 +140,13 @@ def test_exponential_model_counts_seconds_and_aging_counts_continuous_uptime() -
     assert m.length_for(4.0, m.fresh_run(4.0, 5000.0, 0.5), 0.5) == pytest.approx(5000.0)
 
 
-def test_aging_model_counts_under_k1_and_the_steepest_plausible_shape() -> None:
+def test_aging_model_counts_under_the_least_and_the_most_aging_plausible_shapes() -> None:
+    """The interval's ends; the lower one raised to k = 1 (memoryless) when it reaches below."""
     ups = [5 * 3600 + 120, 5 * 3600 + 600, 5 * 3600 + 1860]
     t = memorylessness([[Run(0.0, u, True) for u in ups]])
     m = aging_model(t, onset_of(ups), 3600.0, "test")
-    assert m.aging and m.shapes[0] == 1.0 and m.shapes[1] == pytest.approx(t.k_high)
+    assert m.aging and m.shapes == pytest.approx((t.k_low, t.k_high)) and t.k_low > 1
     assert aging_model(None, None, 3600.0, "forced").shapes == (1.0, K_MAX)
+    weak = memorylessness([[Run(0.0, u, True) for u in (1000.0, 2000.0, 3500.0)]])
+    assert weak.k_low < 1 and aging_model(weak, None, 3600.0, "t").shapes == pytest.approx((1.0, weak.k_high))
     assert math.isfinite(m.to_dict()["test"]["k"])  # type: ignore[index]

@@ -224,3 +224,20 @@ def test_undo_voids_the_last_step_and_log_prints_the_journal(tmp_path: Path) -> 
     assert read_steps(Journal(run / "journal.jsonl"))[-1].undone
     log = repro_here("bisect", "--log", str(run))
     assert log.returncode == 0 and "start search" in log.stdout and "decision:" in log.stdout
+
+
+def test_resume_of_a_finished_aging_search_replays_the_same_model_and_runs_nothing(tmp_path: Path) -> None:
+    """The test of memorylessness is seeded from the runs as journaled: a resumed search computes the same
+    p-values and shape interval, so it takes the same decisions and every step replays."""
+    model = tmp_path / "model.toml"
+    model.write_text(AGING_MODEL.replace("speed = 60000", "speed = 0"))
+    run = tmp_path / "run"
+    assert repro_here("bisect", "--simulate", str(model), "--out", str(run), "--baseline-hangs", "5").returncode == 0
+    first = json.loads((run / "minimal.json").read_text())
+    n_steps = len(read_steps(Journal(run / "journal.jsonl")))
+    assert first["hazard"]["model"] == "aging"
+    r = repro_here("bisect", "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    again = json.loads((run / "minimal.json").read_text())
+    assert len(read_steps(Journal(run / "journal.jsonl"))) == n_steps
+    assert again["hazard"]["test"] == first["hazard"]["test"] and again["config"] == first["config"]
