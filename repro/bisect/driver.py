@@ -148,7 +148,9 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
                              "drop the space options or use a new --out")
         if spec is not None and spec.mode != header.get("mode"):
             raise UsageError(f"--resume {run_dir}: that journal is a {header.get('mode')} search, not {spec.mode}")
-        loaded = SearchSpec(space, Settings.from_dict(header["settings"]), header.get("mode", "real"),
+        # a journal from before the hazard model was tested resumes with the memoryless model it ran with
+        saved_settings = {"hazard_model": "exponential", **header["settings"]}
+        loaded = SearchSpec(space, Settings.from_dict(saved_settings), header.get("mode", "real"),
                             header.get("extra", {}))
         journal.open()
         steps = read_steps(journal)

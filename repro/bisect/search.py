@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from repro.bisect.hazard import EXPONENTIAL, HazardModel, ModelTest, Onset, Run, aging_model, memorylessness, onset_of
+from repro.bisect.hazard import EXPONENTIAL, HazardModel, ModelTest, Run, aging_model, memorylessness, onset_of
 from repro.bisect.space import Change, Config, SearchSpace
 from repro.bisect.stats import RatePosterior, binomial_split_pvalue, fmt_interval, rate_upper_bound
 from repro.units import format_duration

@@ -241,3 +241,16 @@ def test_resume_of_a_finished_aging_search_replays_the_same_model_and_runs_nothi
     again = json.loads((run / "minimal.json").read_text())
     assert len(read_steps(Journal(run / "journal.jsonl"))) == n_steps
     assert again["hazard"]["test"] == first["hazard"]["test"] and again["config"] == first["config"]
+
+
+def test_a_journal_from_before_the_hazard_model_resumes_memoryless(tmp_path: Path) -> None:
+    """A start record without hazard_model (an older repro) resumes with the memoryless model it ran with."""
+    run = tmp_path / "run"
+    assert repro_here("bisect", "--simulate", str(write_model(tmp_path)), "--out", str(run)).returncode == 0
+    lines = (run / "journal.jsonl").read_text().splitlines()
+    head = json.loads(lines[0])
+    del head["settings"]["hazard_model"]
+    (run / "journal.jsonl").write_text("\n".join([json.dumps(head, sort_keys=True), *lines[1:]]) + "\n")
+    r = repro_here("bisect", "--resume", str(run))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "minimal.json").read_text())["settings"]["hazard_model"] == "exponential"
