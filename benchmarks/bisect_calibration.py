@@ -18,6 +18,15 @@ The competitors are held to the same error rate: for each shape, m is the
 smallest value on a grid whose correctness on the same seeds is at least
 bisect's. Trial-hours count every trial's run time plus a start-up overhead.
 
+Aging shapes (``weibull2``, ``weibull4``, ``onset``): a server's time to hang is
+not memoryless; bisect's trials run on simulated servers that are reused as the
+real backend reuses them (a clean server serves the slot's next trial with the
+same launch settings, unless the search asks for fresh servers), so a server's
+age carries over. Each aging shape is searched twice: first with today's model
+(``--baseline-model exponential``: memoryless, servers reused), then with the
+model under test (``--hazard-model``, auto by default). The fixed and grid
+searches run every trial on a fresh server.
+
     .venv/bin/python benchmarks/bisect_calibration.py --seeds 200 [--shape threshold] [--jobs 2]
 """
 
@@ -38,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repro.bisect.search import Outcome, Search, Settings  # noqa: E402
-from repro.bisect.sim import Hazard, SimModel  # noqa: E402
+from repro.bisect.sim import DirectSim, Hazard, SimModel, SimServers  # noqa: E402
 from repro.bisect.space import Change, Config, SearchSpace  # noqa: E402
 
 # storage is a ladder: plain (tmpfs) < a local disk < the network path of the field setup
@@ -55,7 +64,17 @@ SHAPES: dict[str, dict[str, Any]] = {
     "toggles": {"threshold": 8, "requires": ("extract", "timeout")},
     # hangs whatever the configuration
     "none": {"threshold": LO, "requires": ()},
+    # -- aging: a server's time to hang is not memoryless (the mean is the drawn MTTH) --
+    # Weibull k=2 on one server, hangs only from concurrency 12 up (the threshold shape's structure)
+    "weibull2": {"threshold": 12, "rate_at_threshold": 0.5, "requires": (), "shape": "weibull", "k": 2.0},
+    # Weibull k=4, needs extraction AND a client timeout from concurrency 8 up (the toggles structure)
+    "weibull4": {"threshold": 8, "requires": ("extract", "timeout"), "shape": "weibull", "k": 4.0},
+    # no hang before 3/4 of the MTTH of continuous uptime, then a rate (mean 1/4 MTTH): the network
+    # storage path only, at any concurrency (the storage structure)
+    "onset": {"threshold": LO, "requires": ("storage",), "storage_from": "/mnt/nfs/hs", "shape": "onset",
+              "onset_fraction": 0.75},
 }
+AGING = ("weibull2", "weibull4", "onset")
 TARGETS = [0.95, 0.975, 0.99]  # correctness levels both methods are held to (the issue's target is 95%)
 TARGET_ALPHAS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
 MULTIPLES = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64]
@@ -69,32 +88,60 @@ def model(shape: str, seed: int) -> SimModel:
     rng = random.Random(f"mtth:{shape}:{seed}")
     mtth = math.exp(rng.uniform(math.log(20 * 60), math.log(6 * 3600)))
     sh = SHAPES[shape]
-    hz = Hazard(1.0 / mtth, sh["threshold"], tuple(sh["requires"]), sh.get("rate_at_threshold", 1.0),
-                sh.get("storage_from"))
+    kind = sh.get("shape", "exponential")
+    rate, onset = 1.0 / mtth, 0.0
+    if kind == "onset":  # the drawn MTTH is the mean of onset + the time to hang after it
+        onset = sh["onset_fraction"] * mtth
+        rate = 1.0 / (mtth - onset)
+    hz = Hazard(rate, sh["threshold"], tuple(sh["requires"]), sh.get("rate_at_threshold", 1.0),
+                sh.get("storage_from"), kind, sh.get("k", 1.0), onset)
     return SimModel(space(), hz, seed=seed, overhead=OVERHEAD)
 
 
-class SimExec:
+def mean_tth(m: SimModel) -> float:
+    """The baseline's mean time to hang on one server (the drawn MTTH)."""
+    return 1.0 / m.hazard.rate + m.hazard.onset
+
+
+def SimExec(m: SimModel, stream: str, reuse: bool = True, parallel: int = 1) -> DirectSim:
     """Virtual-time trials straight from the hazard (no journal): one stream of draws per seed."""
-
-    def __init__(self, m: SimModel, stream: str) -> None:
-        self.m = m
-        self.rng = random.Random(f"{stream}:{m.seed}")
-
-    def run(self, cfg: Config, cap: float) -> Outcome:
-        lam = self.m.hazard.rate_of(self.m.space, cfg)
-        t = self.rng.expovariate(lam) if lam > 0 else math.inf
-        run = min(t, cap)
-        return Outcome(t < cap, run, OVERHEAD + run, OVERHEAD + run)
+    return DirectSim(m, stream, reuse, parallel, overhead=OVERHEAD)
 
 
-def run_bisect(shape: str, seed: int, settings: Settings) -> dict[str, Any]:
+FIELD_BUDGET = 300  # the field protocol's wall-clock budget, in baseline MTTHs (no answer within it: wrong)
+
+
+def field_uptimes(m: SimModel, n: int = 3) -> list[float]:
+    """Uptimes at which n fresh baseline servers hung: the field's reports (\"after ~6 h\")."""
+    rng = random.Random(f"field:{m.seed}")
+    servers = SimServers(m.hazard, m.space, reuse=False)
+    return [servers.trial(0, m.space.baseline, math.inf, rng)[2] for _ in range(n)]
+
+
+def field_settings(m: SimModel, settings: Settings) -> Settings:
+    """The field protocol: the baseline's hangs come from the field (3 uptimes), trials are capped at half
+    the MTTH and every trial gets a fresh server (the Ray executor, or --fresh-server with --max-trial).
+    Today's --prior takes K/DUR only; the uptimes themselves go in with the hazard models that use them."""
+    ups = field_uptimes(m)
+    d = {**settings.to_dict(), "max_trial": 0.5 * mean_tth(m), "budget": FIELD_BUDGET * mean_tth(m),
+         "split_runs": True}
+    if settings.hazard_model == "exponential":
+        d.update(prior=(len(ups), sum(ups)), prior_uptimes=None)
+    else:
+        d.update(prior=None, prior_uptimes=tuple(ups))
+    return Settings.from_dict(d)
+
+
+def run_bisect(shape: str, seed: int, settings: Settings, parallel: int = 1, field: bool = False) -> dict[str, Any]:
     m = model(shape, seed)
-    s = Search(m.space, settings, SimExec(m, "bisect"))
+    if field:
+        settings = field_settings(m, settings)
+    s = Search(m.space, settings, SimExec(m, "bisect", reuse=not field, parallel=parallel))
     r = s.run_all()
     truth = m.hazard.truth(m.space)
     return {"correct": r.config == truth, "hours": r.trial_time / 3600, "steps": r.steps,
-            "mtth_h": 1 / m.hazard.rate / 3600, "found": r.config.key() if r.config else r.status}
+            "mtth_h": mean_tth(m) / 3600, "found": r.config.key() if r.config else r.status,
+            "model": s.model.name}
 
 
 class FixedSearch(Search):
@@ -149,9 +196,14 @@ class FixedSearch(Search):
         return post
 
 
-def run_fixed(shape: str, seed: int, multiple: float, sessions: bool) -> dict[str, Any]:
+def run_fixed(shape: str, seed: int, multiple: float, sessions: bool, field: bool = False) -> dict[str, Any]:
     m = model(shape, seed)
-    s = FixedSearch(m.space, Settings(max_trial=None, min_trial=0.0), SimExec(m, "fixed"), multiple, sessions)
+    prior = None
+    if field:  # the same field reports fix the MTTH estimate: D = m x their mean
+        ups = field_uptimes(m)
+        prior = (len(ups), sum(ups))
+    s = FixedSearch(m.space, Settings(max_trial=None, min_trial=0.0, hazard_model="exponential", prior=prior),
+                    SimExec(m, "fixed", reuse=False), multiple, sessions)
     r = s.run_all()
     truth = m.hazard.truth(m.space)
     return {"correct": r.config == truth, "hours": s.trial_time / 3600}
@@ -160,7 +212,7 @@ def run_fixed(shape: str, seed: int, multiple: float, sessions: bool) -> dict[st
 def run_grid(shape: str, seed: int, multiple: float) -> dict[str, Any]:
     m = model(shape, seed)
     sp = m.space
-    ex = SimExec(m, "grid")
+    ex = SimExec(m, "grid", reuse=False)
     hours = 0.0
     hangs, expo = 0, 0.0
     while hangs < 3:  # the same baseline reproduction
@@ -187,9 +239,11 @@ def run_grid(shape: str, seed: int, multiple: float) -> dict[str, Any]:
 def _job(args: tuple[str, str, int, Any]) -> tuple[str, str, int, Any, dict[str, Any]]:
     kind, shape, seed, param = args
     if kind == "bisect":
-        res = run_bisect(shape, seed, Settings(**param))
+        param = dict(param)
+        res = run_bisect(shape, seed, Settings(**{k: v for k, v in param.items() if k not in ("parallel", "field")}),
+                         int(param.get("parallel", 1)), bool(param.get("field")))
     elif kind == "fixed":
-        res = run_fixed(shape, seed, param[0], param[1])
+        res = run_fixed(shape, seed, param[0], param[1], bool(param[2]) if len(param) > 2 else False)
     else:
         res = run_grid(shape, seed, param)
     return kind, shape, seed, param, res
@@ -204,11 +258,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-grid", action="store_true", help="skip the (slow) grid search")
     ap.add_argument("--json", default=None, help="write all figures to this file")
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--hazard-model", default="auto", choices=["auto", "exponential", "aging"],
+                    help="bisect's hazard model (the method under test)")
+    ap.add_argument("--baseline-model", default="exponential", choices=["exponential", "auto", "aging", "none"],
+                    help="on the aging shapes, first search with this model (today's: exponential); none: skip")
+    ap.add_argument("--bisect-only", action="store_true", help="only bisect's rows (no fixed/grid/tuned alpha)")
+    ap.add_argument("--parallel", type=int, default=1, help="bisect's trials side by side (--parallel N)")
+    ap.add_argument("--protocol", default="default", choices=["default", "field"],
+                    help="field: 3 baseline hangs given as field uptimes, trials capped at MTTH/2, a fresh server "
+                         "for every trial (no grid)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="a bisect Settings field, e.g. rate_ratio=0.5")
     args = ap.parse_args(argv)
     shapes = args.shape or list(SHAPES)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    settings: dict[str, Any] = {"alpha": args.alpha}
+    settings: dict[str, Any] = {"alpha": args.alpha, "hazard_model": args.hazard_model}
+    if args.parallel > 1:
+        settings["parallel"] = args.parallel
+    field = args.protocol == "field"
+    if field:
+        settings["field"] = True
+        args.no_grid = True
     for kv in args.set or []:
         k, _, v = kv.partition("=")
         settings[k] = float(v)
@@ -223,17 +292,42 @@ def main(argv: list[str] | None = None) -> int:
             out.setdefault(key, []).append(res)
         return out
 
-    ours = collect([("bisect", sh, s, settings) for sh in shapes for s in seeds])
-    summary: dict[str, Any] = {"seeds": args.seeds, "alpha": args.alpha, "shapes": {}}
+    before = {**settings, "hazard_model": args.baseline_model}
+    # today's method is searched again on the aging shapes (and, in the field protocol, on every shape:
+    # there its --prior cannot carry the uptimes)
+    again = [sh for sh in shapes if (sh in AGING or field) and args.baseline_model != "none"]
+    ours = collect([("bisect", sh, s, settings) for sh in shapes for s in seeds]
+                   + [("bisect", sh, s, before) for sh in again for s in seeds])
+    summary: dict[str, Any] = {"seeds": args.seeds, "alpha": args.alpha, "hazard_model": args.hazard_model,
+                               "first_seed": args.first_seed, "protocol": args.protocol, "parallel": args.parallel,
+                               "shapes": {}}
     print(f"{'shape':<10} {'method':<22} {'correct':>8} {'trial-h mean':>13} {'median':>8}  ratio to bisect")
     for sh in shapes:
+        row: dict[str, Any] = {}
+        if sh in again:
+            old = ours[("bisect", sh, json.dumps(before))]
+            a0 = sum(r["correct"] for r in old) / len(old)
+            h0 = sum(r["hours"] for r in old) / len(old)
+            m0 = sorted(r["hours"] for r in old)[len(old) // 2]
+            row[f"bisect ({args.baseline_model})"] = {"correct": a0, "hours": h0, "median_hours": m0,
+                                                      "wrong": [r["found"] for r in old if not r["correct"]]}
+            print(f"{sh:<10} {'bisect (' + args.baseline_model + ')':<22} {a0:>8.1%} {h0:>13.1f} {m0:>8.1f}")
         mine = ours[("bisect", sh, json.dumps(settings))]
         acc = sum(r["correct"] for r in mine) / len(mine)
         hours = sum(r["hours"] for r in mine) / len(mine)
         med = sorted(r["hours"] for r in mine)[len(mine) // 2]
-        row = {"bisect": {"correct": acc, "hours": hours, "median_hours": med}}
-        print(f"{sh:<10} {'bisect':<22} {acc:>8.1%} {hours:>13.1f} {med:>8.1f}")
-        comps = [("fixed", (mult, False)) for mult in MULTIPLES] + [("fixed", (mult, True)) for mult in MULTIPLES]
+        aging_share = sum(r["model"] == "aging" for r in mine) / len(mine)
+        row["bisect"] = {"correct": acc, "hours": hours, "median_hours": med, "model_aging_share": aging_share,
+                         "wrong": [r["found"] for r in mine if not r["correct"]]}
+        label = f"bisect ({args.hazard_model})"
+        print(f"{sh:<10} {label:<22} {acc:>8.1%} {hours:>13.1f} {med:>8.1f}  (aging model in {aging_share:.0%})")
+        if args.bisect_only:
+            summary["shapes"][sh] = row
+            continue
+        def fp(mult: float, sessions: bool) -> tuple[Any, ...]:
+            return (mult, sessions, True) if field else (mult, sessions)
+
+        comps = [("fixed", fp(mult, False)) for mult in MULTIPLES] + [("fixed", fp(mult, True)) for mult in MULTIPLES]
         if not args.no_grid:
             comps += [("grid", mult) for mult in MULTIPLES]
         res = collect([(k, sh, s, p) for k, p in comps for s in seeds])
@@ -243,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             chosen, best = None, None
             for mult in MULTIPLES:
-                p = (mult, sessions) if kind == "fixed" else mult
+                p = fp(mult, sessions) if kind == "fixed" else mult
                 rs = res[(kind, sh, json.dumps(p))]
                 a = sum(r["correct"] for r in rs) / len(rs)
                 cand = (mult, a, sum(r["hours"] for r in rs) / len(rs), sorted(r["hours"] for r in rs)[len(rs) // 2])
@@ -273,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         for level in TARGETS:
             b = cheapest([(a, tuned[("bisect", sh, json.dumps({**settings, "alpha": a}))]) for a in TARGET_ALPHAS],
                          level)
-            f = cheapest([(m, res[("fixed", sh, json.dumps((m, False)))]) for m in MULTIPLES], level)
+            f = cheapest([(m, res[("fixed", sh, json.dumps(fp(m, False)))]) for m in MULTIPLES], level)
             if b is None or f is None:
                 print(f"{sh:<10} at {level:.1%}: " + ("bisect never gets there" if b is None else
                                                       f"bisect alpha={b[0]:g} {b[2]:.1f} h; fixed never gets there"))

@@ -25,6 +25,7 @@ from repro.errors import UsageError
 
 
 class Backend(Protocol):
+    # fresh=True (passed only when set): no server that served another configuration may run it
     def run_step(self, step: int, cfg: Config, cap: float, hooks: "Hooks") -> Outcome: ...
 
 
@@ -49,10 +50,17 @@ class Hooks:
             self.j.append("heartbeat", trial=trial, exposure=round(exposure, 3))
 
     def trial_end(self, trial: int, hung: bool, exposure: float, trial_time: float, skipped: bool = False,
-                  detail: dict[str, Any] | None = None) -> None:
+                  detail: dict[str, Any] | None = None, uptime: float | None = None,
+                  work: dict[str, Any] | None = None) -> None:
+        """`uptime`: the server's continuous uptime at the stall or the end; `work`: what it had done by then."""
+        extra: dict[str, Any] = {}
+        if uptime is not None:
+            extra["uptime"] = round(uptime, 3)
+        if work:
+            extra["work"] = work
         with self._lock:
             self.j.append("trial-end", trial=trial, hung=hung, exposure=round(exposure, 3),
-                          trial_time=round(trial_time, 3), skipped=skipped, detail=detail or {})
+                          trial_time=round(trial_time, 3), skipped=skipped, detail=detail or {}, **extra)
 
     @property
     def trials_used(self) -> int:
@@ -77,7 +85,7 @@ class JournaledExecutor:
     def replaying(self) -> bool:
         return any(s.step not in self.used for s in self.recorded)
 
-    def run(self, cfg: Config, cap: float) -> Outcome:
+    def run(self, cfg: Config, cap: float, fresh: bool = False) -> Outcome:
         for rec in self.recorded:
             if rec.step in self.used:
                 continue
@@ -85,15 +93,19 @@ class JournaledExecutor:
                 self.used.add(rec.step)
                 self.replayed += 1
                 return Outcome(rec.hung, rec.exposure, rec.wall, rec.trial_time, skipped=rec.skipped,
-                               detail={"replayed": True})
+                               detail={"replayed": True},
+                               runs=[t.run for t in rec.trials if t.ended and not t.skipped])
             break  # the next recorded step is for another config: the search diverged (undo); run anew
         step = self.next_step
         self.next_step += 1
-        self.j.append("step", step=step, config=cfg.to_dict(), cap=round(cap, 3), describe=cfg.describe())
-        self.on_step(f"step {step}: {cfg.describe()} (up to {cap:.0f} s of clean exposure)")
+        self.j.append("step", step=step, config=cfg.to_dict(), cap=round(cap, 3), describe=cfg.describe(),
+                      **({"fresh_server": True} if fresh else {}))
+        self.on_step(f"step {step}: {cfg.describe()} (up to {cap:.0f} s of clean exposure"
+                     + ("; a fresh server: the hazard ages)" if fresh else ")"))
         hooks = Hooks(self.j, step, self.next_trial)
         t0 = time.monotonic()
-        out = self.backend.run_step(step, cfg, cap, hooks)
+        out = (self.backend.run_step(step, cfg, cap, hooks, fresh=True) if fresh
+               else self.backend.run_step(step, cfg, cap, hooks))
         self.next_trial = hooks.trials_used
         self.j.append("step-end", step=step, hung=out.hung, exposure=round(out.exposure, 3),
                       wall=round(out.wall if out.wall else time.monotonic() - t0, 3),
@@ -136,13 +148,17 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
                              "drop the space options or use a new --out")
         if spec is not None and spec.mode != header.get("mode"):
             raise UsageError(f"--resume {run_dir}: that journal is a {header.get('mode')} search, not {spec.mode}")
-        loaded = SearchSpec(space, Settings.from_dict(header["settings"]), header.get("mode", "real"),
+        # a journal from before the hazard model was tested resumes with the memoryless model it ran with
+        saved_settings = {"hazard_model": "exponential", **header["settings"]}
+        loaded = SearchSpec(space, Settings.from_dict(saved_settings), header.get("mode", "real"),
                             header.get("extra", {}))
         journal.open()
         steps = read_steps(journal)
         for tr in open_trials(steps):
+            # its server died with the process: its uptime ends at the last heartbeat too
             journal.append("trial-end", trial=tr.trial, hung=False, exposure=tr.last_heartbeat, trial_time=0.0,
-                           recovered=True, detail={"reason": "killed: exposure up to the last heartbeat"})
+                           recovered=True, uptime=round(tr.uptime_start + tr.last_heartbeat, 3),
+                           detail={"reason": "killed: exposure up to the last heartbeat"})
         for s in steps:
             if s.trials and s.wall == 0.0:
                 journal.append("step-end", step=s.step, recovered=True, wall=0.0)
@@ -174,7 +190,8 @@ def run_search(journal: Journal, spec: SearchSpec, recorded: list[StepRecord], b
     result = search.run_all()
     journal.append("done", status=result.status,
                    text=result.config.describe() if result.config else result.status,
-                   config=result.config.to_dict() if result.config else None)
+                   config=result.config.to_dict() if result.config else None,
+                   hazard_model=(result.hazard or {}).get("model"))
     return result
 
 

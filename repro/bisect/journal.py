@@ -7,16 +7,21 @@ since the last heartbeat of the trial that was running. Records:
     start       the search's identity, space and settings (first line)
     resume      a later process continued the search
     step        the search asked for a configuration with a cap on clean exposure
-    trial       one trial of a step started (slot, port)
+                (``fresh_server``: no server another configuration aged may serve it)
+    trial       one trial of a step started (slot, port; ``server`` and its continuous
+                uptime ``uptime_start`` when the trial began: 0 on a fresh server)
     heartbeat   exposure so far of a running trial (every few seconds)
-    trial-end   the trial's outcome: hung or clean, exposure, trial time
+    trial-end   the trial's outcome: hung or clean, exposure, trial time, the server's
+                continuous ``uptime`` at the stall (or the end) and the ``work`` it had done
+                by then (requests, tokens, files written)
     decision    what the search concluded (informational: recomputed on resume)
     undo        void a step (a false alarm): its evidence no longer counts
     done        the search finished
 
 On resume a trial with heartbeats and no ``trial-end`` was killed: it is closed
 with a ``trial-end`` marked ``recovered`` whose exposure is that of its last
-heartbeat -- never more than was run, and never counted twice.
+heartbeat -- never more than was run, and never counted twice -- and whose uptime is its
+start's plus that exposure (its server died with the process: the next trial starts a new one).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repro.bisect.hazard import Run
 from repro.errors import UsageError
 
 JOURNAL_NAME = "journal.jsonl"
@@ -47,6 +53,17 @@ class TrialRecord:
     last_heartbeat: float = 0.0
     ended: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    server: Any = None  # which server ran it (trials of one server share it)
+    uptime_start: float = 0.0  # the server's continuous uptime (seconds of load) when the trial began
+    uptime_end: float | None = None  # ... at the stall or the end (None: still open)
+    cap: float | None = None  # the longest the trial could run
+    work: dict[str, Any] = field(default_factory=dict)  # what the server had done by the end (cumulative)
+
+    @property
+    def run(self) -> Run:
+        """The trial as a run of its server's uptime (journals without uptimes: a fresh server)."""
+        end = self.uptime_end if self.uptime_end is not None else self.uptime_start + self.exposure
+        return Run(self.uptime_start, end, bool(self.hung), self.cap)
 
 
 @dataclass
@@ -148,7 +165,9 @@ def read_steps(journal: Journal) -> list[StepRecord]:
         if kind == "step":
             steps[rec["step"]] = StepRecord(rec["step"], rec["config"], rec["cap"])
         elif kind == "trial":
-            tr = TrialRecord(rec["trial"], rec["step"])
+            tr = TrialRecord(rec["trial"], rec["step"], server=rec.get("server"),
+                             uptime_start=float(rec.get("uptime_start", 0.0)),
+                             cap=float(rec["cap"]) if rec.get("cap") is not None else None)
             trials[tr.trial] = tr
             steps[rec["step"]].trials.append(tr)
         elif kind == "heartbeat":
@@ -166,6 +185,8 @@ def read_steps(journal: Journal) -> list[StepRecord]:
             tr.skipped = bool(rec.get("skipped", False))
             tr.recovered = bool(rec.get("recovered", False))
             tr.detail = rec.get("detail", {})
+            tr.uptime_end = float(rec["uptime"]) if rec.get("uptime") is not None else tr.uptime_start + tr.exposure
+            tr.work = rec.get("work") or {}
         elif kind == "step-end":
             if rec["step"] in steps:
                 steps[rec["step"]].wall = float(rec.get("wall", 0.0))
@@ -191,22 +212,45 @@ def total_exposure(journal: Journal, include_open: bool = True) -> float:
     return total
 
 
+def work_text(work: dict[str, Any]) -> str:
+    """'812 requests, 96,000 tokens, 800 files' from a trial-end's work (what is known of it)."""
+    parts = []
+    for key, unit in (("requests", "requests"), ("tokens", "tokens"), ("files", "files")):
+        if work.get(key) is not None:
+            parts.append(f"{int(work[key]):,} {unit}")
+    return ", ".join(parts)
+
+
 def describe(journal: Journal) -> list[str]:
     """Human-readable lines: `repro bisect --log DIR`."""
+    from repro.units import format_duration
+
     out = []
+    model = None
     for rec in journal.records():
         k = rec.get("type")
         ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.get("t", 0)))
         if k == "start":
             out.append(f"{ts} start search {rec['search']} space {json.dumps(rec['space'], sort_keys=True)}")
         elif k == "step":
-            out.append(f"{ts} step {rec['step']}: {rec.get('describe', rec['config'])} cap {rec['cap']:.0f}s")
+            fresh = " (fresh server)" if rec.get("fresh_server") else ""
+            out.append(f"{ts} step {rec['step']}: {rec.get('describe', rec['config'])} cap {rec['cap']:.0f}s{fresh}")
         elif k == "trial-end":
             what = "SKIPPED" if rec.get("skipped") else ("HANG" if rec["hung"] else "clean")
             rcv = " (recovered after a crash: exposure up to the last heartbeat)" if rec.get("recovered") else ""
-            out.append(f"{ts}   trial {rec['trial']}: {what} after {rec['exposure']:.0f}s exposure{rcv}")
+            up = ""
+            if rec.get("uptime") is not None and not rec.get("skipped"):
+                work = work_text(rec.get("work") or {})
+                up = f"; server uptime {format_duration(rec['uptime'])}" + (f", {work}" if work else "")
+                if rec["hung"]:
+                    up += " at the stall"
+            out.append(f"{ts}   trial {rec['trial']}: {what} after {rec['exposure']:.0f}s exposure{up}{rcv}")
         elif k == "decision":
             out.append(f"{ts} decision: {rec['text']}")
+            if rec.get("phase") == "model":
+                model = rec["text"]
         elif k in ("undo", "resume", "done"):
             out.append(f"{ts} {k} {rec.get('step', '') if k == 'undo' else rec.get('text', '')}".rstrip())
+    if model:
+        out.append(f"latest {model}")
     return out

@@ -21,7 +21,7 @@ from repro.scenario import Scenario
 from repro.units import format_duration
 
 SCHEMA = "repro.bisect.minimal"
-VERSION = 1
+VERSION = 2  # 2: "hazard" (the model, its test of memorylessness, the onset) and "hang_uptimes_s"
 
 
 def _rate(post: RatePosterior | None) -> dict[str, Any] | None:
@@ -76,6 +76,8 @@ def write_outputs(run_dir: Path, result: Result, space: SearchSpace, settings: S
         "rate": _rate(result.posterior),
         "baseline": {"config": space.baseline.to_dict(), "rate": _rate(result.baseline)},
         "threshold_posterior_mass": result.threshold_mass,
+        "hazard": result.hazard,
+        "hang_uptimes_s": {k: [round(u, 1) for u in v] for k, v in sorted(result.hang_uptimes.items())},
         "settings": settings.to_dict(),
         "space": space.to_dict(),
         "evidence": [{"config": k, "hangs": int(v["hangs"]), "exposure_s": round(v["exposure"], 1)}
@@ -121,12 +123,19 @@ def shell_script(cmd: list[str] | None, load: dict[str, Any], base: Scenario | N
             storage = None
     mtth = rate.get("mean_time_to_hang_s")
     duration = int(max(600, 5 * mtth)) if mtth else 3600
+    onset = aging_needs(result)
+    if onset is not None:
+        duration = int(max(600, 2 * onset[1]))
     lines = [
         "#!/bin/sh",
         f"# Minimal reproducer from `repro bisect`: {cfg.describe()}.",
         (f"# It hung {rate.get('hangs')} times in {format_duration(rate.get('exposure_s', 0))} of load "
          f"(rate {rate.get('per_hour')}/h, 95% CI {rate.get('ci95_per_hour')}); the load below runs "
-         f"{format_duration(duration)} (5x the mean time to hang) unless it stalls first.") if rate else "#",
+         f"{format_duration(duration)} (" + ("twice the longest uptime at a hang" if onset else
+                                             "5x the mean time to hang") + ") unless it stalls first.")
+        if rate else "#",
+        *([f"# The hang needs the server to age: {onset[0]}. Run it on ONE server without restarting it "
+           "(a restart starts the clock again)."] if onset else []),
         "# Needs: vLLM (`vllm` on PATH) and Python 3 with aiohttp. Exit 1: stall reproduced, 0: no stall.",
         "set -u",
         'HERE=$(cd "$(dirname "$0")" && pwd)',
@@ -156,6 +165,25 @@ def shell_script(cmd: list[str] | None, load: dict[str, Any], base: Scenario | N
     return "\n".join(lines)
 
 
+def aging_needs(result: Result) -> tuple[str, float] | None:
+    """For an aging hazard: (what the minimal configuration needs, in words; the longest uptime at a hang)."""
+    hz = result.hazard or {}
+    if hz.get("model") != "aging" or result.config is None:
+        return None
+    own = result.hang_uptimes.get(result.config.key()) or []
+    onset = hz.get("minimal_onset") if len(own) >= 2 else hz.get("onset")
+    ups = own or [u for v in result.hang_uptimes.values() for u in v]
+    if not ups:
+        return None
+    if onset and onset.get("hangs", 0) >= 2:
+        text = (f"hangs after about {format_duration(onset['estimate_s'])} of continuous load (onset between "
+                f"{format_duration(onset['lower95_s'])} and {format_duration(onset['upper_s'])} at 95%"
+                + ("" if own and len(own) >= 2 else ", from the baseline's hangs") + ")")
+    else:
+        text = f"hung after {format_duration(min(ups))} of continuous load"
+    return text, max(ups)
+
+
 def issue_section(doc: dict[str, Any]) -> str:
     rate = doc.get("rate") or {}
     base = (doc.get("baseline") or {}).get("rate") or {}
@@ -173,6 +201,9 @@ def issue_section(doc: dict[str, Any]) -> str:
             out.append(f"- Baseline ({', '.join(doc['baseline']['config']['changes']) or 'plain'}, concurrency "
                        f"{doc['baseline']['config']['concurrency']}): {base['per_hour']:.3g} hangs/hour "
                        f"(95% CI {base['ci95_per_hour'][0]:.3g}-{base['ci95_per_hour'][1]:.3g}).")
+        hz = doc.get("hazard") or {}
+        if hz.get("text"):
+            out.append(f"- Hazard model: {hz['text'].removeprefix('hazard model: ')}.")
         out.append(f"- Overall error level of the search: alpha = {doc['settings']['alpha']} (a wrong answer can only "
                    "be a configuration that is not minimal: every hang is definitive).")
         out.append(f"- Cost: {doc['trial_hours']:.2f} trial-hours in {doc['steps']} steps.")

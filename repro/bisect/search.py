@@ -33,6 +33,17 @@ Phases (each prints its decisions with credible intervals as they happen):
 4. **Confirmation.** The minimal configuration is run until it has hung
    ``confirm_hangs`` times; its rate estimate and interval come from that.
 
+**The hazard model** (:mod:`repro.bisect.hazard`). Everything above counts clean
+exposure as memoryless (``--hazard-model exponential``). Every trial is also kept as
+a run of its server's continuous uptime; after the baseline and at every later hang
+the times to hang are tested for memorylessness. Under the aging model (rejected, or
+``--hazard-model aging``, or auto with trials on restarted servers while aging is not
+excluded) each computation above runs under two Weibull shapes -- the least (at
+least k = 1) and the most aging plausible ones -- with exposure replaced by the runs' cumulative hazard in
+uptime (``rate_ratio`` becomes a server aging that much slower), and a verdict must
+hold under both: the clean-test sizes are the larger, P(threshold <= c) the larger,
+the answer's mass the smaller. k = 1 alone is exactly the memoryless search.
+
 Trials are requested from an executor (real stress runs, or draws from a known
 hazard in virtual time). Errors in this search are one-sided: a hang is never
 wrong, so a wrong answer is always "not minimal" (a change kept or a
@@ -46,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from repro.bisect.hazard import EXPONENTIAL, HazardModel, ModelTest, Run, aging_model, memorylessness, onset_of
 from repro.bisect.space import Change, Config, SearchSpace
 from repro.bisect.stats import RatePosterior, binomial_split_pvalue, fmt_interval, rate_upper_bound
 from repro.units import format_duration
@@ -61,10 +73,12 @@ class Outcome:
     trial_time: float  # machine seconds: every trial's start-up + run time, summed
     skipped: bool = False  # could not test (target failed)
     detail: dict[str, Any] = field(default_factory=dict)
+    # Each trial as a run of its server's continuous uptime (None: one fresh server ran the whole exposure)
+    runs: list[Run] | None = None
 
 
 class Executor(Protocol):
-    def run(self, config: Config, cap: float) -> Outcome: ...
+    def run(self, config: Config, cap: float) -> Outcome: ...  # with fresh=True: no server of another config
 
 
 @dataclass
@@ -72,6 +86,8 @@ class Settings:
     alpha: float = 0.05
     baseline_hangs: int = 3
     prior: tuple[int, float] | None = None  # (hangs, exposure seconds) instead of reproducing the baseline
+    # ... or the baseline's servers' uptimes at each of its hangs (times to hang; prior = their count and sum)
+    prior_uptimes: tuple[float, ...] | None = None
     rate_ratio: float = 0.5  # "still hangs" means a rate at least this fraction of the baseline's
     # Concurrency tests go where P(threshold <= c) is nearest this (0.5: the posterior median). Above
     # 0.5 the search leans to where a hang (cheap: it ends the trial) is likely; calibration showed
@@ -90,15 +106,33 @@ class Settings:
     min_trial: float = 60.0  # never ask for less clean exposure than this in one step
     budget: float | None = None  # wall seconds for the whole search
     max_skips: int = 3  # consecutive "could not test" before giving up
+    # exponential: memoryless (exposure adds across trials and restarts); aging: clean runs count by
+    # continuous uptime; auto: exponential until the hangs' times to hang reject memorylessness
+    hazard_model: str = "auto"
+    model_level: float = 0.05  # level of that test over the whole search (80% at the baseline, then 10%, 5%, ...)
+    reuse_when_aging: bool = False  # let a clean server serve other configurations even when the hazard ages
+    # A verdict's exposure is cut into runs of restarted servers (--parallel, or --max-trial with
+    # --fresh-server / Ray, where a capped run cannot go on on its server): adding those up is what only
+    # the memoryless model allows. auto uses the aging model there unless the hangs exclude aging (the
+    # shape's interval below AGING_EXCLUDED).
+    split_runs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prior_uptimes:
+            self.prior_uptimes = tuple(float(u) for u in self.prior_uptimes)
+            self.prior = (len(self.prior_uptimes), sum(self.prior_uptimes))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "prior": list(self.prior) if self.prior else None}
+        return {**asdict(self), "prior": list(self.prior) if self.prior else None,
+                "prior_uptimes": list(self.prior_uptimes) if self.prior_uptimes else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Settings":
         d = dict(d)
         if d.get("prior"):
             d["prior"] = (int(d["prior"][0]), float(d["prior"][1]))
+        if d.get("prior_uptimes"):
+            d["prior_uptimes"] = tuple(float(u) for u in d["prior_uptimes"])
         return cls(**d)
 
 
@@ -122,6 +156,8 @@ class Result:
     steps: int
     threshold_mass: float | None = None
     warnings: list[str] = field(default_factory=list)
+    hazard: dict[str, Any] | None = None  # the model the evidence was counted under, its test and onset
+    hang_uptimes: dict[str, list[float]] = field(default_factory=dict)  # config key -> uptimes at its hangs
 
     @property
     def found(self) -> bool:
@@ -136,6 +172,7 @@ class StopSearch(Exception):
 
 
 Report = Callable[[Decision], None]
+AGING_EXCLUDED = 1.5  # a Weibull shape interval ending below this excludes aging that matters
 
 
 def recheck_budget(alpha_dd: float, rnd: int) -> float:
@@ -168,6 +205,14 @@ class Search:
         self._dd_cache: dict[frozenset[Change], bool] = {}
         self._warned: set[int] = set()
         self.threshold_mass: float | None = None
+        # Every trial as a run of its server's continuous uptime: what the hazard model counts
+        self.runs: dict[Config, list[Run]] = {}
+        self.model: HazardModel = (aging_model(None, None, 3600.0, "--hazard-model aging")
+                                   if settings.hazard_model == "aging" else EXPONENTIAL)
+        self.model_test: ModelTest | None = None
+        self._baseline_done = False
+        self._notes: set[str] = set()
+        self._tests = 0
 
     # -- bookkeeping -------------------------------------------------------
     def decide(self, phase: str, text: str, **data: Any) -> None:
@@ -185,16 +230,28 @@ class Search:
     def exposure(self, cfg: Config) -> float:
         return float(self.evidence.get(cfg, [0, 0.0])[1])
 
+    @property
+    def fresh_servers(self) -> bool:
+        """Trials may not continue a server another configuration aged (the hazard ages, reuse not asked for)."""
+        return self.model.aging and not self.s.reuse_when_aging
+
     def run(self, cfg: Config, cap: float) -> Outcome:
         if self.s.max_trial:
-            cap = min(cap, self.s.max_trial)
+            if not self.model.aging:
+                cap = min(cap, self.s.max_trial)
+            elif cap > self.s.max_trial and "max_trial" not in self._notes:
+                # clean trials must run past the onset on one server: no cap may cut a verdict's run short
+                self._notes.add("max_trial")
+                self.warn(f"--max-trial {format_duration(self.s.max_trial)} no longer applies: under an aging hazard "
+                          f"a clean verdict needs one continuous run on one server (this one up to "
+                          f"{format_duration(cap)}); --budget still bounds the search")
         cap = max(cap, self.s.min_trial)
         if self.s.budget is not None:
             left = self.s.budget - self.wall
             if left < self.s.min_trial:
                 raise StopSearch("budget", f"budget of {format_duration(self.s.budget)} used up")
             cap = min(cap, left)
-        out = self.ex.run(cfg, cap)
+        out = self.ex.run(cfg, cap, fresh=True) if self.fresh_servers else self.ex.run(cfg, cap)
         self.steps += 1
         self.wall += out.wall
         self.trial_time += out.trial_time
@@ -208,17 +265,114 @@ class Search:
         ev = self.evidence.setdefault(cfg, [0, 0.0])
         ev[0] += 1 if out.hung else 0
         ev[1] += out.exposure
+        runs = out.runs if out.runs is not None else [Run(0.0, out.exposure, out.hung, cap)]
+        # as the journal holds them (ms), so that a resumed search replays the same decisions
+        self.runs.setdefault(cfg, []).extend(
+            Run(round(r.start, 3), round(r.end, 3), r.hung, None if r.cap is None else round(r.cap, 3), self.steps)
+            for r in runs)
+        if out.hung and self._baseline_done:
+            self.refit()
         return out
 
-    def pooled(self) -> RatePosterior:
-        """Rate posterior from every configuration known to hang (plus a given prior)."""
+    # -- the hazard model ----------------------------------------------------
+    def hang_uptimes(self, cfg: Config) -> list[float]:
+        return [r.end for r in self.runs.get(cfg, []) if r.hung]
+
+    def onset_sample(self) -> list[float]:
+        """Uptimes at the hangs of the configuration with the most (the baseline's include the field's)."""
+        base = self.space.baseline
+        samples = {c: self.hang_uptimes(c) for c in self.runs}
+        samples[base] = list(self.s.prior_uptimes or ()) + samples.get(base, [])
+        return samples[max(samples, key=lambda c: (len(samples[c]), c == base))]
+
+    def refit(self, announce: bool = False) -> None:
+        """Test memorylessness on every hang so far; in auto mode, switch to aging once it is rejected."""
+        strata = [runs for runs in self.runs.values() if any(r.hung for r in runs)]
+        if self.s.prior_uptimes:  # the field's hangs (a --prior of K/DUR has no times to test)
+            base = self.runs.get(self.space.baseline)
+            field = self.prior_runs()
+            strata = [s for s in strata if s is not base] + [field + (base or [])]
+        # The test is repeated at every new hang: its level is spent like the re-checks' budget (80% on
+        # the baseline's hangs, 10%, 5%, ... on later ones), so memorylessness is wrongly rejected at most
+        # model_level of the time over the whole search.
+        # Once rejected, the level stays where it was (nothing is left to protect).
+        if self.model_test is not None and self.model_test.verdict == "aging":
+            level = self.model_test.level
+        else:
+            self._tests += 1
+            level = recheck_budget(self.s.model_level, self._tests)
+        test = memorylessness(strata, level)
+        onset = onset_of(self.onset_sample())
+        hung = [u for c in self.runs for u in self.hang_uptimes(c)] + list(self.s.prior_uptimes or ())
+        scale = sum(hung) / len(hung) if hung else 3600.0
+        before, mode = self.model, self.s.hazard_model
+        rejected = test.verdict == "aging" or (before.aging and before.why.startswith("memorylessness rejected"))
+        if mode == "aging":
+            self.model = aging_model(test, onset, scale, "--hazard-model aging")
+        elif mode == "auto" and rejected:
+            self.model = aging_model(test, onset, scale, "memorylessness rejected"
+                                     + ("" if test.verdict == "aging" else " earlier"))
+        elif mode == "auto" and self.s.split_runs and test.k_high > AGING_EXCLUDED:
+            self.model = aging_model(test, onset, scale,
+                                     f"trials run on restarted servers and {test.hangs} hang(s) do not exclude aging "
+                                     f"(shape up to {test.k_high:.2g}; memoryless once below {AGING_EXCLUDED:g})")
+        else:
+            self.model = HazardModel("exponential", (1.0,), test=test, onset=onset,
+                                     why="--hazard-model exponential" if mode == "exponential"
+                                     else "memorylessness not rejected")
+        self.model_test = test
+        if announce or self.model.name != before.name or (before.test is not None
+                                                          and before.test.verdict != test.verdict):
+            self.decide("model", self.model_text(), **self.model.to_dict())
+
+    def model_text(self) -> str:
+        m, t = self.model, self.model_test
+        head = f"hazard model: {'aging' if m.aging else 'memoryless (exponential)'} ({m.why})"
+        parts = [head, t.describe() if t else "no hangs to test yet"]
+        if m.onset is not None and (m.aging or (t is not None and t.verdict == "aging")):
+            parts.append(m.onset.describe())
+        if m.aging:
+            steep = ", ".join(f"k = {k:.3g}" for k in m.shapes)
+            parts.append(f"clean runs count by continuous uptime under {steep} (a verdict must hold under each)"
+                         + ("; no server is reused across configurations" if self.fresh_servers else
+                            "; servers are reused across configurations (--reuse-server)"))
+        return "; ".join(parts)
+
+    def _tau(self, cfg: Config, k: float, stretch: float = 1.0, extra: float = 0.0) -> float:
+        """Clean evidence at cfg under shape k: k = 1 in seconds of exposure x stretch, as always."""
+        if k == 1.0:
+            e = self.exposure(cfg) + extra
+            return e if stretch == 1.0 else e * stretch
+        return self.model.tau(k, self.runs.get(cfg, ()), stretch) + self.model.fresh_run(k, extra, stretch)
+
+    def prior_runs(self) -> list[Run]:
+        """A given prior as servers that hung: at the uptimes given, or (K hangs in E) K of E/K each."""
+        if self.s.prior_uptimes:
+            return [Run(0.0, u, True) for u in self.s.prior_uptimes]
+        if not self.s.prior:
+            return []
+        kk, e = self.s.prior
+        return [Run(0.0, e / kk, True) for _ in range(kk)]
+
+    def _prior_runs(self, k: float, stretch: float = 1.0) -> float:
+        """A given prior under shape k."""
+        return self.model.tau(k, self.prior_runs(), stretch)
+
+    def _fresh_length(self, k: float, tau: float, stretch: float) -> float:
+        """Seconds of load on a fresh server that add `tau` under shape k (a continued server adds more)."""
+        return tau / stretch if k == 1.0 else self.model.length_for(k, tau, stretch)
+
+    def pooled(self, shape: float = 1.0) -> RatePosterior:
+        """Rate posterior from every configuration known to hang (plus a given prior), under a hazard shape."""
         k, e = 0, 0.0
         if self.s.prior:
             k, e = self.s.prior
-        for ev in self.evidence.values():
+            if shape != 1.0:
+                e = self._prior_runs(shape)
+        for cfg, ev in self.evidence.items():
             if ev[0] > 0:
                 k += int(ev[0])
-                e += ev[1]
+                e += ev[1] if shape == 1.0 else self.model.tau(shape, self.runs.get(cfg, ()))
         return RatePosterior(k, e)
 
     # -- phases ------------------------------------------------------------
@@ -244,12 +398,22 @@ class Search:
         baseline_cfg = self.space.baseline
         bpost = RatePosterior(self.hangs(baseline_cfg), self.exposure(baseline_cfg))
         if final is not None and status == "minimal":
+            needs = ""
+            if self.model.aging and self.hang_uptimes(final):
+                first = min(self.hang_uptimes(final))
+                needs = f"; it needs the server to age: hung after {format_duration(first)} of continuous load"
             self.decide("result", f"minimal configuration: {final.describe()}; rate "
-                        f"{fmt_interval(post) if post and post.proper else 'n/a'}")
+                        f"{fmt_interval(post) if post and post.proper else 'n/a'}{needs}")
+        hazard = self.model.to_dict()
+        if final is not None:
+            own = onset_of(self.hang_uptimes(final))
+            hazard["minimal_onset"] = own.to_dict() if own else None
+        hazard["text"] = self.model_text()
         return Result(status, final if status == "minimal" else None,
                       {c.key(): {"hangs": v[0], "exposure": v[1]} for c, v in self.evidence.items()},
                       post, bpost if bpost.proper else None, self.decisions, self.trial_time, self.wall, self.steps,
-                      self.threshold_mass, self.warnings)
+                      self.threshold_mass, self.warnings, hazard,
+                      {c.key(): self.hang_uptimes(c) for c in self.runs if self.hang_uptimes(c)})
 
     def baseline(self) -> RatePosterior:
         cfg = self.space.baseline
@@ -257,6 +421,8 @@ class Search:
             k, e = self.s.prior
             post = RatePosterior(k, e)
             self.decide("baseline", f"baseline prior given: {k} hangs in {format_duration(e)} -> rate {fmt_interval(post)}")
+            self._baseline_done = True
+            self.refit(announce=True)
             return post
         while self.hangs(cfg) < self.s.baseline_hangs:
             k = self.hangs(cfg)
@@ -279,8 +445,12 @@ class Search:
                            f" -> rate below {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)"),
                         hangs=self.hangs(cfg), exposure=self.exposure(cfg))
         post = RatePosterior(self.hangs(cfg), self.exposure(cfg))
+        ups = ", ".join(format_duration(u) for u in self.hang_uptimes(cfg))
         self.decide("baseline", f"baseline reproduced {self.hangs(cfg)} times: mean time to hang "
-                    f"{format_duration(post.mean_time_to_hang)}, rate {fmt_interval(post)}")
+                    f"{format_duration(post.mean_time_to_hang)}, rate {fmt_interval(post)}; server uptime at "
+                    f"each hang {ups}")
+        self._baseline_done = True
+        self.refit(announce=True)
         return post
 
     # probe ------------------------------------------------------------------
@@ -294,11 +464,12 @@ class Search:
         cfg = self.space.minimum
         if not 0 < self.s.probe_minimum < 1 or cfg == self.space.baseline:
             return False
-        post = self.pooled()
         # Long enough that a configuration hanging like the baseline shows it with probability
         # 1 - probe_minimum under the posterior (not the point estimate: 3 fast baseline hangs
-        # would make a short probe miss too often).
-        cap = post.clean_needed(self.s.probe_minimum, 1.0)
+        # would make a short probe miss too often), under every shape the model counts with.
+        cap = max(self.pooled(1.0).clean_needed(self.s.probe_minimum, 1.0) if k == 1.0 else
+                  self.model.length_for(k, self.pooled(k).clean_needed(self.s.probe_minimum, 1.0))
+                  for k in self.model.shapes)
         self.decide("probe", f"probing the smallest configuration {cfg.describe()} for up to "
                     f"{format_duration(cap)} (P(no hang | it hangs like the baseline) = {self.s.probe_minimum:g})",
                     config=cfg.to_dict(), cap=cap)
@@ -330,24 +501,45 @@ class Search:
         level = self.s.ddmin_alpha if alpha is None else alpha
         kind = "screen" if alpha is None else "re-check"
         while True:
-            post = self.pooled()
-            need = post.clean_needed(level, self.s.rate_ratio)
-            have = self.exposure(cfg)
-            if have >= need:
-                surv = post.survive(have, self.s.rate_ratio)
+            gaps = [self._clean_gap(cfg, k, level) for k in self.model.shapes]
+            if all(have >= need for _, have, need, _ in gaps):
+                surv = max(post.survive(have, self.s.rate_ratio if k == 1.0 else 1.0) for k, have, _, post in gaps)
+                post = gaps[0][3]
+                how = (f" under k = {' and '.join(f'{k:.3g}' for k in self.model.shapes)}, by continuous uptime"
+                       if self.model.aging else "")
                 self.decide("changes", f"does NOT hang ({kind}): {cfg.describe()} -- clean for "
-                            f"{format_duration(have)}; P(that clean | hangs at >= {self.s.rate_ratio:g}x "
-                            f"{fmt_interval(post)}) = {surv:.2g} <= {level:.2g}",
-                            config=cfg.to_dict(), hung=False, exposure=have, alpha=level)
+                            f"{format_duration(self.exposure(cfg))}{self._longest(cfg)}; P(that clean | hangs at >= "
+                            f"{self.s.rate_ratio:g}x {fmt_interval(post)}) = {surv:.2g} <= {level:.2g}{how}",
+                            config=cfg.to_dict(), hung=False, exposure=self.exposure(cfg), alpha=level)
                 self._dd_cache[changes] = False
                 return False
-            out = self.run(cfg, need - have)
+            # k = 1: the seconds still missing, as always; other shapes: a run long enough on its own
+            out = self.run(cfg, max(need - have if k == 1.0 else self._fresh_length(k, need - have, self.s.rate_ratio)
+                                    for k, have, need, _ in gaps if have < need))
             if out.hung:
                 self.decide("changes", f"still hangs: {cfg.describe()} -- hang after "
                             f"{format_duration(self.exposure(cfg))} of exposure", config=cfg.to_dict(), hung=True,
                             exposure=self.exposure(cfg))
                 self._dd_cache[changes] = True
                 return True
+
+    def _clean_gap(self, cfg: Config, k: float, level: float) -> tuple[float, float, float, RatePosterior]:
+        """(shape, evidence so far, evidence needed, posterior) for "cfg does not hang" at `level` under shape k.
+
+        k = 1 counts seconds (the pooled posterior's clean_needed at rate_ratio, as always); another
+        shape counts cfg's runs by continuous uptime, stretched by rate_ratio.
+        """
+        post = self.pooled(k)
+        if k == 1.0:
+            return k, self.exposure(cfg), post.clean_needed(level, self.s.rate_ratio), post
+        # (a run sized to close the gap closes it up to rounding: a relative 1e-9 is not worth another trial)
+        return k, self._tau(cfg, k, self.s.rate_ratio) * (1.0 + 1e-9), post.clean_needed(level, 1.0), post
+
+    def _longest(self, cfg: Config) -> str:
+        runs = self.runs.get(cfg, [])
+        if not self.model.aging or not runs:
+            return ""
+        return f" (longest continuous run {format_duration(max(r.end for r in runs))} of server uptime)"
 
     def minimize(self, changes: list[Change]) -> list[Change]:
         """ddmin with screening tests, then a re-check of every single removal at the strict level.
@@ -433,26 +625,33 @@ class Search:
         return changes
 
     # concurrency ------------------------------------------------------------
-    def _prior_for_family(self, changes: frozenset[Change]) -> RatePosterior:
+    def _prior_for_family(self, changes: frozenset[Change], shape: float = 1.0) -> RatePosterior:
         """Pooled evidence from hanging configurations outside this family, scaled by rate_ratio."""
         k, e = (self.s.prior if self.s.prior else (0, 0.0))
+        if shape != 1.0:  # the other families' servers aged 1/rate_ratio x as fast as this family may
+            stretch = 1.0 / self.s.rate_ratio
+            e = self._prior_runs(shape, stretch)
+            for cfg, ev in self.evidence.items():
+                if cfg.changes != changes and ev[0] > 0:
+                    k += int(ev[0])
+                    e += self.model.tau(shape, self.runs.get(cfg, ()), stretch)
+            return RatePosterior(k, e)
         for cfg, ev in self.evidence.items():
             if cfg.changes != changes and ev[0] > 0:
                 k += int(ev[0])
                 e += ev[1]
         return RatePosterior(k, e / self.s.rate_ratio if self.s.rate_ratio > 0 else e)
 
-    def threshold_posterior(self, changes: frozenset[Change], extra: tuple[int, float] | None = None) -> list[float]:
+    def threshold_posterior(self, changes: frozenset[Change], extra: tuple[int, float] | None = None,
+                            shape: float = 1.0) -> list[float]:
         vals = self.space.values
-        prior = self._prior_for_family(changes)
+        prior = self._prior_for_family(changes, shape)
         hangs = [self.hangs(Config(v, changes)) for v in vals]
-        expo = [self.exposure(Config(v, changes)) for v in vals]
-        if extra is not None:
-            i = vals.index(extra[0])
-            expo[i] += extra[1]
         # Below the top, a hanging concurrency may hang only rate_ratio x as often: clean exposure
         # there is worth that much evidence (conservative near the threshold, where rates are lowest).
-        expo = [e if v == self.space.hi else e * self.s.rate_ratio for v, e in zip(vals, expo)]
+        # Under a shape k != 1 that is a server aging rate_ratio x as fast; `extra` is a fresh run.
+        expo = [self._tau(Config(v, changes), shape, 1.0 if v == self.space.hi else self.s.rate_ratio,
+                          extra[1] if extra is not None and extra[0] == v else 0.0) for v in vals]
         logw = []
         n = len(vals)
         p_lo = self.s.lowest_prior if n > 1 else 1.0
@@ -482,13 +681,14 @@ class Search:
     def _check_monotone(self, changes: frozenset[Change], lowest_hang: int) -> None:
         vals = self.space.values
         fam_k = sum(self.hangs(Config(v, changes)) for v in vals if v >= lowest_hang)
-        fam_e = sum(self.exposure(Config(v, changes)) for v in vals if v >= lowest_hang)
-        post = self._prior_for_family(changes).update(fam_k, fam_e)
+        posts = {k: self._prior_for_family(changes, k).update(
+            fam_k, sum(self._tau(Config(v, changes), k) for v in vals if v >= lowest_hang)) for k in self.model.shapes}
         for i, v in enumerate(vals):
             cfg = Config(v, changes)
             if v > lowest_hang and not self.hangs(cfg) and i not in self._warned:
-                others = RatePosterior(post.shape, post.rate - self.exposure(cfg))  # judge it by the rest
-                p = others.survive(self.exposure(cfg))
+                # judge it by the rest (under every shape the model counts with: the least surprising)
+                p = max(RatePosterior(post.shape, post.rate - self._tau(cfg, k)).survive(self._tau(cfg, k))
+                        for k, post in posts.items())
                 if p < max(self.alpha_c, 1e-3) / 10:
                     self._warned.add(i)
                     self.warn(f"observation contradicts monotonicity: concurrency {v} stayed clean for "
@@ -502,20 +702,20 @@ class Search:
             self.alpha_c, self.carry = self.alpha_c + self.carry, 0.0
         vals = self.space.values
         while True:
-            post = self.threshold_posterior(changes)
+            posts = [self.threshold_posterior(changes, shape=k) for k in self.model.shapes]
             hung_at = [v for v in vals if self.hangs(Config(v, changes))]
             h = min(hung_at) if hung_at else self.space.hi
             self._check_monotone(changes, h)
+            # Under several shapes the least favourable one decides: the answer's mass is the smallest
+            # any shape gives it, and P(threshold <= c) the largest.
+            post = [min(p[i] for p in posts) for i in range(len(vals))]
             best = max(range(len(vals)), key=lambda i: (post[i], -i))
             if post[best] >= 1.0 - self.alpha_c and vals[best] == h:
                 self.decide("concurrency", f"threshold: hangs from concurrency {vals[best]} "
                             f"(posterior {post[best]:.3f} >= {1 - self.alpha_c:.3f})",
                             threshold=vals[best], mass=post[best])
                 return vals[best], post[best]
-            cdf, acc = [], 0.0
-            for p in post:
-                acc += p
-                cdf.append(acc)
+            cdf = self._cdf(posts)
             below = [i for i, v in enumerate(vals) if v < h]
             if not below:  # h is the lowest value: nothing left to test
                 return h, post[vals.index(h)]
@@ -539,17 +739,32 @@ class Search:
                             f"the threshold is at most {c}; rate from {c} up {fmt_interval(fam)}",
                             concurrency=c, hung=True)
             else:
-                newcdf = sum(self.threshold_posterior(changes)[: i + 1])
+                newcdf = self._cdf([self.threshold_posterior(changes, shape=k) for k in self.model.shapes])[i]
                 self.decide("concurrency", f"concurrency {c} clean for {format_duration(out.exposure)} "
                             f"(total {format_duration(self.exposure(cfg))}): P(hangs) now {newcdf:.3g}; its rate "
                             f"< {rate_upper_bound(0, self.exposure(cfg)) * 3600:.3g}/h (95%)",
                             concurrency=c, hung=False, p_hangs=newcdf)
 
+    @staticmethod
+    def _cdf(posts: list[list[float]]) -> list[float]:
+        """P(threshold <= each value): the largest over the shapes' posteriors."""
+        out = []
+        for post in posts:
+            cdf, acc = [], 0.0
+            for p in post:
+                acc += p
+                cdf.append(acc)
+            out = cdf if not out else [max(a, b) for a, b in zip(out, cdf)]
+        return out
+
     def _exposure_to(self, changes: frozenset[Change], c: int, i: int, target: float) -> float:
-        """Clean exposure at c that brings P(theta <= c) down to target (bisection on a monotone function)."""
+        """Clean exposure at c that brings P(theta <= c) down to target (bisection on a monotone function).
+
+        Under shapes other than k = 1 the exposure is one fresh run of that length.
+        """
 
         def p(t: float) -> float:
-            return sum(self.threshold_posterior(changes, (c, t))[: i + 1])
+            return max(sum(self.threshold_posterior(changes, (c, t), k)[: i + 1]) for k in self.model.shapes)
 
         lo, hi = 0.0, max(self.s.min_trial, 60.0)
         for _ in range(60):

@@ -51,6 +51,7 @@ from repro.units import parse_duration
 
 TOGGLES = ("extract", "storage", "async-scheduling", "chunked-prefill", "prefix-caching", "max-num-seqs",
            "timeout", "retries", "consume", "arg")
+CLIENT_TOGGLES = ("timeout", "retries", "consume")  # client settings: a trial with another value keeps its server
 _ONOFF = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 PLAIN_TIMEOUT = 3600.0
 DEFAULT_PLAIN_STORAGE = "/dev/shm/repro-bisect-hs"

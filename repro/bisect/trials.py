@@ -3,10 +3,15 @@
 Each trial slot has its own vLLM server (its own port, storage directory and
 CPU/GPU slice); a trial runs the load for at most the step's share of clean
 exposure. A server that stayed clean is kept for the slot's next trial when that
-trial's server settings are the same (a concurrency step, a client toggle): the
-hazard model is memoryless, so exposure on a warm server counts like any other,
-and the start-up (a minute or more on CPU) is paid once. A hung or dead server is
-stopped by process group and replaced; ``--fresh-server`` starts one per trial. Trials of one step run
+trial's server settings are the same (a concurrency step, a client toggle): under
+a memoryless hazard exposure on a warm server counts like any other, and the
+start-up (a minute or more on CPU) is paid once. When the search finds that the
+hazard ages it asks for fresh servers: a kept server then only continues the same
+configuration (one longer run), never another one (its age would count for the
+wrong configuration). A hung or dead server is stopped by process group and
+replaced; ``--fresh-server`` starts one per trial. Each trial reports its server's
+continuous uptime (seconds of load on that server, over every trial it served) at
+its start and at its stall or end, and the work the server had done by then. Trials of one step run
 side by side (``--parallel``); the first stall among them ends the others (their
 exposure up to then counts as clean). The outcome:
 
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repro.bisect.hazard import Run
 from repro.bisect.search import Outcome
 from repro.bisect.space import Config, SearchSpace, apply
 from repro.errors import EXIT_INTERRUPTED, EXIT_STALL, EXIT_TARGET, ReproError, TargetError
@@ -147,10 +153,30 @@ def server_key(settings: Any) -> str:
 
 
 def reusable_injection(spec: str | None) -> bool:
-    """A server may serve several trials unless its injected fault is timed from its start (stall-after=...)."""
+    """A server may serve several trials unless its injected fault is timed from its start (stall-after=...).
+
+    A hazard with an onset in engine steps is an engine that ages: a reused server carries its age on.
+    """
     if not spec:
         return True
-    return all(part.split("=")[0].strip() in ("hazard", "min_running", "seed") for part in spec.split(","))
+    return all(part.split("=")[0].strip() in ("hazard", "min_running", "seed", "onset") for part in spec.split(","))
+
+
+@dataclasses.dataclass
+class ServerLife:
+    """What one server has done over the trials it served: continuous uptime (seconds of load) and work."""
+
+    ident: str  # the directory of its first trial (its server.log is there)
+    uptime: float = 0.0
+    requests: int = 0
+    tokens: int = 0
+    files: int = 0
+    last: Config | None = None  # the configuration of its last trial
+
+    def work(self, server: VllmServer) -> dict[str, Any]:
+        up = time.time() - server.ready_at if server.ready_at else None
+        return {"requests": self.requests, "tokens": self.tokens, "files": self.files,
+                "wall_since_ready_s": round(up, 1) if up is not None else None}
 
 
 def pick_port(base_port: int, slot: int, host: str) -> int:
@@ -167,7 +193,7 @@ class StressBackend:
                  heartbeat: float = 5.0, say: Any = None, reuse: bool = True) -> None:
         self.base = base
         self.reuse = reuse and reusable_injection(base.server.inject)
-        self._idle: dict[int, tuple[str, VllmServer, str]] = {}  # slot -> (settings key, server, its first trial)
+        self._idle: dict[int, tuple[str, VllmServer, ServerLife]] = {}  # slot -> (settings key, server, its life)
         self.space = space
         self.run_dir = Path(run_dir)
         self.parallel = max(1, parallel)
@@ -176,7 +202,7 @@ class StressBackend:
         self._servers: list[VllmServer] = []
         self._lock = threading.Lock()
 
-    def run_step(self, step: int, cfg: Config, cap: float, hooks: Any) -> Outcome:
+    def run_step(self, step: int, cfg: Config, cap: float, hooks: Any, fresh: bool = False) -> Outcome:
         n = self.parallel
         each = cap / n
         results: list[dict[str, Any] | None] = [None] * n
@@ -187,7 +213,7 @@ class StressBackend:
 
         def one(slot: int) -> None:
             try:
-                results[slot] = self.run_trial(step, slot, cfg, each, hooks, group_stop)
+                results[slot] = self.run_trial(step, slot, cfg, each, hooks, group_stop, fresh)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(exc)
 
@@ -212,7 +238,9 @@ class StressBackend:
         return Outcome(hung=hung, exposure=sum(r["exposure"] for r in tested), wall=time.monotonic() - t0,
                        trial_time=sum(r["trial_time"] for r in done), skipped=not tested,
                        detail={"trials": [r["dir"] for r in done],
-                               "reason": "; ".join(r.get("reason", "") for r in done if r["skipped"])[:300]})
+                               "reason": "; ".join(r.get("reason", "") for r in done if r["skipped"])[:300]},
+                       runs=[Run(r.get("uptime_start", 0.0), r.get("uptime", r.get("uptime_start", 0.0) + r["exposure"]),
+                                 r["hung"], each) for r in tested])
 
     def stop_all(self) -> None:
         """Stop every server of this backend: running trials' and idle ones kept for reuse."""
@@ -223,16 +251,18 @@ class StressBackend:
         for s in servers:
             s.stop(grace=5.0)
 
-    def _server_for(self, slot: int, scn: Scenario, trial_dir: Path) -> tuple[VllmServer, str | None]:
-        """The slot's idle server when it was started with the same settings and still runs, else a new one."""
+    def _server_for(self, slot: int, scn: Scenario, trial_dir: Path, cfg: Config,
+                    fresh: bool = False) -> tuple[VllmServer, ServerLife, bool]:
+        """The slot's idle server when it was started with the same settings and still runs (with `fresh`:
+        only when its last trial was this configuration), else a new one. (server, its life, reused?)"""
         key = server_key(scn.server)
         with self._lock:
             idle = self._idle.pop(slot, None)
         if idle is not None:
-            k, srv, first = idle
-            if k == key and srv.alive():
+            k, srv, life = idle
+            if k == key and srv.alive() and (not fresh or life.last == cfg):
                 scn.server.port = srv.settings.port
-                return srv, first
+                return srv, life, True
             srv.stop(grace=5.0)
             with self._lock:
                 if srv in self._servers:
@@ -241,10 +271,10 @@ class StressBackend:
         server = VllmServer(scn.server, trial_dir)
         with self._lock:
             self._servers.append(server)
-        return server, None
+        return server, ServerLife(str(trial_dir)), False
 
     def run_trial(self, step: int, slot: int, cfg: Config, duration: float, hooks: Any,
-                  group_stop: threading.Event | None = None) -> dict[str, Any]:
+                  group_stop: threading.Event | None = None, fresh: bool = False) -> dict[str, Any]:
         from repro.load.display import Progress
         from repro.load.runner import run_stress
 
@@ -252,10 +282,12 @@ class StressBackend:
         trial_dir.mkdir(parents=True, exist_ok=True)
         scn = trial_scenario(self.base, self.space, cfg, duration, self.base.server.port, slot, self.parallel,
                              trial_dir)
-        server, reused = self._server_for(slot, scn, trial_dir)  # no idle server is ever kept without reuse
+        server, life, was_kept = self._server_for(slot, scn, trial_dir, cfg, fresh)  # none kept without reuse
+        reused = life.ident if was_kept else None
+        start_up = life.uptime
         port = scn.server.port
-        tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3),
-                                **({"server_reused_from": reused} if reused else {}))
+        tid = hooks.trial_start(slot, port=port, dir=str(trial_dir), cap=round(duration, 3), server=life.ident,
+                                uptime_start=round(start_up, 3), **({"server_reused_from": reused} if reused else {}))
         t0 = time.monotonic()
         self.say(f"  trial {tid} (slot {slot}, port {port}): {cfg.describe()}, up to {duration:.0f} s of load; "
                  + (f"server reused (clean so far, same settings; log {reused}/server.log)" if reused
@@ -271,7 +303,8 @@ class StressBackend:
                 hooks.trial_end(tid, hung=False, exposure=0.0, trial_time=time.monotonic() - t0, skipped=True,
                                 detail={"reason": exc.message.splitlines()[0][:200], "dir": str(trial_dir)})
                 return {"hung": False, "exposure": 0.0, "trial_time": time.monotonic() - t0, "skipped": True,
-                        "reason": exc.message.splitlines()[0][:200], "dir": str(trial_dir)}
+                        "reason": exc.message.splitlines()[0][:200], "dir": str(trial_dir),
+                        "uptime_start": start_up, "uptime": start_up}
             box: dict[str, Any] = {}
             log = open(trial_dir / "progress.log", "w")
 
@@ -294,13 +327,21 @@ class StressBackend:
             if "exc" in box:
                 raise box["exc"]
             res = box["res"]
+            # The server's continuous uptime and work at the stall (or the end): the engine completes
+            # nothing once it has stalled, so the counts at the end are those at the stall.
+            life.uptime = start_up + (res.exposure_s if res.exit_code in (0, EXIT_STALL) else 0.0)
+            tokens = (res.summary or {}).get("tokens") or {}
+            life.requests += int((res.counts or {}).get("ok", 0) or 0)
+            life.tokens += int(tokens.get("prompt", 0) or 0) + int(tokens.get("completion", 0) or 0)
+            life.files += int((res.files or {}).get("verified", 0) or 0) + int((res.files or {}).get("bad", 0) or 0)
+            life.last = cfg
             # A clean trial leaves a healthy server: the next trial of this slot with the same
             # settings may load it again (a hung or dead one is always replaced).
             keep = self.reuse and res.exit_code == 0 and server.alive()
         finally:
             if keep:
                 with self._lock:
-                    self._idle[slot] = (server_key(scn.server), server, reused or str(trial_dir))
+                    self._idle[slot] = (server_key(scn.server), server, life)
             else:
                 server.stop(grace=5.0)
                 with self._lock:
@@ -316,9 +357,12 @@ class StressBackend:
                   "since_s": stall.get("since_s"), "exit_code": res.exit_code}
         if skipped:
             detail["reason"] = res.error or res.outcome
+        work = life.work(server)
         hooks.trial_end(tid, hung=hung, exposure=0.0 if skipped else res.exposure_s, trial_time=spent,
-                        skipped=skipped, detail=detail)
+                        skipped=skipped, detail=detail, uptime=life.uptime, work=work)
         self.say(f"  trial {tid}: {'STALL (' + str(stall.get('class')) + ')' if hung else res.outcome} after "
-                 f"{res.exposure_s:.0f} s of exposure")
+                 f"{res.exposure_s:.0f} s of exposure; server uptime {life.uptime:.0f} s of load"
+                 + (" at the stall" if hung else ""))
         return {"hung": hung, "exposure": 0.0 if skipped else res.exposure_s, "trial_time": spent,
-                "skipped": skipped, "reason": detail.get("reason", ""), "dir": str(trial_dir)}
+                "skipped": skipped, "reason": detail.get("reason", ""), "dir": str(trial_dir),
+                "uptime_start": start_up, "uptime": life.uptime, "work": work}

@@ -46,15 +46,27 @@ def parse_budget(text: str | None) -> float | None:
 
 def parse_prior(text: str | None) -> tuple[int, float] | None:
     """--prior K/DUR: K hangs seen in DUR of load on the baseline, e.g. 3/15h."""
-    if not text:
+    if not text or "/" not in text:
         return None
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text)
     if not m:
-        raise UsageError(f"--prior {text!r}: write HANGS/DURATION, e.g. 3/15h (3 hangs in 15 hours of load)")
+        raise UsageError(f"--prior {text!r}: write HANGS/DURATION, e.g. 3/15h (3 hangs in 15 hours of load), "
+                         "or the uptimes at each hang, e.g. 6h,5h,14h")
     k, e = int(m.group(1)), parse_duration(m.group(2), "--prior duration")
     if k < 1 or e <= 0:
         raise UsageError(f"--prior {text!r}: needs at least one hang in a positive duration")
     return k, e
+
+
+def parse_prior_uptimes(text: str | None) -> tuple[float, ...] | None:
+    """--prior UP1,UP2,...: the baseline servers' continuous uptimes at each hang seen (times to hang)."""
+    if not text or "/" in text:
+        return None
+    ups = tuple(parse_duration(p.strip(), "--prior uptime") for p in text.split(",") if p.strip())
+    if not ups or any(u <= 0 for u in ups):
+        raise UsageError(f"--prior {text!r}: give positive uptimes, e.g. 6h,5h,14h (one per hang, each on a server "
+                         "that ran without restart until it hung)")
+    return ups
 
 
 def build_space(space_file: str | None, concurrency: str | None, step: int | None, changes: tuple[str, ...],
@@ -115,8 +127,17 @@ def _report(d: Decision) -> None:
               help="Overall error level: the chance that the answer is not minimal.")
 @click.option("--baseline-hangs", type=click.IntRange(min=1), default=3,
               help="Reproduce the baseline this many times before shrinking.")
-@click.option("--prior", default=None, metavar="K/DUR",
-              help="Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h).")
+@click.option("--prior", default=None, metavar="K/DUR|UP,...",
+              help="Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h), or "
+                   "each hang's server uptime (e.g. 6h,5h,14h: also tested for aging).")
+@click.option("--hazard-model", type=click.Choice(["auto", "exponential", "aging"]), default="auto",
+              help="exponential: hangs are memoryless, clean exposure adds across trials and restarts. aging: the "
+                   "server must age (clean runs count by continuous uptime; trials run past the onset on one "
+                   "server; no server reused across configurations). auto: exponential until the hangs' uptimes "
+                   "reject memorylessness (a test whose power at 3 hangs is low: it says so).")
+@click.option("--reuse-server", is_flag=True, default=False,
+              help="Keep letting a clean server serve other configurations even when the hazard ages "
+                   "(its age then counts for the next configuration).")
 @click.option("--rate-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
               help="A configuration 'still hangs' if it hangs at least this fraction as often as the baseline.")
 @click.option("--confirm-hangs", type=click.IntRange(min=1), default=1,
@@ -206,7 +227,15 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
             space = build_space(kw["space_file"], kw["concurrency"], kw["step"], kw["changes"], kw["plain_storage"],
                                 kw["max_trial"], kw["budget"])
         min_trial = parse_duration(kw["min_trial"], "--min-trial")
+        if kw["fresh_server"] and kw["reuse_server"]:
+            raise UsageError("--fresh-server and --reuse-server contradict each other: give one")
         settings = Settings(alpha=kw["alpha"], baseline_hangs=kw["baseline_hangs"], prior=parse_prior(kw["prior"]),
+                            prior_uptimes=parse_prior_uptimes(kw["prior"]), hazard_model=kw["hazard_model"],
+                            reuse_when_aging=kw["reuse_server"],
+                            # a verdict's exposure is cut into runs of restarted servers (side by side, or
+                            # capped runs that cannot continue one server): only the memoryless model allows that
+                            split_runs=bool(kw["parallel"] > 1 or (space.max_trial is not None and (
+                                kw["fresh_server"] or kw.get("executor") == "ray"))),
                             rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
                             probe_minimum=kw["probe_minimum"],
                             max_trial=space.max_trial, min_trial=min_trial, budget=space.budget)
@@ -254,6 +283,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         if spec.mode == "simulate":
             from repro.bisect.sim import load_model
 
+            if not (sim_model or load_model(spec.extra["simulate"])).hazard.memoryless:
+                raise UsageError("--executor ray --simulate draws memoryless trials only: simulate an aging hazard "
+                                 "(shape = weibull/onset) with the local executor")
             backend_ray: Any = RayBackend(ray_session, run_dir, mode="simulate", parallel=parallel,
                                           heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask,
                                           model=sim_model or load_model(spec.extra["simulate"]), say=_say)
@@ -270,6 +302,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         from repro.bisect.sim import SimBackend, load_model
 
         model = sim_model or load_model(spec.extra["simulate"])
+        model.reuse = model.reuse and bool(spec.extra.get("reuse_server", True))
         backend = SimBackend(model, parallel)
     else:
         from repro.bisect.trials import StressBackend
@@ -309,6 +342,17 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     for name, p in paths.items():
         _say(f"wrote {p}")
     _say(f"{result.steps} steps, {result.trial_time / 3600:.2f} trial-hours, {result.wall / 3600:.2f} wall-hours")
+    if result.hazard:
+        click.echo(f"[model] {result.hazard.get('text')}")
+    if spec.mode == "simulate":
+        from repro.bisect.sim import load_model
+
+        truth_model = sim_model or load_model(spec.extra["simulate"])
+        truth = truth_model.hazard.truth(truth_model.space)
+        got = result.config.describe() if result.config else f"none ({result.status})"
+        verdict = "right" if result.config == truth else "WRONG"
+        click.echo(f"[simulate] ground truth: {truth.describe()} ({truth_model.hazard.describe()}); "
+                   f"answer: {got}: {verdict}")
     if result.status == "untestable":
         return EXIT_TARGET
     if result.status != "minimal":

@@ -58,11 +58,12 @@ class FileHooks:
         self.write(event="heartbeat", exposure=round(exposure, 3))
 
     def trial_end(self, trial: int, hung: bool, exposure: float, trial_time: float, skipped: bool = False,
-                  detail: dict[str, Any] | None = None) -> None:
+                  detail: dict[str, Any] | None = None, uptime: float | None = None,
+                  work: dict[str, Any] | None = None) -> None:
         self.write(event="trial-end", hung=hung, exposure=round(exposure, 3), trial_time=round(trial_time, 3),
-                   skipped=skipped, detail=detail or {})
+                   skipped=skipped, detail=detail or {}, uptime=uptime, work=work or {})
         self.end = {"hung": hung, "exposure": exposure, "trial_time": trial_time, "skipped": skipped,
-                    "detail": detail or {}}
+                    "detail": detail or {}, "uptime": uptime, "work": work or {}}
 
 
 def run_trial(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
@@ -79,7 +80,8 @@ def run_trial(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
     r = backend.run_trial(job["step"], job["slot"], Config.from_dict(job["config"]), float(job["duration"]), status)
     end = getattr(status, "end", {})
     return {"hung": r["hung"], "exposure": r["exposure"], "trial_time": r["trial_time"], "skipped": r["skipped"],
-            "reason": r.get("reason", ""), "detail": end.get("detail", {}),
+            "reason": r.get("reason", ""), "detail": end.get("detail", {}), "uptime": r.get("uptime"),
+            "work": r.get("work") or {},
             "phase": "captured" if r["hung"] else ("skipped" if r["skipped"] else "clean")}
 
 

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from repro.bisect.hazard import Run
 from repro.bisect.search import Outcome
 from repro.bisect.space import Config, SearchSpace
 from repro.errors import ReproError, UsageError
@@ -164,7 +165,8 @@ class RayBackend:
                 "run_key": self.run_key, "budget": self.budget}
 
     # -- the step -------------------------------------------------------------------------
-    def run_step(self, step: int, cfg: Config, cap: float, hooks: Any) -> Outcome:
+    def run_step(self, step: int, cfg: Config, cap: float, hooks: Any, fresh: bool = False) -> Outcome:
+        """One step on Ray: every trial is a job of its own with a server of its own (always fresh)."""
         ray = self.ray
         n = self.parallel
         each = cap / n
@@ -200,7 +202,8 @@ class RayBackend:
         if reasons:
             detail["reason"] = reasons[:300]
         return Outcome(hung=any(r["hung"] for r in tested), exposure=sum(r["exposure"] for r in done), wall=wall,
-                       trial_time=sum(r["trial_time"] for r in done), skipped=not tested, detail=detail)
+                       trial_time=sum(r["trial_time"] for r in done), skipped=not tested, detail=detail,
+                       runs=[Run(0.0, float(r["exposure"]), bool(r["hung"]), each) for r in tested])
 
     def _place(self, t: Trial, step: int, cfg: Config, each: float, hooks: Any) -> None:
         ray = self.ray
@@ -294,7 +297,9 @@ class RayBackend:
         r.setdefault("trial_time", time.monotonic() - t.t0)
         t.result = r
         hooks.trial_end(t.tid, hung=bool(r["hung"]), exposure=float(r["exposure"]), trial_time=float(r["trial_time"]),
-                        skipped=bool(r["skipped"]), detail=r.get("detail") or {})
+                        skipped=bool(r["skipped"]), detail=r.get("detail") or {},
+                        uptime=r.get("uptime") if r.get("uptime") is not None else float(r["exposure"]),
+                        work=r.get("work") or None)
 
     def stop_all(self, grace: float = 30.0) -> None:
         """Ask every running trial to stop (servers stopped by process group), then kill the actors."""

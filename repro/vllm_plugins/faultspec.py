@@ -25,10 +25,13 @@ Kinds (times in seconds, or with a unit: 30s, 5m, 1h):
                            real error (`EngineCore encountered a fatal error` + the traceback,
                            `ReproInjectedEngineError` from frame `repro_injected_engine_error`)
     raise-after=Nsteps     the same after N scheduler steps with work
-    hazard=R,min_running=N[,seed=S]
+    hazard=R,min_running=N[,seed=S][,onset=STEPS]
                            a permanent scheduler stall that strikes at random, at R per hour
                            of engine time while at least N requests are running (and never
-                           otherwise): a real engine with a known ground truth for bisect
+                           otherwise): a real engine with a known ground truth for bisect.
+                           With onset: never before the engine has run STEPS scheduler steps
+                           with work, then at R per hour -- an engine that ages (its rate grows
+                           with its step count), logged as `repro fault: onset` when reached
     release                (control file only) unblock every stall and disarm
 
 Stalls poll a release flag every 0.2 s: writing ``release`` to the control file
@@ -56,6 +59,7 @@ class Fault:
     rate_per_hour: float | None = None  # hazard
     min_running: int = 1  # hazard
     seed: int | None = None  # hazard
+    onset_steps: int = 0  # hazard: no stall before this many scheduler steps with work
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def parse(text: str) -> FaultSpec:
             kw[k.strip().lower()] = v.strip()
         allowed = {"stall-after": set(), "raise-after": set(), "stall-for": {"after"}, "write-stall": set(),
                    "gpu-hang": set(),
-                   "hazard": {"min_running", "seed"}, "release": set()}[kind]
+                   "hazard": {"min_running", "seed", "onset"}, "release": set()}[kind]
         unknown = set(kw) - allowed
         if unknown:
             raise FaultSpecError(f"{raw!r}: unknown option(s) {', '.join(sorted(unknown))}")
@@ -143,9 +147,11 @@ def parse(text: str) -> FaultSpec:
                 raise FaultSpecError(f"hazard: {value!r} is not a rate per hour") from None
             if rate < 0:
                 raise FaultSpecError("hazard: the rate must not be negative")
+            onset = kw.get("onset", "0").strip().lower()
             faults.append(Fault(kind, rate_per_hour=rate,
                                 min_running=_int(kw.get("min_running", "1"), "hazard min_running"),
-                                seed=_int(kw["seed"], "hazard seed") if "seed" in kw else None))
+                                seed=_int(kw["seed"], "hazard seed") if "seed" in kw else None,
+                                onset_steps=_int(onset[:-5] if onset.endswith("steps") else onset, "hazard onset")))
         else:
             if value:
                 raise FaultSpecError("release takes no value")

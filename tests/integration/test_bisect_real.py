@@ -2,6 +2,8 @@
 
 The fault plugin's `hazard=R,min_running=N` stalls the real scheduler at random, at R per
 hour while at least N requests run and never otherwise: a real engine with a known threshold.
+With `onset=STEPS` it never stalls before the engine has run that many scheduler steps with
+work: an engine that ages, with a known onset.
 """
 
 from __future__ import annotations
@@ -16,14 +18,35 @@ from pathlib import Path
 
 import pytest
 
+from repro.bisect.journal import Journal, read_steps
 from repro.bisect.output import write_outputs
 from repro.bisect.search import Result, Settings
 from repro.bisect.space import Config, SearchSpace
 from repro.bisect.stats import RatePosterior
+from repro.bisect.trials import _parse_wall
 from tests.conftest import free_port
 from tests.integration.conftest import SharedServer, require_vllm
 
 THRESHOLD = 4
+FAST_DETECTION = ["--window", "3", "--poll-interval", "0.5", "--min-bad", "3", "--startup-grace", "5",
+                  "--on-stall", "exit", "--workload-prompt-len", "16-64", "--heartbeat", "2"]
+
+
+def run_bisect(args: list[str], run: Path, storage: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`repro bisect ARGS` on its own port and plain storage, stopped by SIGTERM if it overruns (it then
+    stops its trial's server group itself); (the finished process, seconds it took)."""
+    cmd = [sys.executable, "-m", "repro", "bisect", *args, *FAST_DETECTION, "--port", str(free_port()),
+           "--plain-storage", storage, "--out", str(run)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)  # the budget ends the search first
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - t0
 
 
 def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tmp_path: Path) -> None:
@@ -31,24 +54,9 @@ def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tm
     THEN the minimal concurrency is 4 +- 1, with minimal.json, repro_min.sh/.py and the ISSUE section."""
     require_vllm()
     run = tmp_path / "bisect"
-    storage = f"/dev/shm/repro-bisect-it-{os.getpid()}"
-    cmd = [sys.executable, "-m", "repro", "bisect", "--concurrency", "2-6",
-           "--inject", f"hazard=36000,min_running={THRESHOLD}",
-           "--prior", "3/6s", "--confirm-hangs", "1", "--min-trial", "10s",
-           "--window", "3", "--poll-interval", "0.5", "--min-bad", "3", "--startup-grace", "5",
-           "--on-stall", "exit", "--workload-prompt-len", "16-64", "--heartbeat", "2",
-           "--port", str(free_port()), "--plain-storage", storage, "--budget", "13m", "--out", str(run)]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=870)  # the budget ends the search first
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: bisect stops its trial's server group itself
-        out, err = proc.communicate(timeout=90)
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
-    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    elapsed = time.monotonic() - t0
+    r, elapsed = run_bisect(["--concurrency", "2-6", "--inject", f"hazard=36000,min_running={THRESHOLD}",
+                             "--prior", "3/6s", "--confirm-hangs", "1", "--min-trial", "10s", "--budget", "13m"],
+                            run, f"/dev/shm/repro-bisect-it-{os.getpid()}", 870)
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((run / "minimal.json").read_text())
     assert doc["status"] == "minimal", r.stdout
@@ -61,6 +69,56 @@ def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tm
         assert (run / name).exists(), name
     assert "[concurrency]" in r.stdout and "CI" in r.stdout  # decisions printed with credible intervals
     print(f"bisect took {elapsed:.0f} s: {r.stdout}")
+
+
+ONSET_STEPS = 800  # about 20-35 s of load at concurrency 4 on the tiny model (2 CPU cores)
+
+
+def _onset_uptime(trial_dir: Path) -> float | None:
+    """Seconds of load on this trial's server when the injected onset was reached (from the plugin's log)."""
+    start = next((_parse_wall(json.loads(line)["wall"]) for line in (trial_dir / "events.jsonl").read_text().splitlines()
+                  if json.loads(line).get("event") == "start"), None)
+    inj = trial_dir / "injected.jsonl"
+    if start is None or not inj.exists():
+        return None
+    onset = next((json.loads(line)["t"] for line in inj.read_text().splitlines()
+                  if json.loads(line).get("event") == "onset"), None)
+    return None if onset is None else onset - start
+
+
+def test_bisect_calls_an_engine_that_ages_aging_and_its_onset_bound_contains_the_injected_onset(
+        tmp_path: Path) -> None:
+    """GIVEN a real vLLM whose stall can only strike after ONSET_STEPS scheduler steps (then at once)
+    WHEN bisect reproduces the baseline five times THEN it rejects memorylessness, counts under the
+    aging model, and its onset interval [95% lower bound, earliest hang] contains the uptime at which
+    each server reached the injected onset; the journal has each hang's uptime and work, --log and the
+    reproducer say what the hang needs."""
+    require_vllm()
+    run = tmp_path / "bisect"
+    r, elapsed = run_bisect(["--concurrency", "4-4", "--inject", f"hazard=360000,min_running=2,onset={ONSET_STEPS}",
+                             "--baseline-hangs", "5", "--min-trial", "10s", "--budget", "20m"],
+                            run, f"/dev/shm/repro-bisect-aging-{os.getpid()}", 1300)
+    out = r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((run / "minimal.json").read_text())
+    assert doc["status"] == "minimal", out
+    hz = doc["hazard"]
+    truth = [u for u in (_onset_uptime(Path(t.detail["dir"])) for s in read_steps(Journal(run / "journal.jsonl"))
+                         for t in s.trials if t.hung) if u is not None]
+    seen = f"hang uptimes {doc['hang_uptimes_s']}, injected onsets at {truth}, test {hz['test']}"
+    assert hz["model"] == "aging" and hz["test"]["verdict"] == "aging", seen
+    onset = hz["onset"]
+    assert len(truth) == 5, seen
+    assert onset["lower95_s"] <= min(truth) <= onset["upper_s"], (onset, seen)
+    ends = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    hangs = [r for r in ends if r["type"] == "trial-end" and r["hung"]]
+    assert all(r["uptime"] > 0 and r["work"]["requests"] > 0 and r["work"]["tokens"] > 0 for r in hangs)
+    log = subprocess.run([sys.executable, "-m", "repro", "bisect", "--log", str(run)], capture_output=True,
+                         text=True, timeout=60)
+    assert "hazard model: aging" in log.stdout and "hangs after about" in log.stdout and "at the stall" in log.stdout
+    assert "[model] hazard model: aging" in out
+    assert "needs the server to age" in (run / "repro_min.sh").read_text()
+    print(f"aging bisect took {elapsed:.0f} s; onset {onset}, injected onsets at {truth}")
 
 
 def _minimal_script(tmp: Path, url: str) -> Path:

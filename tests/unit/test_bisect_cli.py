@@ -165,3 +165,65 @@ def test_storage_ladder_survives_resume(tmp_path: Path) -> None:
     assert repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(run)).returncode == 0
     r = repro("bisect", "--resume", str(run))
     assert r.returncode == 0, r.stderr
+
+
+AGING = """
+[space]
+concurrency = [1, 8]
+changes = ["storage=/mnt/nfs/hs"]
+[hazard]
+shape = "weibull"
+k = 4
+mean_time_to_hang = "1h"
+requires = ["storage"]
+[sim]
+seed = 2
+"""
+
+
+def test_simulate_prints_the_ground_truth_next_to_the_answer_and_the_model(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text(AGING)
+    r = repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(tmp_path / "run"),
+              "--baseline-hangs", "5")
+    assert r.returncode == 0, r.stderr
+    truth = [ln for ln in r.stdout.splitlines() if ln.startswith("[simulate] ground truth:")]
+    assert truth and "concurrency 1, storage=/mnt/nfs/hs" in truth[0] and "Weibull k=4" in truth[0]
+    assert truth[0].endswith(": right")
+    assert any(ln.startswith("[model] hazard model: aging") for ln in r.stdout.splitlines())
+    log = repro("bisect", "--log", str(tmp_path / "run"))
+    assert "latest hazard model: aging" in log.stdout and "Weibull shape k" in log.stdout
+    assert "hangs after about" in log.stdout  # the onset estimate of an aging hazard
+    assert "server uptime" in log.stdout and "at the stall" in log.stdout  # each hang's uptime
+
+
+def test_prior_takes_the_uptimes_at_each_hang(tmp_path: Path) -> None:
+    """--prior 6h,5h,14h: three servers that hung after those uptimes (also a rate prior of 3 hangs in 25 h)."""
+    (tmp_path / "m.toml").write_text(MODEL)
+    run = tmp_path / "run"
+    assert repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--prior", "6h,5h,14h", "--out",
+                 str(run)).returncode == 0
+    import json
+
+    header = json.loads((run / "journal.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["prior_uptimes"] == [21600.0, 18000.0, 50400.0]
+    assert header["settings"]["prior"] == [3, 90000.0]
+
+
+@pytest.mark.parametrize("args, words", [(("--prior", "6h,0"), "positive uptimes"), (("--prior", "6h,soon"), "--prior uptime"),
+                                         (("--fresh-server", "--reuse-server"), "contradict"),
+                                         (("--hazard-model", "weibull"), "weibull")])
+def test_bad_hazard_options_are_one_line_errors(tmp_path: Path, args: tuple[str, ...], words: str) -> None:
+    (tmp_path / "m.toml").write_text(MODEL)
+    r = repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(tmp_path / "r"), *args)
+    assert r.returncode == 2
+    assert words in (r.stderr + r.stdout)
+
+
+@pytest.mark.parametrize("hazard, words", [('shape = "gamma"', "use one of"), ('shape = "weibull"\nk = 0', "between"),
+                                           ("k = 3", "needs shape"), ('shape = "onset"', "needs onset"),
+                                           ('shape = "onset"\nresource = "files"\nlevel = 5', "growth_per_hour"),
+                                           ("speed_up = 2", "unknown [hazard] key")])
+def test_bad_aging_hazards_in_a_simulation_model_are_refused(tmp_path: Path, hazard: str, words: str) -> None:
+    (tmp_path / "m.toml").write_text(MODEL.replace('requires = ["storage"]', f'requires = ["storage"]\n{hazard}'))
+    line = one_line_error(repro("bisect", "--simulate", str(tmp_path / "m.toml"), "--out", str(tmp_path / "r")))
+    assert words in line

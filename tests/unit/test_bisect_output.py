@@ -34,7 +34,7 @@ def finished(tmp: Path) -> tuple[Path, dict]:
 
 def test_minimal_json_has_config_rate_interval_and_evidence(tmp_path: Path) -> None:
     _, doc = finished(tmp_path)
-    assert doc["schema"] == "repro.bisect.minimal" and doc["version"] == 1
+    assert doc["schema"] == "repro.bisect.minimal" and doc["version"] == 2
     assert doc["config"] == {"concurrency": 8, "changes": ["storage=/dev/shm/repro-bisect-slow"]}
     lo, hi = doc["rate"]["ci95_per_hour"]
     assert lo < doc["rate"]["per_hour"] == 2.0 < hi  # 3 hangs in 1.5 h
@@ -82,3 +82,29 @@ def test_issue_section_states_result_interval_and_error_level(tmp_path: Path) ->
     assert md.startswith("## Minimal reproducer (repro bisect)")
     assert "concurrency 8, storage=/dev/shm/repro-bisect-slow" in md
     assert "95% credible interval" in md and "alpha = 0.05" in md and "vllm serve" in md
+
+
+def test_an_aging_reproducer_states_the_onset_it_needs_and_runs_past_it_on_one_server(tmp_path: Path) -> None:
+    """GIVEN a search that found an aging hazard (hangs after 5-5.5 h of continuous load) THEN repro_min.sh
+    says the hang needs the server to age, with the onset and its bound, runs its load for twice the
+    longest uptime at a hang (not 5 mean times to hang), and minimal.json / ISSUE_bisect.md carry the model."""
+    from repro.bisect.hazard import Run, aging_model, memorylessness, onset_of
+
+    sp = SearchSpace(1, 32, (Change.parse("storage=/mnt/nfs/hs"),))
+    cfg = Config(16, frozenset(sp.changes))
+    ups = [5 * 3600.0 + 120, 5 * 3600.0 + 900, 5.5 * 3600.0]
+    test = memorylessness([[Run(0.0, u, True) for u in ups]])
+    model = aging_model(test, onset_of(ups), 3600.0, "memorylessness rejected")
+    hazard = {**model.to_dict(), "minimal_onset": onset_of(ups).to_dict(), "text": "hazard model: aging (...)"}
+    res = Result("minimal", cfg, {cfg.key(): {"hangs": 3, "exposure": sum(ups)}}, RatePosterior(3, sum(ups)), None,
+                 [], 60 * 3600.0, 60 * 3600.0, 9, 0.97, [], hazard, {cfg.key(): ups})
+    out = tmp_path / "run"
+    out.mkdir()
+    write_outputs(out, res, sp, Settings(), None, "simulate")
+    sh = (out / "repro_min.sh").read_text()
+    assert "needs the server to age: hangs after about 4h55m" in sh and "at 95%" in sh and "ONE server" in sh
+    assert f"--duration {int(2 * max(ups))}" in sh
+    assert subprocess.run(["sh", "-n", str(out / "repro_min.sh")]).returncode == 0
+    doc = json.loads((out / "minimal.json").read_text())
+    assert doc["hazard"]["model"] == "aging" and doc["hang_uptimes_s"][cfg.key()] == [round(u, 1) for u in ups]
+    assert "- Hazard model: aging" in (out / "ISSUE_bisect.md").read_text()

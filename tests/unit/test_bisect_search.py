@@ -24,7 +24,7 @@ class Sim:
         self.rng = random.Random(seed)
         self.requests: list[tuple[Config, float]] = []
 
-    def run(self, cfg: Config, cap: float) -> Outcome:
+    def run(self, cfg: Config, cap: float, fresh: bool = False) -> Outcome:
         self.requests.append((cfg, cap))
         lam = self.rate_of(cfg)
         t = self.rng.expovariate(lam) if lam > 0 else math.inf

@@ -89,7 +89,7 @@ def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, 
 
     groups = set()
 
-    def fake(self, step, slot, cfg, duration, hooks, group_stop=None):  # type: ignore[no-untyped-def]
+    def fake(self, step, slot, cfg, duration, hooks, group_stop=None, fresh=False):  # type: ignore[no-untyped-def]
         seen.append((slot, duration))
         groups.add(id(group_stop))
         return {"hung": slot == 1, "exposure": 10.0 * (slot + 1), "trial_time": 70.0, "skipped": False,
@@ -105,7 +105,7 @@ def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, 
 def test_step_is_skipped_only_when_no_slot_could_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = trials.StressBackend(Scenario(), SearchSpace(1, 8), tmp_path, parallel=2)
 
-    def fake(self, step, slot, cfg, duration, hooks, group_stop=None):  # type: ignore[no-untyped-def]
+    def fake(self, step, slot, cfg, duration, hooks, group_stop=None, fresh=False):  # type: ignore[no-untyped-def]
         return {"hung": False, "exposure": 0.0 if slot == 0 else 50.0, "trial_time": 60.0, "skipped": slot == 0,
                 "reason": "vLLM exited", "dir": "d"}
 
@@ -146,21 +146,46 @@ def test_a_clean_servers_slot_reuses_it_for_the_same_settings_only(tmp_path: Pat
     FakeServer.made = []
     sp = SearchSpace(1, 8, (Change.parse("prefix-caching=on"),))
     be = trials.StressBackend(Scenario(), sp, tmp_path)
-    first, reused = be._server_for(0, _scn(sp, Config(8, frozenset()), tmp_path), tmp_path / "t0")
-    assert reused is None
-    be._idle[0] = (trials.server_key(first.settings), first, "t0")
-    again, reused = be._server_for(0, _scn(sp, Config(3, frozenset()), tmp_path), tmp_path / "t1")
-    assert again is first and reused == "t0"  # only the client's concurrency changed
-    be._idle[0] = (trials.server_key(first.settings), first, "t0")
-    other, reused = be._server_for(0, _scn(sp, Config(3, frozenset(sp.changes)), tmp_path), tmp_path / "t2")
-    assert other is not first and reused is None and first.stopped  # a server toggle: a new server
-    be._idle[0] = (trials.server_key(other.settings), other, "t2")
+    c8, c3, c3t = Config(8, frozenset()), Config(3, frozenset()), Config(3, frozenset(sp.changes))
+    first, life, reused = be._server_for(0, _scn(sp, c8, tmp_path), tmp_path / "t0", c8)
+    assert not reused and life.ident == str(tmp_path / "t0") and life.uptime == 0.0
+    life.uptime, life.last = 120.0, c8
+    be._idle[0] = (trials.server_key(first.settings), first, life)
+    again, life2, reused = be._server_for(0, _scn(sp, c3, tmp_path), tmp_path / "t1", c3)
+    assert again is first and reused and life2.uptime == 120.0  # only the client's concurrency changed
+    be._idle[0] = (trials.server_key(first.settings), first, life2)
+    other, life3, reused = be._server_for(0, _scn(sp, c3t, tmp_path), tmp_path / "t2", c3t)
+    assert other is not first and not reused and first.stopped and life3.uptime == 0.0  # a server toggle
+    be._idle[0] = (trials.server_key(other.settings), other, life3)
     other.dead = True
-    fresh, reused = be._server_for(0, _scn(sp, Config(3, frozenset(sp.changes)), tmp_path), tmp_path / "t3")
-    assert fresh is not other and reused is None
-    be._idle[0] = (trials.server_key(fresh.settings), fresh, "t3")
+    fresh, _, reused = be._server_for(0, _scn(sp, c3t, tmp_path), tmp_path / "t3", c3t)
+    assert fresh is not other and not reused
+    be._idle[0] = (trials.server_key(fresh.settings), fresh, trials.ServerLife("t3"))
     be.stop_all()
     assert all(s.stopped for s in FakeServer.made) and not be._idle
+
+
+def test_with_an_aging_hazard_a_kept_server_only_continues_its_own_configuration(tmp_path: Path,
+                                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """GIVEN a clean server kept after a trial at concurrency 8 WHEN the search asks for fresh servers
+    (the hazard ages) THEN a trial at concurrency 3 gets a new server (the old one's age would count
+    for 3), while another trial at 8 continues the old one, its uptime carried on."""
+    monkeypatch.setattr(trials, "VllmServer", FakeServer)
+    monkeypatch.setattr(trials, "port_free", lambda host, port: True)
+    FakeServer.made = []
+    sp = SearchSpace(1, 8)
+    be = trials.StressBackend(Scenario(), sp, tmp_path)
+    c8, c3 = Config(8, frozenset()), Config(3, frozenset())
+    srv, life, _ = be._server_for(0, _scn(sp, c8, tmp_path), tmp_path / "t0", c8)
+    life.uptime, life.last = 3600.0, c8
+    be._idle[0] = (trials.server_key(srv.settings), srv, life)
+    other, life3, reused = be._server_for(0, _scn(sp, c3, tmp_path), tmp_path / "t1", c3, fresh=True)
+    assert other is not srv and not reused and srv.stopped and life3.uptime == 0.0
+    life3.uptime, life3.last = 600.0, c3
+    be._idle[0] = (trials.server_key(other.settings), other, life3)
+    same, life4, reused = be._server_for(0, _scn(sp, c3, tmp_path), tmp_path / "t2", c3, fresh=True)
+    assert same is other and reused and life4.uptime == 600.0
+    be.stop_all()
 
 
 def test_server_key_ignores_the_port_but_not_the_launch_settings() -> None:
@@ -173,6 +198,7 @@ def test_server_key_ignores_the_port_but_not_the_launch_settings() -> None:
 
 @pytest.mark.parametrize("spec, ok", [(None, True), ("hazard=3600,min_running=4", True),
                                       ("hazard=10,min_running=2,seed=3", True), ("stall-after=30", False),
+                                      ("hazard=3600,min_running=2,onset=500", True),
                                       ("stall-for=10,after=5", False), ("write-stall", False)])
 def test_servers_with_faults_timed_from_their_start_are_never_reused(spec: str | None, ok: bool) -> None:
     assert trials.reusable_injection(spec) is ok

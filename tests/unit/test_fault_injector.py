@@ -78,6 +78,29 @@ def test_hazard_fires_at_or_above_min_running(control):
     assert not t.is_alive()
 
 
+def test_hazard_with_an_onset_never_fires_before_that_many_steps_then_fires_and_logs_the_onset(control, tmp_path):
+    """GIVEN hazard=R,onset=50 with a rate that fires at once WHEN the engine steps with work THEN no stall
+    in the first 49 steps (an engine that has not aged), the onset is recorded at step 50, then it stalls."""
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("hazard=100000000,min_running=1,seed=2,onset=50"), str(control), str(events))
+    for _ in range(49):
+        inj.on_schedule(sched(2))
+        time.sleep(0.002)
+    assert not inj.fired and not events.exists()
+    t = run_in_thread(inj.on_schedule, sched(2))  # step 50: the onset
+    time.sleep(0.2)
+    if not t.is_alive():  # the first step after the onset has no elapsed engine time yet: the next one fires
+        t = run_in_thread(inj.on_schedule, sched(2))
+        time.sleep(0.5)
+    assert t.is_alive() and inj.fired
+    recs = [line for line in events.read_text().splitlines()]
+    assert '"event": "onset"' in recs[0] and '"steps": 50' in recs[0]
+    assert '"event": "stall"' in recs[1]
+    control.write_text("release")
+    t.join(5)
+    assert not t.is_alive()
+
+
 def test_control_file_arms_a_spec_at_run_time(control):
     inj = fault.Injector(None, str(control), None)
     inj.on_schedule(sched(5))

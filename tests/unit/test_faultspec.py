@@ -22,6 +22,13 @@ def test_hazard_carries_rate_threshold_and_seed():
     assert (f.rate_per_hour, f.min_running, f.seed) == (120, 8, 3)
 
 
+def test_hazard_takes_an_onset_in_engine_steps():
+    """hazard=R,min_running=N,onset=STEPS: no stall before STEPS scheduler steps with work (0 by default)."""
+    assert parse("hazard=120,min_running=8").faults[0].onset_steps == 0
+    assert parse("hazard=120,min_running=8,onset=500").faults[0].onset_steps == 500
+    assert parse("hazard=120,onset=500steps").faults[0].onset_steps == 500
+
+
 def test_several_faults_join_with_semicolons():
     spec = parse("stall-for=2 ; write-stall=30")
     assert [f.kind for f in spec.faults] == ["stall-for", "write-stall"]
@@ -46,6 +53,8 @@ def test_release_is_a_spec_of_its_own():
     ("stall-for=3,until=4", "unknown option"),
     ("hazard=fast", "not a rate"),
     ("hazard=3,min_running=-1", "must not be negative"),
+    ("hazard=3,onset=soon", "hazard onset: 'soon' is not a whole number"),
+    ("hazard=3,onset=-5", "must not be negative"),
     ("", "empty"),
     ("release=1", "takes no value"),
     ("gpu-hang=later", "not a time"),

@@ -31,7 +31,7 @@ class RecordingHooks:
         pass
 
     def trial_end(self, trial: int, hung: bool, exposure: float, trial_time: float, skipped: bool = False,
-                  detail: dict | None = None) -> None:
+                  detail: dict | None = None, **extra: Any) -> None:
         self.ends.append({"trial": trial, "hung": hung, "exposure": exposure, "trial_time": trial_time})
 
 
