@@ -77,7 +77,7 @@ changes = ["extract=4", "storage=/data/local/hs,/mnt/nfs/hs", "timeout=120"]
 [hazard]
 mean_time_to_hang = "1h"
 requires = ["storage"]
-min_concurrency = 8
+threshold = 8
 [sim]
 seed = 3
 """
