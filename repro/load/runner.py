@@ -81,7 +81,7 @@ class StressResult:
     """What a stress run ended with (also in summary.json)."""
 
     exit_code: int  # 0 clean, 1 stall, 3 target unreachable/failed, 4 files bad or unverifiable, 130 interrupted
-    outcome: str  # clean | stall | files-bad | interrupted | target-error | aborted
+    outcome: str  # clean | stall | files-bad | no-work | interrupted | target-error | aborted
     stall: Assessment | None  # the detector's verdict when a stall was detected
     exposure_s: float  # seconds of load before the stall began (or the whole load when clean)
     load_s: float  # seconds the load ran
@@ -1203,6 +1203,16 @@ class _Run:
         return (f"{st.files_bad} of {st.files_bad + st.files_ok} hidden-state files failed their check or could not "
                 f"be verified ({kinds}){where}: the load ran, but its output was not verified")
 
+    def no_work_error(self) -> str:
+        """The one line that says why a run in which no request completed is not clean."""
+        st, t = self.stats, self.scn.load.request_timeout
+        if st.finished == 0:
+            return "no request was sent or finished: the load did not run, nothing was tested"
+        why = (f"; a --request-timeout of {t:g} s is shorter than the server needs to answer: raise it"
+               if st.timeouts == st.finished else "")
+        return (f"none of {st.finished} requests completed ({st.timeouts} timed out on the client, {st.failed} failed, "
+                f"{st.rejected} rejected): nothing was tested{why}")
+
     def prompts_summary(self) -> dict[str, Any] | None:
         if self.clip is None:
             return None
@@ -1347,6 +1357,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
                 result.exit_code, result.outcome, result.error = EXIT_TARGET, "client-gave-up", run.abort_error
             elif run.stats.files_bad:
                 result.exit_code, result.outcome, result.error = EXIT_FILES, "files-bad", run.files_error()
+            elif run.stats.ok == 0:  # not one request did its work: nothing was tested, so nothing is clean
+                result.exit_code, result.outcome, result.error = EXIT_FILES, "no-work", run.no_work_error()
     finally:
         if owned is not None:
             owned.stop(grace=5.0 if run.stall is not None else 20.0)

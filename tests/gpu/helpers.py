@@ -198,6 +198,16 @@ def write_control(server: dict[str, Any], text: str) -> None:
     Path(server["control"]).write_text(text + "\n")
 
 
+def died_of_56841(server: dict[str, Any]) -> bool:
+    """Whether the server's log shows EngineCore killed by the stock connector's KeyError in request_finished
+    (upstream #56841: a request aborted before it was scheduled, vLLM 0.24-0.26)."""
+    try:
+        log = open(server["log"], errors="replace").read()[-4_000_000:]
+    except OSError:
+        return False
+    return "KeyError" in log and "request_finished" in log and "EngineCore" in log
+
+
 def wait_serving(server: dict[str, Any], timeout: float) -> float | None:
     """Seconds until one completion succeeds (None: not within `timeout`)."""
     t0 = time.monotonic()

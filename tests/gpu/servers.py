@@ -57,6 +57,13 @@ def _hang_flags(ctx: "Context") -> list[str]:
             "--probe", "--probe-interval", "5s", "--probe-timeout", "10s"]
 
 
+def _stall_needed(ctx: "Context") -> bool:
+    """On vLLM 0.24-0.26 (GPU) the Python-level stall gets a server of its own: when the stalled run ends, its
+    requests still waiting in the scheduler are aborted, and the stock connector's request_finished raises
+    KeyError on them (#56841), so the server may not outlive the release; the storms need `aux` alive."""
+    return ctx.gpu and ctx.at_least(0, 24)
+
+
 def _fp8_needed(ctx: "Context") -> bool:
     """hs-connectors' FP8 connector (tests/gpu/test_fp8_connector.py): a GPU, vLLM 0.22+ (the stock connector's async
     path it inherits), and hs_connectors importable beside vLLM."""
@@ -74,7 +81,8 @@ SERVERS: list[ServerSpec] = [
     ServerSpec("hang", "a hang inside CUDA (gpu-hang; stall-after on CPU) under repro watch --serve",
                watch=True, watch_flags=_hang_flags, tweak=_hang_tweak),
     ServerSpec("aux", "a Python-level stall, the abort storm, the leak bundle and the standalone reproducer"),
-    ServerSpec("killer", "the 0.05 s abort storm that kills EngineCore (upstream #56841)", needed=_killer_needed),
+    ServerSpec("stall", "the Python-level stall where its end may kill EngineCore (#56841)", needed=_stall_needed),
+    ServerSpec("killer", "the 0.2 s abort storm that kills EngineCore (upstream #56841)", needed=_killer_needed),
     ServerSpec("fp8", "hs-connectors' FP8HiddenStatesConnector under load and aborts", needed=_fp8_needed,
                tweak=_fp8_tweak),
 ]

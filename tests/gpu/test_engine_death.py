@@ -1,5 +1,5 @@
-"""Lane on the `killer` server (vLLM 0.24-0.26 on a GPU only): client timeouts of 0.05 s abort requests
-before they are scheduled, and the stock ExampleHiddenStatesConnector's request_finished raises KeyError
+"""Lane on the `killer` server (vLLM 0.24-0.26 on a GPU only): client timeouts of 0.2 s on long prompts
+abort requests before they are scheduled (0.05 s ends most requests before they reach the server), and the stock ExampleHiddenStatesConnector's request_finished raises KeyError
 inside EngineCore (upstream #56841): repro must call it server-dead, and the run directory is kept for the
 death report.
 """
@@ -20,8 +20,8 @@ def test_aborts_before_scheduling_kill_the_engine_and_repro_says_server_dead(ctx
     srv = gpu_server("killer")
     step.put(waited_for_fidelity_s=wait_marker(ctx, "fidelity-done", 300 * SLOW))
     out = ctx.work / "runs" / "engine-death"
-    ran = run_repro(ctx, stress_args(srv, out, "--concurrency", "64", "--duration", "60s", "--request-timeout", "0.05",
-                                     "--retries", "0", "--prompt-len", "128-1024", "--window", "20",
+    ran = run_repro(ctx, stress_args(srv, out, "--concurrency", "64", "--duration", "60s", "--request-timeout", "0.2",
+                                     "--retries", "0", "--prompt-len", "1024-2048", "--window", "20",
                                      "--startup-grace", "0", "--bundle-budget", "5MB"),
                     out.with_suffix(".log"), timeout=200)
     s = summary(out)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.gpu.harness import REPO, mark, profile_from_env, wait_marker
-from tests.gpu.helpers import (clear_store, gpu_readings, run_repro, run_repro_guarding_store, store_listing,
+from tests.gpu.helpers import (clear_store, died_of_56841, gpu_readings, run_repro, run_repro_guarding_store, store_listing,
                                stress_args, summary, wait_serving, write_control)
+from tests.gpu.servers import spec
 
 pytestmark = [pytest.mark.gpu]
 SLOW = 1 if profile_from_env().gpu else 3
@@ -28,9 +29,15 @@ def _storm_timeout(ctx) -> float:  # type: ignore[no-untyped-def]
     return max(ctx.profile.storm_timeout, 0.2) if ctx.gpu and ctx.at_least(0, 24) else ctx.profile.storm_timeout
 
 
+def _storm_concurrency(ctx) -> int:  # type: ignore[no-untyped-def]
+    """16 where the API server's queue at 64 lets aborts reach requests before scheduling (#56841, 0.24+)."""
+    return min(ctx.profile.storm_concurrency, 16) if ctx.gpu and ctx.at_least(0, 24) else ctx.profile.storm_concurrency
+
+
 @pytest.mark.timeout(240 * SLOW)
 def test_python_stall_is_captured_and_leaves_the_gpu_idle(ctx, gpu_server, step) -> None:  # type: ignore[no-untyped-def]
-    srv = gpu_server("aux")
+    name = "stall" if spec("stall").needed(ctx) else "aux"
+    srv = gpu_server(name)
     p = ctx.profile
     out = ctx.work / "runs" / "python-stall"
     try:
@@ -55,14 +62,17 @@ def test_python_stall_is_captured_and_leaves_the_gpu_idle(ctx, gpu_server, step)
         step.artifact(Path(cap["tarball"]), "python-stall-bundle.tar.gz")
     step.artifact(out / "summary.json", "python-stall-summary.json")
     serving = wait_serving(srv, 90 * SLOW)
-    step.put(serving_again_after_release_s=serving)
+    died = serving is None and died_of_56841(srv)
+    step.put(server=name, serving_again_after_release_s=serving, engine_died_after_release_of_56841=died)
     assert ran.rc == 1, f"stress exit {ran.rc} (expected 1, a stall): {ran.tail()}"
     assert st.get("class") == "engine-stall" and cap.get("status") == "done", (st, cap)
     assert "repro_injected_scheduler_stall" in json.dumps(analysis), analysis.get("stuck_frame")
     if ctx.gpu:
         assert gpu is not None and gpu["samples"] >= 2, "context/gpu.json missing or without samples"
         assert gpu["util_median"] is not None and gpu["util_median"] <= 20, f"GPU not idle: {gpu}"
-    assert serving is not None, "the server did not serve again after the release"
+    # 0.24-0.26: the stalled run's waiting requests are aborted at its end and may kill EngineCore (#56841); the
+    # capture above is what this step proves, and the death is recorded. Any other failure to serve again fails.
+    assert serving is not None or died, "the server did not serve again after the release"
 
 
 # storage-leak needs orphans growing over a minute (half of StorageWatch.leak_window): the storm lasts 75 s, with
@@ -77,7 +87,7 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
     out = ctx.work / "runs" / "abort-storm"
     total = shutil.disk_usage(srv["storage"]).total
     ran, stopped_at = run_repro_guarding_store(
-        ctx, stress_args(srv, out, "--concurrency", str(p.storm_concurrency), "--duration", f"{p.storm_seconds:g}s",
+        ctx, stress_args(srv, out, "--concurrency", str(_storm_concurrency(ctx)), "--duration", f"{p.storm_seconds:g}s",
                          "--request-timeout", f"{t:g}", "--retries", "0", "--prompt-len", "32-128", "--window", "20",
                          "--startup-grace", "5", "--orphan-grace", "5s"),
         out.with_suffix(".log"), p.storm_seconds + 150 * SLOW, srv["storage"], max(10e9, 0.2 * total) if ctx.gpu else 0)
@@ -100,6 +110,10 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
              census_locks=sto.get("lock_files"), ls_files=data, ls_locks=locks, ls_gb=round(size / 1e9, 2),
              capture_exit=cap.rc, issue_exit=issue.rc)
     step.artifact(out / "summary.json", "abort-storm-summary.json")
+    if ran.rc != 0 and died_of_56841(srv):
+        step.put(engine_died_of_56841=True)
+        pytest.skip(f"EngineCore died of upstream #56841 under the {t:g} s storm (stress exit {ran.rc}): the orphan "
+                    "census needs an engine that survives it")
     step.artifact(bundle.with_suffix(".tar.gz"), "orphan-leak.tar.gz")
     for name in ("ISSUE.md", "ISSUE-storage.md"):
         step.artifact(bundle / name, f"orphan-leak-{name}")
@@ -134,4 +148,7 @@ def test_the_standalone_reproducer_finds_the_orphans(ctx, gpu_server, step) -> N
                                                           "orphan_lock_files", "orphan_bytes")})
     step.artifact(out.with_suffix(".txt"), "reproducer-output.txt")
     step.artifact(out, "reproducer-output.json")
+    if r.returncode != 1 and died_of_56841(srv):
+        step.put(engine_died_of_56841=True)
+        pytest.skip(f"EngineCore died of upstream #56841 (reproducer exit {r.returncode}): no orphans to count")
     assert r.returncode == 1 and res.get("orphan_files", 0) > 0, text[-2000:]

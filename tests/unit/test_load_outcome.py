@@ -168,3 +168,22 @@ def test_repro_trial_reads_unverified_files_as_could_not_test(endpoint_factory, 
     """git bisect run reads every exit 1-127 but 125 as 'bad': files that fail their check are 125 (skip)."""
     ep = endpoint_factory(bad_files="garbage")
     assert _cli("trial", ep.url, tmp_path / "r") == 125 and "trial: exit 125" in capsys.readouterr().err
+
+
+def test_a_run_in_which_no_request_completes_is_not_clean(endpoint_factory, tmp_path: Path) -> None:
+    """GIVEN a client timeout far shorter than the server's latency WHEN every request times out THEN the run
+    is not clean: outcome no-work, exit 4, and the one line names the timeout to raise."""
+    ep = endpoint_factory(latency=2.0)
+    res = run_stress(stress_scenario(ep.url, requests=16, request_timeout=0.05, retries=0), tmp_path / "run")
+    assert res.exit_code == 4 and res.outcome == "no-work", (res.outcome, res.error)
+    assert "none of 16 requests completed (16 timed out on the client" in (res.error or "")
+    assert "--request-timeout of 0.05 s" in (res.error or "")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["outcome"] == "no-work" and s["requests"]["ok"] == 0
+
+
+def test_one_completed_request_among_timeouts_keeps_the_run_clean(endpoint_factory, tmp_path: Path) -> None:
+    """A storm of client timeouts with some requests answered is a warning, not a failed run."""
+    ep = endpoint_factory(latency=0.0)
+    res = run_stress(stress_scenario(ep.url, requests=16, request_timeout=5.0, retries=0), tmp_path / "run")
+    assert res.exit_code == 0 and res.outcome == "clean"
