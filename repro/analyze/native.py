@@ -10,6 +10,12 @@ hold a host-side CUDA synchronization (``cuEventSynchronize``, ``cudaStreamSynch
 so such a thread is ``R (running)``, burns a core and looks *active* to py-spy while it makes no
 progress: only the native frames say it waits for the GPU. Without ``--native`` the Python stack
 ends in torch's ``Event.synchronize`` / ``Stream.synchronize`` / ``torch.cuda.synchronize``.
+
+A thread **stuck in the CUDA driver** counts as a CUDA wait too: its innermost frame is inside ``libcuda.so``
+at the same named driver entry in every dump (``cuKernelSetAttribute``, ``cuLaunchKernel`` ...). A driver
+call that does not return is what a hung GPU does to a thread that keeps launching work: on vLLM 0.26.0
+with async scheduling (H200, bf16), EngineCore's main thread sat in ``cuKernelSetAttribute`` under
+cuBLAS in all three dumps of a gpu-hang while the GPU stayed at 100%, with no ``*Synchronize`` frame.
 """
 
 from __future__ import annotations
@@ -112,6 +118,18 @@ def parse_dump(text: str) -> list[DumpThread]:
 def cuda_wait_frame(thread: DumpThread) -> Frame | None:
     """The innermost CUDA wait among the thread's native tip, or None."""
     return next((f for f in thread.native_tip() if CUDA_WAIT.match(f.name)), None)
+
+
+_DRIVER_LIB = re.compile(r"^libcuda\.so")
+
+
+def driver_frame(thread: DumpThread) -> Frame | None:
+    """When the thread's innermost frame is inside the CUDA driver (libcuda.so): its innermost *named* driver
+    frame (the first libcuda frame if none is named), else None."""
+    tip = thread.native_tip()
+    if not tip or not _DRIVER_LIB.match(Path(tip[0].location).name):
+        return None
+    return next((f for f in tip if _DRIVER_LIB.match(Path(f.location).name) and not f.name.startswith("0x")), tip[0])
 
 
 def is_torch_sync(frame: dict[str, Any]) -> bool:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze import gpu as gpu_state
-from repro.analyze.native import cuda_wait_frame, is_torch_sync, load_dumps
+from repro.analyze.native import cuda_wait_frame, driver_frame, is_torch_sync, load_dumps
 
 CPU_BLOCKED_FRACTION = 0.05  # of one core, over the sampling window
 SIGNATURE_FRAMES = 8
@@ -211,7 +211,7 @@ def _cuda_native(tid: int, dumps: dict[int, list[Any]]) -> tuple[str | None, lis
     mine = [t for threads in dumps.values() for t in threads if t.tid == tid]
     if not mine:
         return None, []
-    waits = [cuda_wait_frame(t) for t in mine]
+    waits = [cuda_wait_frame(t) or driver_frame(t) for t in mine]  # a sync, else a driver call that never returns
     names = {w.name for w in waits if w is not None}
     tip = [f.text() for f in mine[-1].native_tip()][:8]
     if len(names) == 1 and all(w is not None for w in waits):

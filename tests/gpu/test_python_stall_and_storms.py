@@ -118,7 +118,9 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
     for name in ("ISSUE.md", "ISSUE-storage.md"):
         step.artifact(bundle / name, f"orphan-leak-{name}")
     assert ran.rc == 0, f"stress exit {ran.rc} (expected 0: a storm is a warning, not a stall): {ran.tail()}"
-    assert s.get("stall") is None and storm, "no abort-storm warning"
+    assert s.get("stall") is None, s.get("stall")
+    # at c=16 (0.24+, where 64 kills EngineCore) timeouts are too rare for the storm warning: the leak is the point
+    assert storm or _storm_concurrency(ctx) < ctx.profile.storm_concurrency, "no abort-storm warning"
     assert "storage-leak" in (sto.get("warnings") or {}), sto.get("warnings")
     assert (sto.get("orphan_files") or 0) > 0
     assert data == sto.get("files") and sto.get("orphan_files") == data - (sto.get("claimed_files") or 0), \

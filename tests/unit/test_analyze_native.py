@@ -169,3 +169,33 @@ def test_the_bundle_analysis_carries_the_gpu_note(tmp_path: Path) -> None:
     a = analyze_bundle_dir(b)
     assert a["gpu"]["state"] == "idle" and "host side (Python)" in a["gpu"]["note"]
     assert a["signature"] == "6a64e85b59ad"  # the GPU reading changes no signature
+
+
+REAL_026_HANG = Path(__file__).parent / "data" / "native-0.26.0-gpu-hang"
+
+
+def test_a_thread_stuck_in_the_cuda_driver_in_every_dump_is_a_cuda_wait() -> None:
+    """vLLM 0.26.0 on an H200 under gpu-hang (real dumps): EngineCore's main thread sits in libcuda under cuBLAS
+    (cuKernelSetAttribute) in all three dumps, with no *Synchronize frame: that driver call is the CUDA wait."""
+    from repro.analyze.native import driver_frame
+    from repro.analyze.stacks import _cuda_native
+
+    dumps = load_dumps(REAL_026_HANG)
+    assert len(dumps) == 3
+    main = [t for t in dumps[0] if t.name == "MainThread"][0]
+    assert cuda_wait_frame(main) is None and driver_frame(main).name == "cuKernelSetAttribute"
+    wait, tip = _cuda_native(main.tid, dumps)
+    assert wait == "cuKernelSetAttribute (libcuda.so.580.159.04)" and tip
+
+
+def test_a_thread_passing_through_different_driver_calls_is_not_stuck() -> None:
+    """A busy engine is caught inside libcuda now and then, at different entries: no CUDA wait."""
+    from repro.analyze.stacks import _cuda_native
+
+    def dump(entry: str) -> str:
+        return (f'Thread 7 (active): "MainThread"\n    0x7f00 (libcuda.so.1)\n    {entry} (libcuda.so.1)\n'
+                f'    cublasGemmEx (libcublas.so.13)\n    Linear.forward (vllm/x.py:3)\n')
+    dumps = {k: parse_dump(dump(e)) for k, e in enumerate(["cuLaunchKernel", "cuKernelSetAttribute", "cuLaunchKernel"])}
+    assert _cuda_native(7, dumps)[0] is None
+    same = {k: parse_dump(dump("cuLaunchKernel")) for k in range(3)}
+    assert _cuda_native(7, same)[0] == "cuLaunchKernel (libcuda.so.1)"
