@@ -7,6 +7,7 @@
 # vLLM lock (so no CPU vLLM server runs beside it) and prints the load average before and after.
 #
 #   bash benchmarks/run_client_bench.sh [OUT_DIR]     # default /dev/shm/repro-client-bench
+#   ROUNDS=1 WINDOW=3 WARM=1 bash benchmarks/run_client_bench.sh   # a quick check that it runs (not a figure)
 #
 # Prints one JSON line per measurement, then the side-by-side table and the medians; writes OUT_DIR/results.json.
 set -euo pipefail
@@ -18,7 +19,7 @@ LOCK=${REPRO_BENCH_LOCK:-/tmp/vllm-cpu.lock}
 echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')  python: $PY"
 exec flock -w 1800 "$LOCK" bash -c '
   date -u; echo "load before: $(uptime)"
-  env PYTHONPATH="$PWD" "$0" benchmarks/stress_client_bench.py --only capacity --out "$1" --warm 5 --window 20 --rounds 3
+  env PYTHONPATH="$PWD" "$0" benchmarks/stress_client_bench.py --only capacity --out "$1" --warm "${WARM:-5}" --window "${WINDOW:-20}" --rounds "${ROUNDS:-3}"
   rc=$?
   date -u; echo "load after: $(uptime)"
   rm -rf "$1"/*-c256-files
