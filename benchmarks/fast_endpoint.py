@@ -16,6 +16,12 @@ of the requests in flight as running (the rest look as if they sat inside vLLM's
 --write-first writes each file before the request's latency (as vLLM writes at prefill), so a client
 that times out leaves a file no response names: vLLM's orphan leak.
 
+For comparing clients like for like: --text-tokens N makes a text prompt (what `vllm bench serve`'s
+random dataset sends: text of N tokens) count as N tokens, so its file has the same [N, layers, hidden]
+shape as the file of an N-token-id prompt; --discard-files deletes each file (and its .lock) right after
+writing it, for a client that reads no files (the endpoint still does the full write per request, and
+the files do not pile up).
+
 GET /stats returns the time-integral of in-flight (``area``) at time ``t``: the
 mean in flight between two calls is (area2 - area1) / (t2 - t1).
 
@@ -64,7 +70,20 @@ class State:
         self.in_flight -= 1
 
 
-def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int, bad: str | None = None) -> None:
+def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int, bad: str | None = None,
+                        discard: bool = False) -> None:
+    try:
+        _write(path, token_ids, layers, hidden, bad)
+    finally:
+        if discard:
+            for p in (path, path + ".lock"):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def _write(path: str, token_ids: list[int], layers: int, hidden: int, bad: str | None) -> None:
     lock = os.open(path + ".lock", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -79,14 +98,19 @@ def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: in
         os.close(lock)
 
 
-def prompt_ids(body: dict) -> list[int]:
+def prompt_ids(body: dict, text_tokens: int | None = None) -> list[int]:
+    """The prompt's token ids: as sent, or one pseudo-id per character of a text prompt (the first
+    ``text_tokens`` characters, padded, when that is set: a text prompt then counts as that many tokens)."""
     p = body.get("prompt")
     if isinstance(p, list) and p and isinstance(p[0], int):
         return p
     if isinstance(p, str):
-        return [1 + (ord(c) % 250) for c in p[:4096]] or [1]
-    msgs = body.get("messages") or []
-    text = " ".join(str(m.get("content", "")) for m in msgs)
+        text = p
+    else:
+        msgs = body.get("messages") or []
+        text = " ".join(str(m.get("content", "")) for m in msgs)
+    if text_tokens:
+        text = (text or " ")[:text_tokens].ljust(text_tokens, " ")
     return [1 + (ord(c) % 250) for c in text[:4096]] or [1]
 
 
@@ -95,7 +119,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st.enter()
     try:
         body = await request.json()
-        ids = prompt_ids(body)
+        ids = prompt_ids(body, getattr(st.args, "text_tokens", None))
         n_out = int(body.get("max_tokens") or 1)
         limit = getattr(st.args, "max_model_len", None)
         if limit and len(ids) + n_out > limit:
@@ -112,7 +136,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if path:
             if not first:
                 await asyncio.to_thread(write_hidden_states, path, ids, st.args.layers, st.args.hidden,
-                                        getattr(st.args, "bad_files", None))
+                                        getattr(st.args, "bad_files", None), getattr(st.args, "discard_files", False))
             kv = {"hidden_states_path": path}
         st.requests += 1
         st.prompt_tokens += len(ids)
@@ -199,6 +223,9 @@ def main() -> None:
     ap.add_argument("--bad-files", choices=["garbage", "tokens"], default=None, help="write files that fail the check")
     ap.add_argument("--engine-share", type=float, default=1.0, help="share of in-flight reported as running")
     ap.add_argument("--write-first", action="store_true", help="write each file before the latency (leaks on abort)")
+    ap.add_argument("--text-tokens", type=int, default=None, help="a text prompt counts as this many tokens")
+    ap.add_argument("--discard-files", action="store_true",
+                    help="delete each file right after writing it (for a client that reads none)")
     args = ap.parse_args()
     if args.files:
         os.makedirs(args.files, exist_ok=True)

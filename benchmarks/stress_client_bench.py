@@ -1,23 +1,36 @@
-"""Load-generator benchmarks for `repro stress` (issues 3 and 9), side by side in one run.
+"""Load-generator benchmarks for `repro stress`, side by side in one run, like for like.
 
-Against benchmarks/fast_endpoint.py (a fresh one per measurement, on loopback):
+Against benchmarks/fast_endpoint.py (a fresh one per measurement, on loopback), each client in
+its own process:
 
-* capacity: concurrency 256, zero server latency, no files: achieved requests/s and
-  client CPU seconds per 1,000 requests, repro stress vs `vllm bench serve`;
-* fidelity: concurrency 32, 256, 1024 with 1024-token prompts, hidden-state files
-  ([1024, 2, 128] float32, 1 MB, written under the .lock protocol) and a server
-  latency of C/200 s (so the endpoint needs ~200 req/s, well within its means):
-  mean requests in flight at the endpoint / concurrency, for repro stress,
-  `vllm bench serve` (which reads no files) and a naive client that does the file
-  work on its event loop (benchmarks/naive_client.py).
+* capacity (--only capacity): concurrency 256 (--capacity-concurrency), zero server latency,
+  128-token prompts, max_tokens 1, and every request does the work a real one does: the endpoint
+  writes a [128, 2, 128] float32 hidden-state file (128 KiB, under the .lock protocol) per
+  request for every client. repro stress reads, verifies and deletes each file and records every
+  request in requests.jsonl; `vllm bench serve` (which reads no files; its text prompts count as
+  128 tokens, --text-tokens) and the bare aiohttp loop (benchmarks/bare_client.py: pool sized to
+  the concurrency, nothing parsed or recorded: the upper bound) have the endpoint delete each file
+  after writing it. Every client is given more work than the window can hold (repro and the bare
+  loop run until stopped, `vllm bench serve` gets --vllm-bench-prompts prompts); a client that
+  ends inside the window is marked "INVALID" in its row. Reported per client: requests/s, mean
+  in flight at the endpoint and fidelity (in flight / concurrency), client CPU, and for repro the
+  files verified and bad and the requests recorded; then the ratios repro / vllm bench serve and
+  repro / bare loop.
+* fidelity (--only fidelity): concurrency 32, 256, 1024 with 1024-token prompts, hidden-state
+  files ([1024, 2, 128] float32, 1 MB) for every client (discarded by the endpoint for clients
+  that read none) and a server latency of C/200 s (so the endpoint needs ~200 req/s): mean
+  requests in flight at the endpoint / concurrency, for repro stress, `vllm bench serve`, the
+  naive client that does the file work on its event loop (benchmarks/naive_client.py) and the
+  bare loop.
 
-Each client runs in its own process. A measurement window of --window seconds
-starts --warm seconds after the endpoint sees the first request; requests/s,
-in-flight (time-integral at the endpoint) and client CPU (user+sys of the client
-process and its children, psutil) are all taken over that window only, so start-up
-work (vLLM's imports, dataset generation) is not charged to anyone.
+A measurement window of --window seconds starts --warm seconds after the endpoint has answered
+the client's second request (`vllm bench serve` sends one test prompt first, then generates
+nothing more before its run); requests/s, in-flight (time-integral at the endpoint) and client CPU
+(user+sys of the client process and its children, psutil) are all taken over that window only.
+Each row also says what else ran on the machine: the load average before and after, and the
+other processes that used the most CPU in the window.
 
-    .venv/bin/python benchmarks/stress_client_bench.py --out /dev/shm/repro-stress-bench
+    .venv/bin/python benchmarks/stress_client_bench.py --only capacity --out /dev/shm/repro-stress-bench
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -53,10 +67,19 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
-def start_endpoint(port: int, latency: float, files: str | None) -> subprocess.Popen[bytes]:
+#: clients that read the endpoint's files (for the others the endpoint writes and then deletes each one)
+READS_FILES = ("repro", "naive")
+
+
+def start_endpoint(port: int, latency: float, files: str | None, discard: bool = False,
+                   text_tokens: int | None = None) -> subprocess.Popen[bytes]:
     cmd = [PY, str(HERE / "fast_endpoint.py"), "--port", str(port), "--latency", str(latency)]
     if files:
         cmd += ["--files", files]
+    if discard:
+        cmd += ["--discard-files"]
+    if text_tokens:
+        cmd += ["--text-tokens", str(text_tokens)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):
         try:
@@ -79,13 +102,50 @@ def cpu_of(proc: psutil.Process) -> float:
     return total
 
 
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (short command line, user+sys CPU seconds so far) for every process we can read."""
+    out: dict[int, tuple[str, float]] = {}
+    for p in psutil.process_iter(["pid", "cmdline", "name", "cpu_times"]):
+        t = p.info.get("cpu_times")
+        if t is None:
+            continue
+        cmd = " ".join(p.info.get("cmdline") or []) or p.info.get("name") or "?"
+        out[p.info["pid"]] = (cmd[:120], t.user + t.system)
+    return out
+
+
+def beside(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int],
+           dt: float, top: int = 5) -> list[dict]:
+    """The other processes that used the most CPU between two snapshots (share of one core)."""
+    used = []
+    for pid, (cmd, cpu) in after.items():
+        if pid in ours:
+            continue
+        d = cpu - before.get(pid, (cmd, 0.0))[1]  # a process started inside the window: all of its CPU
+        if d > 0.02 * dt:
+            used.append({"pid": pid, "cmd": cmd, "cores": round(d / dt, 2)})
+    return sorted(used, key=lambda u: -u["cores"])[:top]
+
+
+def tree(proc: psutil.Process) -> set[int]:
+    try:
+        return {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return {proc.pid}
+
+
+#: extra arguments for repro stress (--repro-args), e.g. to try a setting
+REPRO_EXTRA: list[str] = []
+
+
 def client_cmd(kind: str, url: str, c: int, prompt_len: int, seconds: float, out: Path, tokenizer: str,
-               rate_guess: float) -> list[str]:
+               prompts: int) -> list[str]:
     if kind == "repro":
         return [str(BIN / "repro"), "stress", "--url", url, "--concurrency", str(c), "--duration", str(seconds),
-                "--prompt-len", str(prompt_len), "--vocab-size", "250", "--window", "600", "--out", str(out)]
+                "--prompt-len", str(prompt_len), "--vocab-size", "250", "--window", "600", "--out", str(out),
+                *REPRO_EXTRA]
     if kind == "vllm-bench":
-        n = int(rate_guess * (seconds + 5)) + c
+        n = prompts
         return [str(BIN / "vllm"), "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint",
                 "/v1/completions", "--model", "fast", "--tokenizer", tokenizer, "--dataset-name", "random",
                 "--random-input-len", str(prompt_len), "--random-output-len", "1", "--num-prompts", str(n),
@@ -94,46 +154,50 @@ def client_cmd(kind: str, url: str, c: int, prompt_len: int, seconds: float, out
     if kind == "naive":
         return [PY, str(HERE / "naive_client.py"), "--url", url, "--concurrency", str(c), "--duration",
                 str(seconds), "--prompt-len", str(prompt_len)]
+    if kind == "bare":
+        return [PY, str(HERE / "bare_client.py"), "--url", url, "--concurrency", str(c), "--duration",
+                str(seconds), "--prompt-len", str(prompt_len)]
     raise ValueError(kind)
 
 
 def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, warm: float, window: float,
-            out: Path, tokenizer: str, rate_guess: float) -> dict:
+            out: Path, tokenizer: str, prompts: int) -> dict:
     port = free_port()
     store = f"/dev/shm/repro-stress-bench-files-{port}" if files else None
-    ep = start_endpoint(port, latency, store)
+    ep = start_endpoint(port, latency, store, discard=kind not in READS_FILES, text_tokens=prompt_len)
     url = f"http://127.0.0.1:{port}"
     run_dir = out / f"{kind}-c{c}-{'files' if files else 'nofiles'}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    # repro and the naive client run until stopped; vllm bench serve gets prompts for the window and a margin
-    seconds = 600.0 if kind != "vllm-bench" else warm + window + 10
-    cmd = client_cmd(kind, url, c, prompt_len, seconds, run_dir, tokenizer, rate_guess)
+    # every client but vllm bench serve runs until stopped; vllm bench serve gets --vllm-bench-prompts prompts
+    cmd = client_cmd(kind, url, c, prompt_len, 600.0, run_dir, tokenizer, prompts)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     log = open(out / f"{run_dir.name}.log", "wb")  # never a pipe: a chatty client would block on a full one
     client = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    ps = psutil.Process(client.pid)
-    res: dict = {"client": kind, "concurrency": c, "latency_s": latency, "files": files, "prompt_len": prompt_len}
+    ps, eps = psutil.Process(client.pid), psutil.Process(ep.pid)
+    res: dict = {"client": kind, "concurrency": c, "latency_s": latency, "files": files, "prompt_len": prompt_len,
+                 "command": " ".join(cmd)}
     try:
         deadline = time.monotonic() + 300
-        while get(url + "/stats")["requests"] == 0:
+        while get(url + "/stats")["requests"] < 2:  # past vllm bench serve's single test prompt
             if client.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{kind} sent nothing; see {log.name}")
             time.sleep(0.2)
         time.sleep(warm)
-        s1, cpu1 = get(url + "/stats"), cpu_of(ps)
+        s1, cpu1, ecpu1, all1 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process()
         time.sleep(window)
-        s2, cpu2 = get(url + "/stats"), cpu_of(ps)
+        s2, cpu2, ecpu2, all2 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process()
         if client.poll() is not None:
-            res["note"] = "client ended inside the window"
+            res["note"] = "INVALID: the client ended inside the window"
         dt = s2["t"] - s1["t"]
         n = s2["requests"] - s1["requests"]
         res.update(window_s=round(dt, 2), requests=n, req_per_s=round(n / dt, 1),
                    client_cpu_s=round(cpu2 - cpu1, 2),
                    cpu_s_per_1000=round(1000 * (cpu2 - cpu1) / n, 3) if n else None,
+                   endpoint_cpu_s_per_1000=round(1000 * (ecpu2 - ecpu1) / n, 3) if n else None,
                    mean_in_flight=round((s2["area"] - s1["area"]) / dt, 2),
-                   fidelity=round((s2["area"] - s1["area"]) / dt / c, 4))
-        if files and store:
-            res["files_left_in_storage"] = len([f for f in os.listdir(store) if f.endswith(".safetensors")])
+                   fidelity=round((s2["area"] - s1["area"]) / dt / c, 4),
+                   beside=beside(all1, all2, tree(ps) | {ep.pid, os.getpid()}, dt))
     finally:
         if client.poll() is None:
             os.killpg(client.pid, signal.SIGINT)
@@ -142,19 +206,49 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
             except subprocess.TimeoutExpired:
                 os.killpg(client.pid, signal.SIGKILL)
                 client.wait()
+        try:
+            res["endpoint_requests_total"] = get(url + "/stats")["requests"]
+        except OSError:
+            pass
         os.killpg(ep.pid, signal.SIGTERM)
         ep.wait(10)
         log.close()
         if store:
+            res["files_left_in_storage"] = len([f for f in os.listdir(store) if f.endswith(".safetensors")])
             shutil.rmtree(store, ignore_errors=True)
+    res["load_avg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     if kind == "repro" and (run_dir / "summary.json").exists():
         s = json.loads((run_dir / "summary.json").read_text())
         res["repro_reported_fidelity"] = s["fidelity"]["mean"]
         res["repro_files_verified"] = s["files"]["verified"]
         res["repro_files_bad"] = s["files"]["bad"]
         res["repro_client_fill"] = s["fidelity"]["client_fill_mean"]
+        with open(run_dir / "requests.jsonl", "rb") as f:
+            res["repro_requests_recorded"] = sum(1 for _ in f)
     print(json.dumps(res), flush=True)
     return res
+
+
+def side_by_side(rows: list[dict]) -> str:
+    """The capacity rows as one Markdown table, with repro's ratios to the other two."""
+    by = {r["client"]: r for r in rows}
+    lines = ["| round | client | requests/s | mean in flight | fidelity | CPU s / 1,000 req: client, endpoint "
+             "| load avg (1 min) before, after | note |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        la = r["load_avg"]
+        lines.append(f"| {r.get('round', 1)} | {r['client']} | {r['req_per_s']} | {r['mean_in_flight']} | {r['fidelity']} "
+                     f"| {r['cpu_s_per_1000']}, {r['endpoint_cpu_s_per_1000']} | {la['before'][0]}, {la['after'][0]} "
+                     f"| {r.get('note', '')} |")
+    rate: dict[str, list[float]] = {}
+    for r in rows:
+        rate.setdefault(r["client"], []).append(r["req_per_s"])
+    med = {k: statistics.median(v) for k, v in rate.items()}
+    lines.append("")
+    lines.append("median requests/s: " + ", ".join(f"{k} {v:g}" for k, v in med.items()))
+    for other in ("vllm-bench", "bare"):
+        if med.get("repro") and med.get(other):
+            lines.append(f"repro / {other}: {med['repro'] / med[other]:.2f}x")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -165,23 +259,40 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/repro/tiny-llama-v1"))
     ap.add_argument("--only", choices=["capacity", "fidelity"], default=None)
-    ap.add_argument("--clients", default="repro,vllm-bench,naive")
+    ap.add_argument("--clients", default=None,
+                    help="comma list of repro, vllm-bench, bare, naive (default: capacity repro,vllm-bench,bare; "
+                         "fidelity all four)")
+    ap.add_argument("--capacity-concurrency", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="capacity: measure the clients this many times, interleaved (medians reported)")
     ap.add_argument("--concurrency", default="32,256,1024", help="fidelity concurrencies")
+    ap.add_argument("--vllm-bench-prompts", type=int, default=30000,
+                    help="prompts for vllm bench serve: more than it can send in --warm + --window")
+    ap.add_argument("--repro-args", default="", help="extra arguments for repro stress (one string, split on spaces)")
     args = ap.parse_args()
+    REPRO_EXTRA[:] = args.repro_args.split()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    clients = args.clients.split(",")
     if args.only in (None, "capacity"):
-        for kind in [k for k in clients if k in ("repro", "vllm-bench")]:
-            results.append(measure(kind, 256, 0.0, False, 128, args.warm, args.window, out, args.tokenizer, 450))
+        clients = (args.clients or "repro,vllm-bench,bare").split(",")
+        cap = []
+        for rnd in range(1, args.rounds + 1):
+            for kind in [k for k in clients if k != "naive"]:
+                r = measure(kind, args.capacity_concurrency, 0.0, True, 128, args.warm, args.window, out,
+                            args.tokenizer, args.vllm_bench_prompts)
+                r["round"] = rnd
+                cap.append(r)
+        results += cap
+        print(side_by_side(cap), flush=True)
     if args.only in (None, "fidelity"):
+        clients = (args.clients or "repro,vllm-bench,naive,bare").split(",")
         for c in [int(x) for x in args.concurrency.split(",")]:
             for kind in clients:
-                # vllm bench serve reads no files: its endpoint writes none (they would only pile up)
-                results.append(measure(kind, c, c / 200.0, kind != "vllm-bench", 1024, args.warm, args.window, out,
-                                       args.tokenizer, 220))
-    (out / "results.json").write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": results},
+                results.append(measure(kind, c, c / 200.0, True, 1024, args.warm, args.window, out, args.tokenizer,
+                                       args.vllm_bench_prompts))
+    (out / "results.json").write_text(json.dumps({"schema": "repro.bench.stress-client", "version": 2,
+                                                  "machine": {"cpus": os.cpu_count()}, "results": results},
                                                  indent=2) + "\n")
 
 
