@@ -73,7 +73,8 @@ def test_an_earlier_real_bisect_journal_resumes_with_its_base_scenario(tmp_path:
     shutil.copytree(DATA / "bisect-real", run)
     jr, spec, recorded = driver.start_or_resume(run, None, True)
     assert spec.mode == "real" and (spec.space.lo, spec.space.hi) == (1, 8) and recorded == []
-    scn = Scenario.from_dict(spec.extra["scenario"])
+    scn = spec.base
+    assert isinstance(scn, Scenario) and "scenario" not in spec.extra
     assert scn.server.inject == "stall-after=30" and scn.load.concurrency == 16
 
 
@@ -83,3 +84,28 @@ def test_an_earlier_simulated_bisect_journal_reads_its_steps() -> None:
     assert j.header() is not None and j.header()["mode"] == "simulate"
     steps = read_steps(j)
     assert len(steps) == 10 and all(s.config for s in steps)
+
+
+@pytest.mark.parametrize("command, run, rel", [
+    ("analyze", DATA / "bundle", "manifest.json"),
+    ("report", DATA / "bundle", "manifest.json"),
+    ("report", DATA / "stress", "summary.json"),
+    ("report", DATA / "watch", "watch.json"),
+    ("issue", DATA / "stress", "scenario.json"),
+], ids=lambda v: v if isinstance(v, str) else v.name)
+def test_a_file_of_a_newer_repro_is_a_one_line_error_not_a_traceback(command: str, run: Path, rel: str,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The same directory with one file stamped by a future version: exit 2 and one line naming the file."""
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / rel).read_text())
+    doc.pop("schema_version", None)
+    schema = {"manifest.json": "repro.bundle", "summary.json": "repro.stress.summary",
+              "watch.json": "repro.watch", "scenario.json": "repro.scenario"}[rel]
+    (copy / rel).write_text(json.dumps({**doc, "schema": schema, "version": 99}))
+    args = [command, str(copy)] + (["-o", str(tmp_path / "out")] if command != "analyze" else [])
+    code, out, err = run_cli(args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert rel in lines[0] and "newer than this repro" in lines[0], err
