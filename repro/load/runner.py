@@ -58,6 +58,7 @@ from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_D
                                     ClientSnapshot, Detector, Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
+from repro.formats import DETECTION_FORMAT, stamp
 from repro.scenario import Scenario, ServerRecord
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
@@ -952,7 +953,8 @@ class _Run:
         a = self.stall
         assert a is not None
         detection = self.detection_dict()
-        (self.run_dir / "detection.json").write_text(json.dumps(detection, indent=2, default=str) + "\n")
+        (self.run_dir / "detection.json").write_text(json.dumps(stamp(DETECTION_FORMAT, detection), indent=2,
+                                                                default=str) + "\n")
         self.progress.message(f"STALL detected: {a.stall_class} (bad for {a.evidence.get('bad_for')} s); "
                               + "; ".join(a.evidence.get("reasons", [])))
         if self.scn.on_stall != "capture":
