@@ -32,7 +32,7 @@ from typing import Any
 from repro import __version__
 from repro.capture import lastcheck
 from repro.capture.redact import Redactor
-from repro.formats import BUNDLE_FORMAT, stamp
+from repro.formats import BUNDLE_FORMAT, read_json, stamp
 
 BUNDLE_SCHEMA_VERSION = BUNDLE_FORMAT.version  # manifest.json: "schema": "repro.bundle" (FORMATS.md)
 MANIFEST = "manifest.json"
@@ -349,7 +349,8 @@ class BundleWriter:
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:
-    return json.loads((Path(bundle) / MANIFEST).read_text())
+    """manifest.json, its schema and version checked (an earlier repro's ``schema_version`` reads as 1)."""
+    return read_json(BUNDLE_FORMAT, Path(bundle) / MANIFEST)
 
 
 def unpack(tar_path: Path, dest: Path) -> Path:

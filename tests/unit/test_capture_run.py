@@ -84,6 +84,18 @@ def test_manifest_records_every_collector_with_a_matching_sha256(hung: tuple[Fak
     assert m["analysis"]["verdict"] == "blocked"
 
 
+def test_the_requests_scenario_reaches_the_bundle_typed_and_reads_back(hung: tuple[FakeServer, Bundle]) -> None:
+    """The capture request carries a Scenario: context/scenario.json is its repro.scenario form, read back
+    by Scenario.read as the same settings (never the API key); every JSON file of the bundle is stamped."""
+    srv, b = hung
+    scn = Scenario.read(b.dir / "context" / "scenario.json")
+    assert scn == Scenario(server=ServerSettings(port=srv.port))
+    for rel in ("manifest.json", "analysis.json", "processes.json", "context/detection.json",
+                "context/storage.json", "context/scenario.json"):
+        doc = json.loads((b.dir / rel).read_text())
+        assert isinstance(doc.get("schema"), str) and isinstance(doc.get("version"), int), rel
+
+
 def test_bundle_files_and_tarball_are_written(hung: tuple[FakeServer, Bundle]) -> None:
     _, b = hung
     for rel in ("summary.md", "errors.txt", "processes.json", "analysis.json", "context/metrics-before.txt",
