@@ -204,6 +204,13 @@ class Scenario:
         version = version_of(SCENARIO_FORMAT, d, where)
         d = {k: v for k, v in d.items() if k not in ("schema", "version", "schema_version", "api_key")}
         record = ServerRecord.from_dict({k: d.pop(k) for k in RECORD_KEYS if k in d})
+        for old, new in RENAMED.items():  # a setting renamed since: an earlier file's key reads as the new one
+            (osec, _, okey), (nsec, _, nkey) = old.rpartition("."), new.rpartition(".")
+            src = d.get(osec) if osec else d
+            if isinstance(src, dict) and okey in src:
+                dst = d.setdefault(nsec, {}) if nsec else d
+                if isinstance(dst, dict):
+                    dst.setdefault(nkey, src.pop(okey))
         strict = version >= 2  # version 1 files predate some settings: those take their defaults
         sections = {"server": ServerSettings, "load": LoadSettings, "detect": DetectSettings,
                     "capture": CaptureSettings}
@@ -253,6 +260,10 @@ class Scenario:
         """The Scenario of scenario.json and what the run recorded there about its server."""
         return cls._parse(read_json(SCENARIO_FORMAT, Path(path)), str(path))
 
+
+# Settings renamed since files were written: "section.old" -> "section.new" ("old" -> "new" at the top level).
+# Add a line when a field of the settings dataclasses is renamed, so that earlier scenario.json files still read.
+RENAMED: dict[str, str] = {}
 
 RECORD_KEYS = ("server_command", "server_command_source", "server_log", "connector")
 

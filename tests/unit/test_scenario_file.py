@@ -81,3 +81,15 @@ def test_a_trial_job_file_carries_the_scenario_typed_across_the_process_boundary
     p.write_text(json.dumps({**json.loads(p.read_text()), "version": 99}))
     with pytest.raises(UsageError, match="newer than this repro"):
         read_job(p)
+
+
+def test_a_setting_renamed_since_reads_from_an_earlier_files_old_key(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry of RENAMED maps an earlier file's key to today's field (here: a made-up old name)."""
+    import repro.scenario as sc
+
+    monkeypatch.setattr(sc, "RENAMED", {"capture.rounds": "capture.samples", "grace": "orphan_grace"})
+    p = tmp_path / "scenario.json"
+    p.write_text(json.dumps({"schema_version": 1, "capture": {"rounds": 7}, "grace": 3.0}))
+    scn = Scenario.read(p)
+    assert scn.capture.samples == 7 and scn.orphan_grace == 3.0
