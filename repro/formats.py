@@ -89,3 +89,51 @@ def read_json(fmt: Format, path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: not a {fmt.schema} file (invalid JSON: {e})") from None
     return check(fmt, doc, str(path))
+
+
+def read_optional(fmt: Format, path: Path | None) -> dict[str, Any] | None:
+    """A file another command wrote that may be absent or torn (a killed run): None then, never fatal; a
+    whole document that is foreign or of a future version is still a one-line UsageError."""
+    if path is None:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return check(fmt, doc, str(path))
+
+
+def check_lines(fmt: Format, first: Any, where: str) -> int:
+    """The version of a JSON-lines file from its first record: a record with ``schema`` is checked as the
+    header of ``fmt``; one without (every file repro wrote before headers) reads as ``fmt.unversioned``."""
+    if isinstance(first, dict) and "schema" not in first and fmt.unversioned is not None:
+        return fmt.unversioned
+    return version_of(fmt, first, where)
+
+
+# -- the catalogue: every file repro writes (FORMATS.md describes each) ----------------------------------
+# Run directories (stress, watch, bisect) and bundles. ``unversioned=1``: files an earlier repro wrote
+# without any schema key read as version 1; ``legacy_version_key``: the key an earlier repro used instead.
+SCENARIO_FORMAT = register(Format("repro.scenario", 2, legacy_version_key="schema_version", unversioned=1))
+STRESS_SUMMARY_FORMAT = register(Format("repro.stress.summary", 1))
+FLEET_SUMMARY_FORMAT = register(Format("repro.stress.fleet", 1))
+DETECTION_FORMAT = register(Format("repro.detection", 1, unversioned=1))
+EVENTS_FORMAT = register(Format("repro.events", 1, unversioned=1))
+REQUESTS_FORMAT = register(Format("repro.requests", 1, unversioned=1))
+INJECTED_FORMAT = register(Format("repro.injected", 1, unversioned=1))
+WATCH_FORMAT = register(Format("repro.watch", 1, unversioned=1))
+WATCH_STATE_FORMAT = register(Format("repro.watch-state", 1))
+BUNDLE_FORMAT = register(Format("repro.bundle", 1, legacy_version_key="schema_version"))
+ANALYSIS_FORMAT = register(Format("repro.analysis", 1, unversioned=1))
+PROCESSES_FORMAT = register(Format("repro.processes", 2))  # 1: a bare JSON list (read by analyze.load)
+STORAGE_FORMAT = register(Format("repro.storage", 1, unversioned=1))
+SERVER_ENV_FORMAT = register(Format("repro.server-env", 1))
+CLIENTS_FORMAT = register(Format("repro.clients", 1))
+GPU_FORMAT = register(Format("repro.gpu", 1))
+METRICS_SAMPLES_FORMAT = register(Format("repro.metrics-samples", 1, unversioned=1))
+JOURNAL_FORMAT = register(Format("repro.bisect.journal", 1, legacy_version_key="version"))
+MINIMAL_FORMAT = register(Format("repro.bisect.minimal", 2))
+TRIAL_JOB_FORMAT = register(Format("repro.trial-job", 1))
+KNOWN_ENTRY_FORMAT = register(Format("repro.known", 1))
+KNOWN_CATALOGUE_FORMAT = register(Format("repro.known-catalogue", 1))
+KNOWN_CHECK_FORMAT = register(Format("repro.known-check", 1))

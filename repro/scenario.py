@@ -1,10 +1,13 @@
 """The scenario: one validated object that carries every setting of a run.
 
 The CLI parses flags into a :class:`Scenario`; ``serve``, ``stress``, ``watch``,
-``capture`` and ``bisect`` only read it. ``scenario.json`` in a run directory is
-``Scenario.to_dict()``; ``Scenario.from_dict`` reads it back (bisect trials and
-``--resume`` rely on that round trip). Secrets (the API key) are never part of
-the serialised form.
+``capture`` and ``bisect`` only read it, and it travels typed between them (the
+capture request, bisect's journal, the Ray payload, watch). ``scenario.json`` is
+written by :meth:`Scenario.write` and read by :meth:`Scenario.read` only (format
+``repro.scenario``, see FORMATS.md): reading checks the schema and version and
+names an unknown or missing key in a one-line error. What a run learned about its
+server (command line, log, connector) goes beside the settings as a
+:class:`ServerRecord`. Secrets (the API key) are never part of the serialised form.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import UsageError
+from repro.formats import SCENARIO_FORMAT, read_json, stamp, version_of
 
-SCHEMA_VERSION = 1
 
 WORKLOADS = ("hidden-states", "chat", "speculators")  # plus "mixed:RATIO"
 CONSUME_POLICIES = ("delete", "keep")  # plus "move:DIR"
@@ -181,37 +184,106 @@ class Scenario:
         if self.on_stall not in ON_STALL:
             raise UsageError(f"unknown --on-stall {self.on_stall!r}: use capture, exit or restart")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, record: "ServerRecord | None" = None) -> dict[str, Any]:
+        """The serialised form (scenario.json): ``schema``/``version`` first, then every setting, then what
+        ``record`` knows of the server (informational keys, never read back as settings); no API key."""
         d = dataclasses.asdict(self)
         d.pop("api_key", None)
-        d["schema_version"] = SCHEMA_VERSION
-        return d
+        if record is not None:
+            d.update(record.to_dict())
+        return stamp(SCENARIO_FORMAT, d)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Scenario":
-        d = dict(d)
-        d.pop("schema_version", None)
-        d.pop("api_key", None)
-        for info in ("server_command", "server_command_source", "server_log"):
-            d.pop(info, None)  # informational (stress writes what it knows of the server beside the settings)
-        d.pop("connector", None)  # informational too: the connector resolved from server.connector
-        load = dict(d.pop("load", {}))
-        if "prompt_len" in load:
-            load["prompt_len"] = tuple(load["prompt_len"])
-        return cls(
-            server=ServerSettings(**d.pop("server", {})),
-            load=LoadSettings(**load),
-            detect=DetectSettings(**d.pop("detect", {})),
-            capture=CaptureSettings(**d.pop("capture", {})),
-            **d,
-        )
+    def from_dict(cls, d: Any, where: str = "scenario") -> "Scenario":
+        """The Scenario of a serialised one (this repro's or an earlier one's): a foreign or future document,
+        a key this repro does not know, or (from version 2 on) a missing key is a one-line UsageError."""
+        return cls._parse(d, where)[0]
 
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+    @classmethod
+    def _parse(cls, d: Any, where: str) -> "tuple[Scenario, ServerRecord]":
+        version = version_of(SCENARIO_FORMAT, d, where)
+        d = {k: v for k, v in d.items() if k not in ("schema", "version", "schema_version", "api_key")}
+        record = ServerRecord.from_dict({k: d.pop(k) for k in RECORD_KEYS if k in d})
+        for old, new in RENAMED.items():  # a setting renamed since: an earlier file's key reads as the new one
+            (osec, _, okey), (nsec, _, nkey) = old.rpartition("."), new.rpartition(".")
+            src = d.get(osec) if osec else d
+            if isinstance(src, dict) and okey in src:
+                dst = d.setdefault(nsec, {}) if nsec else d
+                if isinstance(dst, dict):
+                    dst.setdefault(nkey, src.pop(okey))
+        strict = version >= 2  # version 1 files predate some settings: those take their defaults
+        sections = {"server": ServerSettings, "load": LoadSettings, "detect": DetectSettings,
+                    "capture": CaptureSettings}
+        unknown: list[str] = []
+        missing: list[str] = []
+        parts: dict[str, Any] = {}
+        for name, klass in sections.items():
+            sub = d.pop(name, None)
+            if sub is None:
+                sub = {}
+                missing += [name] if strict else []
+            if not isinstance(sub, dict):
+                raise UsageError(f"{where}: {name!r} must be an object, got {type(sub).__name__}")
+            known = {f.name for f in dataclasses.fields(klass)}
+            unknown += [f"{name}.{k}" for k in sub if k not in known]
+            missing += [f"{name}.{k}" for k in known if k not in sub] if strict else []
+            parts[name] = dict(sub)
+        top = {f.name for f in dataclasses.fields(cls)} - set(sections) - {"api_key"}
+        unknown += [k for k in d if k not in top]
+        missing += [k for k in top if k not in d] if strict else []
+        if unknown:
+            raise UsageError(f"{where}: unknown scenario key(s) {', '.join(sorted(unknown))} "
+                             f"(written by a newer repro, or edited by hand?)")
+        if missing:
+            raise UsageError(f"{where}: scenario key(s) missing: {', '.join(sorted(missing))}")
+        if "prompt_len" in parts["load"]:
+            parts["load"]["prompt_len"] = tuple(parts["load"]["prompt_len"])
+        if "env_allow" in parts["capture"]:
+            parts["capture"]["env_allow"] = tuple(parts["capture"]["env_allow"])
+        try:
+            built = {name: klass(**parts[name]) for name, klass in sections.items()}
+            return cls(**built, **d), record
+        except TypeError as exc:  # a value of the wrong shape: one line, not a traceback
+            raise UsageError(f"{where}: not a valid scenario ({exc})") from None
+
+    def write(self, path: Path, record: "ServerRecord | None" = None) -> None:
+        """Write scenario.json (the one writer of that file)."""
+        Path(path).write_text(json.dumps(self.to_dict(record), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> "Scenario":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read scenario.json (this repro's or an earlier one's); bad files are a one-line UsageError."""
+        return cls.read_with_record(path)[0]
+
+    @classmethod
+    def read_with_record(cls, path: Path) -> "tuple[Scenario, ServerRecord]":
+        """The Scenario of scenario.json and what the run recorded there about its server."""
+        return cls._parse(read_json(SCENARIO_FORMAT, Path(path)), str(path))
+
+
+# Settings renamed since files were written: "section.old" -> "section.new" ("old" -> "new" at the top level).
+# Add a line when a field of the settings dataclasses is renamed, so that earlier scenario.json files still read.
+RENAMED: dict[str, str] = {}
+
+RECORD_KEYS = ("server_command", "server_command_source", "server_log", "connector")
+
+
+@dataclass
+class ServerRecord:
+    """What a run learned about its server, written beside the settings in scenario.json (never a setting):
+    the server's command line and where it came from, its log, the hidden-states connector resolved."""
+
+    server_command: list[str] | None = None
+    server_command_source: str | None = None
+    server_log: dict[str, Any] | None = None
+    connector: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ServerRecord":
+        return cls(**{k: d.get(k) for k in RECORD_KEYS})
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

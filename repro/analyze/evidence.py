@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze import gpu as gpu_state
+from repro.analyze.load import bundle_processes
 from repro.analyze.native import load_dumps
 from repro.monitor.logs import parse_stats_line
 
@@ -216,7 +217,7 @@ def gather(bundle: Path, analysis: dict[str, Any]) -> Evidence:
 
     bundle = Path(bundle)
     man = _json(bundle / "manifest.json") or {}
-    procs = {p.get("pid"): p for p in _json(bundle / "processes.json") or [] if isinstance(p, dict)}
+    procs = {p.get("pid"): p for p in bundle_processes(bundle)}
     threads = []
     has_native = False
     for p in analysis.get("processes") or []:

@@ -34,6 +34,7 @@ from typing import Any
 
 from repro.analyze import death as death_mod
 from repro.analyze import reproducer
+from repro.analyze.load import bundle_processes
 from repro.analyze.report import time_to_stall
 from repro.analyze.sources import ReportSource, read_text
 from repro.analyze import known
@@ -147,7 +148,7 @@ def _process_stack_text(bundle: Path, proc: dict[str, Any], rec: dict[str, Any] 
 
 
 def render_stacks(bundle: Path, analysis: dict[str, Any]) -> str:
-    procs = {p["pid"]: p for p in json.loads(_read(bundle / "processes.json", "[]"))}
+    procs = {p["pid"]: p for p in bundle_processes(bundle)}
     blocks = []
     for p in sorted(analysis.get("processes", []), key=lambda p: (ROLE_ORDER.get(p["role"], 9), p["pid"])):
         main = next((t for t in p["threads"] if t["main"]), None)

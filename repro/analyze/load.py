@@ -10,6 +10,9 @@ from typing import Any
 
 from repro.capture.bundle import MANIFEST, unpack
 from repro.errors import UsageError
+from repro.formats import BUNDLE_FORMAT, PROCESSES_FORMAT, check, read_json
+
+PROCESSES = "processes.json"
 
 
 def open_bundle(path: str | Path, scratch: Path | None = None) -> Path:
@@ -35,8 +38,20 @@ def open_bundle(path: str | Path, scratch: Path | None = None) -> Path:
         raise UsageError(f"{path}: not a repro bundle ({MANIFEST} is not JSON)") from None
     if not isinstance(data, dict) or data.get("kind") != "repro-bundle":
         raise UsageError(f"{path}: not a repro bundle ({MANIFEST} was not written by repro)")
+    check(BUNDLE_FORMAT, data, f"{path}/{MANIFEST}")  # a bundle of a newer repro: one line, upgrade
     return p
 
 
 def manifest(bundle_dir: Path) -> dict[str, Any]:
-    return json.loads((bundle_dir / MANIFEST).read_text())
+    return read_json(BUNDLE_FORMAT, bundle_dir / MANIFEST)
+
+
+def bundle_processes(bundle_dir: Path) -> list[dict[str, Any]]:
+    """The process records of processes.json (version 1: a bare list; 2: under "processes"); [] when absent."""
+    p = Path(bundle_dir) / PROCESSES
+    if not p.is_file():
+        return []
+    doc = json.loads(p.read_text())
+    if isinstance(doc, list):  # version 1 (before the file carried schema and version)
+        return [r for r in doc if isinstance(r, dict)]
+    return [r for r in check(PROCESSES_FORMAT, doc, str(p)).get("processes") or [] if isinstance(r, dict)]

@@ -17,9 +17,11 @@ from typing import Any
 from repro.analyze.load import open_bundle
 from repro.capture.bundle import MANIFEST
 from repro.errors import UsageError
+from repro.formats import (BUNDLE_FORMAT, DETECTION_FORMAT, SCENARIO_FORMAT, STRESS_SUMMARY_FORMAT, check,
+                           read_optional)
 
 RUN_FILES = ("summary.json", "scenario.json", "events.jsonl", "watch.json")
-SUMMARY_SCHEMA = "repro.stress.summary"
+SUMMARY_SCHEMA = STRESS_SUMMARY_FORMAT.schema
 
 
 def read_text(p: Path | None, default: str = "") -> str:
@@ -80,23 +82,24 @@ class ReportSource:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        m = read_json(self.bundle / MANIFEST) if self.bundle else None
-        return m if isinstance(m, dict) else {}
+        return (read_optional(BUNDLE_FORMAT, self.bundle / MANIFEST) if self.bundle else None) or {}
 
     @property
     def scenario(self) -> dict[str, Any]:
-        s = read_json(self.ctx("scenario.json"))
-        return s if isinstance(s, dict) else {}
+        return read_optional(SCENARIO_FORMAT, self.ctx("scenario.json")) or {}
 
     @property
     def summary(self) -> dict[str, Any]:
         """The run's summary.json (stress, trial): what the run ended with; {} when there is none."""
         s = read_json(self.run_file("summary.json"))
-        return s if isinstance(s, dict) and s.get("schema") == SUMMARY_SCHEMA else {}
+        if not isinstance(s, dict) or s.get("schema") != SUMMARY_SCHEMA:
+            return {}  # none, torn, or a fleet's (repro.stress.fleet): no stress summary
+        return check(STRESS_SUMMARY_FORMAT, s, str(self.run_file("summary.json")))
 
     @property
     def detection(self) -> dict[str, Any]:
-        d = read_json(self.ctx("detection.json")) or self.manifest.get("detection") or self.summary.get("stall")
+        d = read_optional(DETECTION_FORMAT, self.ctx("detection.json")) or self.manifest.get("detection") \
+            or self.summary.get("stall")
         return d if isinstance(d, dict) else {}
 
     @property

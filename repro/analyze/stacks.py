@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze import gpu as gpu_state
+from repro.analyze.load import bundle_processes
 from repro.analyze.native import cuda_wait_frame, driver_frame, is_torch_sync, load_dumps
 
 CPU_BLOCKED_FRACTION = 0.05  # of one core, over the sampling window
@@ -276,7 +277,7 @@ def analyze_bundle_dir(bundle: Path, catalogue: Any = None) -> dict[str, Any]:
     `catalogue`: the known-hang catalogue to match against (:func:`repro.analyze.catalogue.load`);
     default the shipped one plus REPRO_CATALOGUE."""
     bundle = Path(bundle)
-    procs = json.loads((bundle / "processes.json").read_text()) if (bundle / "processes.json").exists() else []
+    procs = bundle_processes(bundle)
     pvs = []
     for proc in procs:
         d = bundle / proc["stacks_dir"] if proc.get("stacks_dir") else None

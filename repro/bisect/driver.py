@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from repro.bisect.journal import JOURNAL_NAME, VERSION, Journal, StepRecord, open_trials, read_steps
+from repro.bisect.journal import JOURNAL_NAME, Journal, StepRecord, open_trials, read_steps
 from repro.bisect.search import Decision, Outcome, Result, Search, Settings
 from repro.bisect.space import Config, SearchSpace
 from repro.errors import UsageError
+from repro.formats import JOURNAL_FORMAT, version_of
+from repro.scenario import Scenario
 
 
 class Backend(Protocol):
@@ -118,7 +120,8 @@ class SearchSpec:
     space: SearchSpace
     settings: Settings
     mode: str  # "real" | "simulate"
-    extra: dict[str, Any]
+    extra: dict[str, Any]  # the executor's knobs (simulate, parallel, heartbeat, reuse_server)
+    base: Scenario | None = None  # a real search's base scenario (journaled as extra["scenario"])
 
     def identity(self) -> str:
         return self.space.identity()
@@ -131,8 +134,7 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
     if resume:
         if header is None:
             raise UsageError(f"--resume {run_dir}: no bisect journal there ({JOURNAL_NAME} missing or not a bisect journal)")
-        if header.get("version") != VERSION:
-            raise UsageError(f"--resume {run_dir}: journal version {header.get('version')} is not {VERSION}")
+        version_of(JOURNAL_FORMAT, header, f"--resume {run_dir}: {JOURNAL_NAME}")  # foreign or future: one line
         from repro.bisect.space import Change
 
         saved = header["space"]
@@ -150,8 +152,10 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
             raise UsageError(f"--resume {run_dir}: that journal is a {header.get('mode')} search, not {spec.mode}")
         # a journal from before the hazard model was tested resumes with the memoryless model it ran with
         saved_settings = {"hazard_model": "exponential", **header["settings"]}
-        loaded = SearchSpec(space, Settings.from_dict(saved_settings), header.get("mode", "real"),
-                            header.get("extra", {}))
+        extra = dict(header.get("extra") or {})
+        base = extra.pop("scenario", None)
+        loaded = SearchSpec(space, Settings.from_dict(saved_settings), header.get("mode", "real"), extra,
+                            None if base is None else Scenario.from_dict(base, f"{journal.path}: extra.scenario"))
         journal.open()
         steps = read_steps(journal)
         for tr in open_trials(steps):
@@ -172,8 +176,9 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
                              f"or --resume {run_dir} with the same space")
         raise UsageError(f"{journal.path} already holds this search: continue it with --resume {run_dir}")
     journal.open()
-    journal.append("start", version=VERSION, search=spec.identity(), space=spec.space.to_dict(),
-                   settings=spec.settings.to_dict(), mode=spec.mode, extra=spec.extra)
+    extra = {**spec.extra, **({"scenario": spec.base.to_dict()} if spec.base is not None else {})}
+    journal.append("start", schema=JOURNAL_FORMAT.schema, version=JOURNAL_FORMAT.version, search=spec.identity(),
+                   space=spec.space.to_dict(), settings=spec.settings.to_dict(), mode=spec.mode, extra=extra)
     return journal, spec, []
 
 

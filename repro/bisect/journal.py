@@ -36,9 +36,10 @@ from typing import Any
 
 from repro.bisect.hazard import Run
 from repro.errors import UsageError
+from repro.formats import JOURNAL_FORMAT
 
 JOURNAL_NAME = "journal.jsonl"
-VERSION = 1
+VERSION = JOURNAL_FORMAT.version  # the start record's "schema"/"version" (repro.formats, FORMATS.md)
 
 
 @dataclass

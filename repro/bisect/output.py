@@ -17,11 +17,11 @@ from typing import Any
 from repro.bisect.search import Result, Settings
 from repro.bisect.space import Config, SearchSpace, apply
 from repro.bisect.stats import RatePosterior, rate_upper_bound
+from repro.formats import MINIMAL_FORMAT
 from repro.scenario import Scenario
 from repro.units import format_duration
 
-SCHEMA = "repro.bisect.minimal"
-VERSION = 2  # 2: "hazard" (the model, its test of memorylessness, the onset) and "hang_uptimes_s"
+SCHEMA, VERSION = MINIMAL_FORMAT.schema, MINIMAL_FORMAT.version  # 2: "hazard" and "hang_uptimes_s"
 
 
 def _rate(post: RatePosterior | None) -> dict[str, Any] | None:

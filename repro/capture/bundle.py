@@ -32,8 +32,9 @@ from typing import Any
 from repro import __version__
 from repro.capture import lastcheck
 from repro.capture.redact import Redactor
+from repro.formats import BUNDLE_FORMAT, read_json, stamp
 
-BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_SCHEMA_VERSION = BUNDLE_FORMAT.version  # manifest.json: "schema": "repro.bundle" (FORMATS.md)
 MANIFEST = "manifest.json"
 
 # Trimmed in this order when over budget; stacks/ never.
@@ -200,8 +201,7 @@ class BundleWriter:
         self.notes.append(self._redaction_note())
         self.notes.append(self._check_note(report))
         self._append_summary()
-        self.manifest = {
-            "schema_version": BUNDLE_SCHEMA_VERSION,
+        self.manifest = stamp(BUNDLE_FORMAT, {
             "kind": "repro-bundle",
             "name": self.dir.name,
             "repro_version": __version__,
@@ -214,7 +214,7 @@ class BundleWriter:
             "trimmed": self.trimmed,
             "size_budget": self.size_budget,
             "redaction": self.redactor.report(),
-        }
+        })
         # The manifest and the summary's last line are written after the check: they are checked on their own
         # (they hold counts and names, so this finds nothing unless a rule is broken; then it masks and recounts).
         for _ in range(3):
@@ -349,7 +349,8 @@ class BundleWriter:
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:
-    return json.loads((Path(bundle) / MANIFEST).read_text())
+    """manifest.json, its schema and version checked (an earlier repro's ``schema_version`` reads as 1)."""
+    return read_json(BUNDLE_FORMAT, Path(bundle) / MANIFEST)
 
 
 def unpack(tar_path: Path, dest: Path) -> Path:

@@ -16,7 +16,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-CLIENTS_SCHEMA, CLIENTS_VERSION = "repro.clients", 1
+from repro.formats import CLIENTS_FORMAT
+
+CLIENTS_SCHEMA, CLIENTS_VERSION = CLIENTS_FORMAT.schema, CLIENTS_FORMAT.version
 _RECEIVED = re.compile(r"Received request (\S+?):")
 _ABORTED = re.compile(r"Aborted request\(s\) (\S+?)\.?$")
 DATA_SUFFIX = ".safetensors"

@@ -26,9 +26,9 @@ import time
 from typing import Any
 
 from repro.capture.pyspy import run_with_timeout
+from repro.formats import GPU_FORMAT
 
-SCHEMA = "repro.gpu"
-VERSION = 1
+SCHEMA, VERSION = GPU_FORMAT.schema, GPU_FORMAT.version
 GPU_FIELDS = ("index", "name", "uuid", "utilization.gpu", "memory.used", "memory.total", "power.draw",
               "temperature.gpu")
 APP_FIELDS = ("pid", "gpu_uuid", "used_memory")

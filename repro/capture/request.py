@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repro.scenario import CaptureSettings
+from repro.scenario import CaptureSettings, Scenario, ServerRecord
 
 
 @dataclass
@@ -25,7 +25,8 @@ class CaptureRequest:
     docker: str | None = None  # container name when the server runs in Docker
     storage_path: str | None = None  # the hidden-state storage directory
     storage_accounting: dict[str, Any] | None = None  # the run's orphan census, growth curve and projection (stress)
-    scenario: dict[str, Any] | None = None  # Scenario.to_dict() of the run
+    scenario: Scenario | None = None  # the run's settings (written to context/scenario.json)
+    server_record: ServerRecord | None = None  # what the run learned about its server (connector, log, command)
     events: list[dict[str, Any]] = field(default_factory=list)  # detector events of the run so far
     timeline_csv: Path | None = None  # the run's timeline (for the plot)
     detection: dict[str, Any] | None = None  # the verdict that triggered capture: class, since, evidence

@@ -43,6 +43,8 @@ from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
 from repro.capture.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import ReproError, UsageError
+from repro.formats import (ANALYSIS_FORMAT, DETECTION_FORMAT, PROCESSES_FORMAT, SERVER_ENV_FORMAT, STORAGE_FORMAT,
+                           stamp)
 from repro.target import procs as procs_mod
 from repro.target.attached import output_file, url_is_local
 
@@ -380,7 +382,7 @@ def analyze_bundle_dir_safe(w: BundleWriter, proc_records: list[dict[str, Any]])
     except Exception as exc:  # noqa: BLE001 - analysis must not cost us the bundle
         w.error("analysis", f"analysis failed: {exc!r}")
         analysis = {"verdict": "unknown", "signature": None, "processes": [], "stuck_threads": []}
-    w.write_json("analysis.json", analysis)
+    w.write_json("analysis.json", stamp(ANALYSIS_FORMAT, analysis))
     return analysis
 
 
@@ -419,7 +421,7 @@ def _write_processes(w: BundleWriter, processes: list[procs_mod.VllmProcess]) ->
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             d["status"] = "gone"
         recs.append(d)
-    w.write_json("processes.json", recs)
+    w.write_json("processes.json", stamp(PROCESSES_FORMAT, {"processes": recs}))
     return recs
 
 
@@ -433,7 +435,7 @@ def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: d
     if env is not None:
         shown = w.redactor.env(env)
         w.write_json("context/server-env.json", {
-            "schema": "repro.server-env", "version": 1,
+            "schema": SERVER_ENV_FORMAT.schema, "version": SERVER_ENV_FORMAT.version,
             "source": "request" if req.server_env else f"/proc/{root}/environ",
             "allow_list": w.redactor.env_policy.describe(),
             "variables": {k: v for k, v in shown.items() if v != WITHHELD},
@@ -502,16 +504,16 @@ def _write_log(w: BundleWriter, req: CaptureRequest, root: int | None = None) ->
 
 def _write_run_context(w: BundleWriter, req: CaptureRequest) -> None:
     if req.scenario is not None:
-        w.write_json("context/scenario.json", req.scenario)
+        w.write_json("context/scenario.json", req.scenario.to_dict(req.server_record))
     if req.events:
         w.write_text("context/events.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in req.events))
     if req.detection is not None:
-        w.write_json("context/detection.json", req.detection)
+        w.write_json("context/detection.json", stamp(DETECTION_FORMAT, req.detection))
 
 
 def _transfer(req: CaptureRequest) -> str:
     """file, or handle when the run's connector hands back handles into a store (Mooncake): no files to count."""
-    out = ((req.scenario or {}).get("connector") or {}).get("output") or {}
+    out = ((req.server_record.connector if req.server_record else None) or {}).get("output") or {}
     return str(out.get("transfer") or "file")
 
 
@@ -536,18 +538,19 @@ def _storage_path(req: CaptureRequest) -> str | None:
         return None
     if req.storage_path:
         return req.storage_path
-    server = (req.scenario or {}).get("server") or {}
-    if (req.scenario or {}).get("storage_path"):
-        return str(req.scenario["storage_path"])  # type: ignore[index]
-    if server.get("extract") and server.get("storage"):
-        return str(server["storage"])
+    scn = req.scenario
+    if scn is not None and scn.storage_path:
+        return scn.storage_path
+    if scn is not None and scn.server.extract and scn.server.storage:
+        return scn.server.storage
     return None
 
 
 def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | None:
     path = _storage_path(req)
     if not path and _transfer(req) != "file":  # say why there is no census, never a census of nothing
-        w.write_json("context/storage.json", {"census": None, "why": "the connector hands back handles into a "
+        w.write_json("context/storage.json", {"schema": STORAGE_FORMAT.schema, "version": STORAGE_FORMAT.version,
+                                              "census": None, "why": "the connector hands back handles into a "
                                               "Mooncake store, not files: no storage directory to count"})
         return None
     if not path:
@@ -556,7 +559,7 @@ def _write_storage(w: BundleWriter, req: CaptureRequest) -> dict[str, Any] | Non
     info = context.storage_census(path)
     if req.storage_accounting:  # what only the client knows: which files no response ever named
         info["accounting"] = req.storage_accounting
-    w.write_json("context/storage.json", info)
+    w.write_json("context/storage.json", stamp(STORAGE_FORMAT, info))
     w.record("storage census", command=f"statvfs+walk {path}", exit_code=0 if "error" not in info else 1,
              duration=time.monotonic() - t0, output="context/storage.json", error=info.get("error"))
     if "error" in info:

@@ -252,9 +252,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         extra: dict[str, Any] = {"simulate": str(Path(kw["simulate"]).resolve()) if kw["simulate"] else None,
                                  "parallel": kw["parallel"], "heartbeat": kw["heartbeat"],
                                  "reuse_server": not kw["fresh_server"]}
-        if base is not None:
-            extra["scenario"] = base.to_dict()
-        spec = driver.SearchSpec(space, settings, mode, extra)
+        spec = driver.SearchSpec(space, settings, mode, extra, base)
     elif not resume:
         raise UsageError("give the search space: --concurrency LO-HI (and --change ...), --space FILE.toml, "
                          "--simulate MODEL.toml, or --resume DIR")
@@ -290,7 +288,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                                           heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask,
                                           model=sim_model or load_model(spec.extra["simulate"]), say=_say)
         else:
-            base_scn = Scenario.from_dict(spec.extra["scenario"])
+            base_scn = _journaled_base(spec)
             backend_ray = RayBackend(ray_session, run_dir, mode="real", parallel=parallel,
                                      heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask, base=base_scn,
                                      space=spec.space, artifact_dir=ex.artifact_dir, say=_say)
@@ -307,7 +305,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     else:
         from repro.bisect.trials import StressBackend
 
-        base_scn = Scenario.from_dict(spec.extra["scenario"])
+        base_scn = _journaled_base(spec)
         backend = StressBackend(base_scn, spec.space, run_dir, parallel, float(spec.extra.get("heartbeat", 5.0)), _say,
                                 reuse=bool(spec.extra.get("reuse_server", True)))
 
@@ -359,6 +357,14 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         _say(f"the search stopped before a minimal configuration ({result.status}); evidence is in minimal.json; "
              f"raise --budget and continue with  repro bisect --resume {run_dir}")
     return EXIT_OK
+
+
+def _journaled_base(spec: driver.SearchSpec) -> Scenario:
+    """The base scenario of a real search (given now, or read back from the journal on --resume)."""
+    if spec.base is None:
+        raise UsageError("the journal of this real search holds no base scenario (extra.scenario): "
+                         "it was not written by repro bisect; start a new search")
+    return spec.base
 
 
 def _base_scenario(kw: dict[str, Any], vllm_args: tuple[str, ...]) -> Scenario:

@@ -16,7 +16,7 @@ from repro import invocation
 from repro.capture.request import CaptureRequest
 from repro.commands.options import env_allow_option
 from repro.errors import TargetError, UsageError
-from repro.scenario import CaptureSettings
+from repro.scenario import CaptureSettings, Scenario
 from repro.units import parse_size
 
 
@@ -43,19 +43,15 @@ def _from_run_dir(run_dir: Path) -> dict[str, Any]:
     """What a stress/watch run directory tells us: scenario, log, storage, timeline, events, server pid."""
     if not run_dir.is_dir() or not (run_dir / "scenario.json").is_file():
         raise UsageError(f"{run_dir}: not a repro run directory (no scenario.json)")
-    try:
-        scen = json.loads((run_dir / "scenario.json").read_text())
-    except ValueError:
-        raise UsageError(f"{run_dir}/scenario.json is not JSON") from None
-    out: dict[str, Any] = {"scenario": scen}
-    server = scen.get("server") or {}
-    out["url"] = scen.get("url") or f"http://{server.get('host', '127.0.0.1')}:{server.get('port', 8000)}"
+    scen, record = Scenario.read_with_record(run_dir / "scenario.json")  # a foreign or future file: one line
+    out: dict[str, Any] = {"scenario": scen, "server_record": record}
+    out["url"] = scen.url or f"http://{scen.server.host}:{scen.server.port}"
     for name in ("server.log", "vllm.log"):
         if (run_dir / name).is_file():
             out["log_path"] = run_dir / name
             break
-    if scen.get("log_file"):
-        out["log_path"] = Path(scen["log_file"])
+    if scen.log_file:
+        out["log_path"] = Path(scen.log_file)
     for name in ("timeline.csv",):
         if (run_dir / name).is_file():
             out["timeline_csv"] = run_dir / name
@@ -178,10 +174,10 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out_dir}: cannot create it ({exc.strerror})") from None
-    scenario = info.get("scenario")
     req = CaptureRequest(out_dir=out_dir, settings=settings, root_pid=root, url=url, api_key=api_key,
                          log_path=log_file or info.get("log_path"), docker=docker,
-                         storage_path=storage, scenario=scenario, events=info.get("events") or [],
+                         storage_path=storage, scenario=info.get("scenario"),
+                         server_record=info.get("server_record"), events=info.get("events") or [],
                          timeline_csv=info.get("timeline_csv"), detection=info.get("detection"), reason="manual",
                          repro_command=invocation.command_line([api_key or ""]),
                          server_command=shlex.split(server_command) if server_command else None)

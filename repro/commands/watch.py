@@ -15,9 +15,10 @@ import click
 from repro import invocation
 from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
+from repro.formats import WATCH_FORMAT, stamp
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
-from repro.scenario import CaptureSettings, DetectSettings, Scenario
+from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
 from repro.target.launcher import check_storage
 from repro.units import parse_duration
 from repro.watch.events import EventLog
@@ -242,7 +243,7 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     watch_json = {"mode": target.kind, "target_url": target.url, "watch": {k: v for k, v in dataclasses.asdict(ws).items()
                                                                         if k != "api_key"},
                   "restart_cmd": restart_cmd, "pid": pid, "docker": docker_name, "argv": argv}
-    (run_dir / "watch.json").write_text(json.dumps(watch_json, indent=2, default=str) + "\n")
+    (run_dir / "watch.json").write_text(json.dumps(stamp(WATCH_FORMAT, watch_json), indent=2, default=str) + "\n")
 
     events = EventLog(run_dir / "events.jsonl")
     timeline = WatchTimeline(run_dir / "timeline.csv")
@@ -250,10 +251,9 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     metrics.state_file = StateFile(state_file or run_dir / "state.json", url=target.url)
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_host)
-    scenario = scn.to_dict()
-    scenario["connector"] = _connector_record(settings, serve or "connector" in explicit)
-    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scenario, repro_command=argv,
-                     timeline=timeline)
+    record = ServerRecord(connector=_connector_record(settings, serve or "connector" in explicit))
+    sup = Supervisor(target, ws, run_dir, events, metrics, say=_say, scenario=scn, server_record=record,
+                     repro_command=argv, timeline=timeline)
     _say(f"watching {target.kind} {target.url}; run directory {run_dir} (events: {events.path})")
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:

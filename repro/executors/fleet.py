@@ -30,11 +30,11 @@ from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, Usa
 from repro.executors.cluster import Ask, RaySession
 from repro.executors.node import NodeRunner
 from repro.executors.ray_backend import bring_home, get_outcome
+from repro.formats import FLEET_SUMMARY_FORMAT
 from repro.scenario import Scenario
 from repro.units import format_duration
 
-FLEET_SCHEMA = "repro.stress.fleet"
-FLEET_VERSION = 1
+FLEET_SCHEMA, FLEET_VERSION = FLEET_SUMMARY_FORMAT.schema, FLEET_SUMMARY_FORMAT.version
 
 
 @dataclass
@@ -150,7 +150,7 @@ def run_fleet(scn: Scenario, run_dir: Path, session: RaySession, replicas: int, 
     try:
         for r in reps:
             r.where_ref = r.actor.where.remote()
-            job = {"kind": "stress", "name": r.name, "scenario": replica_scenario(scn, r.index).to_dict(),
+            job = {"kind": "stress", "name": r.name, "scenario": replica_scenario(scn, r.index),
                    "evidence": r.name, "artifact_dir": artifact_dir, "run_key": run_key, "budget": budget}
             r.run_ref = r.actor.run.remote(job)
         pending = {r.run_ref: r for r in reps}

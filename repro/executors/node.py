@@ -40,8 +40,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repro.formats import TRIAL_JOB_FORMAT, stamp
+
 SCRATCH_PARENT = "/dev/shm" if os.path.isdir("/dev/shm") else None
 BIG_FILE = 1 << 20  # files above this are left out when a directory must be trimmed to fit
+
+
+def job_file(job: dict[str, Any]) -> dict[str, Any]:
+    """job.json for the node job process: the job with its Scenario serialised (repro.trial-job, FORMATS.md)."""
+    scn = job.get("scenario")
+    return stamp(TRIAL_JOB_FORMAT, {**job, "scenario": scn.to_dict() if scn is not None else None})
 
 
 def pack_dir(src: Path, budget: int) -> tuple[bytes, list[str]]:
@@ -224,7 +232,7 @@ class NodeRunner:
         out.mkdir(exist_ok=True)
         job = {**job, "out": str(out), "status": str(self.scratch / "status.jsonl"), "parent_pid": os.getpid()}
         job_path = self.scratch / "job.json"
-        job_path.write_text(json.dumps(job, default=str))
+        job_path.write_text(json.dumps(job_file(job), default=str))
         status = _Follow(self.scratch / "status.jsonl")
         events: _Follow | None = None
         result: dict[str, Any] | None = None
@@ -237,7 +245,8 @@ class NodeRunner:
         suspect_since: float | None = None  # seconds into the load where a suspected stall began
         stopped_at: float | None = None
         from_trial = False  # a bisect trial sends its own heartbeats (the local executor's exposure rule)
-        duration = float(job.get("duration") or (job.get("scenario", {}).get("load", {}).get("duration") or 0) or 0)
+        scn = job.get("scenario")
+        duration = float(job.get("duration") or (scn.load.duration if scn is not None else 0) or 0)
         while True:
             rc = self.proc.poll()
             for rec in status.read():

@@ -69,13 +69,12 @@ class FileHooks:
 def run_trial(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
     from repro.bisect.space import Change, Config, SearchSpace
     from repro.bisect.trials import StressBackend
-    from repro.scenario import Scenario
 
     sp = job["space"]
     space = SearchSpace(sp["concurrency"][0], sp["concurrency"][1], tuple(Change.parse(c) for c in sp["changes"]),
                         plain_storage=sp["plain_storage"], max_trial=sp.get("max_trial"), budget=sp.get("budget"),
                         step=sp.get("step", 1))
-    backend = StressBackend(Scenario.from_dict(job["scenario"]), space, Path(job["out"]), parallel=1,
+    backend = StressBackend(job["scenario"], space, Path(job["out"]), parallel=1,
                             heartbeat=float(job.get("heartbeat", 5.0)), say=lambda s: print(s, flush=True))
     r = backend.run_trial(job["step"], job["slot"], Config.from_dict(job["config"]), float(job["duration"]), status)
     end = getattr(status, "end", {})
@@ -88,12 +87,11 @@ def run_trial(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
 def run_replica(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
     from repro.load.display import Progress
     from repro.load.runner import run_stress
-    from repro.scenario import Scenario
 
     out = Path(job["out"]) / job["evidence"]
     out.mkdir(parents=True, exist_ok=True)
     status.write(event="events", path=str(out / "events.jsonl"))
-    scn = Scenario.from_dict(job["scenario"])
+    scn = job["scenario"]
     scn.out_dir = str(out)
     with open(out / "progress.log", "w") as log:
         res = run_stress(scn, out, progress=Progress(tty=False, every=30.0, stream=log))
@@ -107,8 +105,17 @@ def run_replica(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
                       "interrupted": "stopped"}.get(res.outcome, res.outcome)}
 
 
+def read_job(path: Path) -> dict[str, Any]:
+    """job.json as the node runner wrote it (repro.trial-job), its scenario typed again."""
+    from repro.formats import TRIAL_JOB_FORMAT, read_json
+    from repro.scenario import Scenario
+
+    job = read_json(TRIAL_JOB_FORMAT, path)
+    return {**job, "scenario": Scenario.from_dict(job["scenario"], f"{path}: scenario")}
+
+
 def main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[0]).read_text())
+    job = read_job(Path(argv[0]))
     die_with_parent(int(job["parent_pid"]))
     status = FileHooks(Path(job["status"]), int(job.get("trial", -1)))
 

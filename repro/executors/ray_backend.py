@@ -160,7 +160,7 @@ class RayBackend:
             for d in (space, config):
                 d["changes"] = [f"{c.rstrip('/')}/slot{slot}" if c.startswith("storage=") else c for c in d["changes"]]
         return {"kind": "trial", "name": name, "trial": tid, "step": step, "slot": slot, "config": config,
-                "space": space, "scenario": self.base.to_dict(), "duration": each,
+                "space": space, "scenario": self.base, "duration": each,
                 "heartbeat": self.heartbeat, "evidence": f"trials/{name}", "artifact_dir": self.artifact_dir,
                 "run_key": self.run_key, "budget": self.budget}
 

@@ -8,7 +8,7 @@ passed in, drives the load, polls /metrics and the log once per
 and stops on the first stall, at the end of the duration/request budget, or on
 SIGINT/SIGTERM. Files in the run directory:
 
-``scenario.json``  ``Scenario.to_dict()`` plus ``server_command``
+``scenario.json``  ``Scenario.write``: the settings, and a ``ServerRecord`` of the server (command, log, connector)
 ``requests.jsonl`` one record per request, written as it finishes
 ``timeline.csv``   one row per poll: client and server counters, the fidelity ratio
 ``events.jsonl``   detector transitions, capture, stop reasons
@@ -58,7 +58,8 @@ from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_D
                                     ClientSnapshot, Detector, Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
-from repro.scenario import Scenario
+from repro.formats import DETECTION_FORMAT, stamp
+from repro.scenario import Scenario, ServerRecord
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
 from repro.target.attached import LocalServer, find_local_server
@@ -952,7 +953,8 @@ class _Run:
         a = self.stall
         assert a is not None
         detection = self.detection_dict()
-        (self.run_dir / "detection.json").write_text(json.dumps(detection, indent=2, default=str) + "\n")
+        (self.run_dir / "detection.json").write_text(json.dumps(stamp(DETECTION_FORMAT, detection), indent=2,
+                                                                default=str) + "\n")
         self.progress.message(f"STALL detected: {a.stall_class} (bad for {a.evidence.get('bad_for')} s); "
                               + "; ".join(a.evidence.get("reasons", [])))
         if self.scn.on_stall != "capture":
@@ -971,7 +973,7 @@ class _Run:
             out_dir=self.run_dir / "bundle-001", settings=self.scn.capture,
             root_pid=self.server.pid if self.server is not None and self.server.alive() else None,
             url=self.url, api_key=self.scn.api_key, log_path=log_path, docker=self.scn.docker,
-            storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
+            storage_path=self.storage_path(), scenario=self.scn, server_record=self.server_record(), events=events,
             storage_accounting=self.storage_accounting(),
             timeline_csv=self.run_dir / "timeline.csv", detection=detection,
             server_command=self.server_command()[0],
@@ -1004,14 +1006,14 @@ class _Run:
             return self.server.settings.storage
         return None
 
-    def scenario_dict(self) -> dict[str, Any]:
-        d = self.scn.to_dict()
-        d["server_command"], d["server_command_source"] = self.server_command()
-        d["server_log"] = self.server_log_info()
-        d["connector"] = (self.connector.to_dict() if self.connector is not None else
-                          {"name": None, "note": "attached without --connector: each answer is checked by what it "
-                                                 "holds (a file's own dtype and scales, or a handle)"})
-        return d
+    def server_record(self) -> ServerRecord:
+        """What this run knows of its server, written beside the settings in scenario.json and bundles."""
+        command, source = self.server_command()
+        return ServerRecord(server_command=command, server_command_source=source, server_log=self.server_log_info(),
+                            connector=(self.connector.to_dict() if self.connector is not None else
+                                       {"name": None, "note": "attached without --connector: each answer is checked "
+                                                              "by what it holds (a file's own dtype and scales, or "
+                                                              "a handle)"}))
 
     def server_log_path(self) -> Path | None:
         """The server's log: the launched server's, --log-file, else the attached local server's stdout file."""
@@ -1280,7 +1282,7 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
         "stall": run.detection_dict(),
         "abort_storm": run.storm_summary(),
         "storage": run.storage_summary(),
-        "connector": run.scenario_dict()["connector"],
+        "connector": run.server_record().connector,
         "client": run.client_summary(),
         "storage_cause": run.storage_death,
         "capture": run.capture_info,
@@ -1324,7 +1326,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
         try:
             if owned is not None:
                 owned.start()
-                (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+                scenario.write(run_dir / "scenario.json", run.server_record())
                 progress.message(f"starting vLLM (log: {owned.log_path}) ...")
                 last = [0.0]
 
@@ -1340,7 +1342,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
             if run.storage is None and server is not None and server.settings.extract and run.storage_path():
                 run.storage = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
                                                 horizon=scenario.storage_horizon)
-            (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+            scenario.write(run_dir / "scenario.json", run.server_record())
             asyncio_run(run.main())
         except TargetError as exc:
             result.exit_code, result.outcome, result.error = EXIT_TARGET, "target-error", exc.message

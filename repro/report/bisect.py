@@ -6,10 +6,11 @@ import time
 from typing import Any
 
 from repro.bisect.journal import Journal, read_steps
+from repro.formats import JOURNAL_FORMAT, MINIMAL_FORMAT, read_optional, version_of
 from repro.report.common import dur, files_table, hours, num
 from repro.report.model import CLEAN, INFO, STALL, WARNING, Facts, Figure, Report, Table
 from repro.report.plots import bisect_png
-from repro.report.sources import RunDir, read_json
+from repro.report.sources import RunDir
 
 
 def _outcome(step: Any) -> str:
@@ -27,7 +28,9 @@ def build(rd: RunDir) -> Report:
     header = records[0] if records and records[0].get("type") == "start" else {}
     steps = [s for s in read_steps(journal)]
     done = next((r for r in reversed(records) if r.get("type") == "done"), None)
-    minimal = read_json(d / "minimal.json")
+    if header:
+        version_of(JOURNAL_FORMAT, header, str(journal.path))
+    minimal = read_optional(MINIMAL_FORMAT, d / "minimal.json")
     hangs = sum(1 for s in steps if s.hung and not s.undone)
     trial_s = sum(s.trial_time for s in steps)
     exposure = sum(s.exposure for s in steps if not s.undone)

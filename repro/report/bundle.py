@@ -7,9 +7,10 @@ from typing import Any
 
 from repro.analyze.report import render_timeline_png, stall_since, timeline_series
 from repro.capture.request import CaptureRequest
+from repro.formats import ANALYSIS_FORMAT, BUNDLE_FORMAT, DETECTION_FORMAT, STORAGE_FORMAT, read_optional
 from repro.report.common import dur, events_table, files_table, num, wall_of
 from repro.report.model import INFO, STALL, Facts, Figure, Paragraph, Report, Table
-from repro.report.sources import RunDir, read_json, read_jsonl
+from repro.report.sources import RunDir, read_jsonl
 from repro.units import format_bytes
 
 
@@ -22,9 +23,9 @@ def _text(p: Path, limit: int = 4000) -> str:
 
 def build(rd: RunDir) -> Report:
     d = rd.path
-    man = read_json(d / "manifest.json") or {}
-    a = read_json(d / "analysis.json") or {}
-    det = read_json(d / "context" / "detection.json") or man.get("detection") or {}
+    man = read_optional(BUNDLE_FORMAT, d / "manifest.json") or {}
+    a = read_optional(ANALYSIS_FORMAT, d / "analysis.json") or {}
+    det = read_optional(DETECTION_FORMAT, d / "context" / "detection.json") or man.get("detection") or {}
     verdict = a.get("verdict") or "no analysis"
     where = f" in {a['stuck_frame']}" if a.get("stuck_frame") else ""
     status = STALL if verdict in ("blocked", "busy") else INFO
@@ -79,7 +80,7 @@ def build(rd: RunDir) -> Report:
         last = metrics[-1]
         ctx.append(("metrics (last sample)", ", ".join(f"{k.split(':', 1)[-1]}={v:g}" for k, v in last.items()
                                                        if k != "t" and isinstance(v, (int, float)))))
-    sto = read_json(d / "context" / "storage.json") or {}
+    sto = read_optional(STORAGE_FORMAT, d / "context" / "storage.json") or {}
     if sto:
         ctx.append(("storage", f"{sto.get('path')}: {sto.get('files_waiting', '?')} files waiting "
                                f"({format_bytes(sto.get('bytes_waiting'))}), {format_bytes(sto.get('bytes_free'))} "

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import UsageError
+from repro.formats import BUNDLE_FORMAT, FLEET_SUMMARY_FORMAT, STRESS_SUMMARY_FORMAT, check
 
 STRESS, WATCH, BISECT, BUNDLE = "stress", "watch", "bisect", "bundle"
-STRESS_SCHEMA = "repro.stress.summary"
-FLEET_SCHEMA = "repro.stress.fleet"
+STRESS_SCHEMA = STRESS_SUMMARY_FORMAT.schema
+FLEET_SCHEMA = FLEET_SUMMARY_FORMAT.schema
 
 NOT_A_RUN_HELP = ("Give a directory that `repro stress`, `repro watch` or `repro bisect` wrote (repro-runs/...), "
                   "or a bundle (bundle-001/ or bundle-001.tar.gz).")
@@ -83,10 +84,14 @@ def identify(path: str | Path, scratch: Path | None = None) -> RunDir:
     d = given
     manifest = read_json(d / "manifest.json")
     if manifest is not None and manifest.get("kind") == "repro-bundle":
+        check(BUNDLE_FORMAT, manifest, str(d / "manifest.json"))  # a newer repro's bundle: one line, upgrade
         return RunDir(BUNDLE, d, given)
     if (d / "journal.jsonl").is_file():
         return RunDir(BISECT, d, given)
     summary = read_json(d / "summary.json")
+    if summary is not None and summary.get("schema") in (STRESS_SCHEMA, FLEET_SCHEMA):
+        check(FLEET_SUMMARY_FORMAT if summary["schema"] == FLEET_SCHEMA else STRESS_SUMMARY_FORMAT, summary,
+              str(d / "summary.json"))
     if summary is not None and summary.get("schema") == FLEET_SCHEMA:
         dirs = [str(r.get("dir")) for r in summary.get("replicas") or [] if r.get("dir")]
         raise UsageError(f"{path}: a stress fleet (--executor ray): report each replica's run directory",

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze.report import render_timeline_png, series_from_timeline_csv
+from repro.formats import (DETECTION_FORMAT, EVENTS_FORMAT, SCENARIO_FORMAT, STRESS_SUMMARY_FORMAT, check_lines,
+                           read_optional)
 from repro.report.common import (dur, events_table, exposure_note, files_table, hours, num, state_bands,
                                  timeline_rows, wall_of)
 from repro.report.model import CLEAN, INFO, STALL, WARNING, Facts, Figure, Paragraph, Report, Table
 from repro.report.plots import requests_png
 from repro.report.requests import bin_requests
-from repro.report.sources import RunDir, read_json, read_jsonl
+from repro.report.sources import RunDir, read_jsonl
 from repro.units import format_bytes
 
 
@@ -37,9 +39,11 @@ def _headline(s: dict[str, Any] | None, c: Any, exposure: float) -> tuple[str, s
 
 def build(rd: RunDir) -> Report:
     d = rd.path
-    scn = read_json(d / "scenario.json") or {}
-    s = read_json(d / "summary.json")
+    scn = read_optional(SCENARIO_FORMAT, d / "scenario.json") or {}
+    s = read_optional(STRESS_SUMMARY_FORMAT, d / "summary.json")
     events = read_jsonl(d / "events.jsonl")
+    if events:
+        check_lines(EVENTS_FORMAT, events[0], str(d / "events.jsonl"))
     load = scn.get("load") or {}
     c = (s or {}).get("fidelity", {}).get("concurrency") or load.get("concurrency") or "?"
     rows = timeline_rows(d / "timeline.csv")
@@ -47,7 +51,7 @@ def build(rd: RunDir) -> Report:
     load_s = float((s or {}).get("load_seconds") or last_t)
     exposure = float((s or {}).get("exposure_seconds") if s and s.get("exposure_seconds") is not None else load_s)
     status, headline = _headline(s, c, exposure)
-    stall = (s or {}).get("stall") or read_json(d / "detection.json")
+    stall = (s or {}).get("stall") or read_optional(DETECTION_FORMAT, d / "detection.json")
     stall_wall = wall_of((stall or {}).get("since_wall"))
     stall_rel = (stall or {}).get("since_s")
     where = f"concurrency {c}" + (f" ({load.get('workload')}, prompts {_plen(load)})" if load else "")

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "repro.watch-state"
-VERSION = 1
+from repro.formats import WATCH_STATE_FORMAT
+
+SCHEMA, VERSION = WATCH_STATE_FORMAT.schema, WATCH_STATE_FORMAT.version
 STATE_FILE_ENV = "REPRO_WATCH_STATE_FILE"
 SERVING = ("healthy", "suspect")  # states in which the engine is (still) taken to make progress
 DEFAULT_MAX_AGE = 60.0

@@ -30,7 +30,7 @@ from typing import Any
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import EXIT_OK, EXIT_STALL, ReproError, ServerStartError
 from repro.monitor.detector import HEALTHY, STALLED, Assessment, Detector, Observation
-from repro.scenario import CaptureSettings, DetectSettings
+from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
 from repro.watch.bounded import Hook, run_bounded
 from repro.watch.events import EventLog
 from repro.watch.observe import Observer, Prober
@@ -101,7 +101,8 @@ class Supervisor:
                  make_observer: Callable[[Target], _ObserverLike] | None = None,
                  capture_fn: Callable[[CaptureRequest], Bundle] | None = None,
                  say: Callable[[str], None] = lambda msg: None,
-                 scenario: dict[str, Any] | None = None, repro_command: list[str] | None = None,
+                 scenario: Scenario | None = None, server_record: ServerRecord | None = None,
+                 repro_command: list[str] | None = None,
                  statvfs: Callable[[str], Any] = os.statvfs, writable: Callable[[str], bool] = _writable,
                  timeline: WatchTimeline | None = None) -> None:
         self.target, self.s, self.run_dir, self.events = target, settings, Path(run_dir), events
@@ -111,7 +112,7 @@ class Supervisor:
         self.make_observer = make_observer or self._observer
         self.capture_fn = capture_fn or _default_capture
         self.say = say
-        self.scenario, self.repro_command = scenario, repro_command
+        self.scenario, self.server_record, self.repro_command = scenario, server_record, repro_command
         self.policy = RestartPolicy(settings.policy)
         self.hook = Hook(settings.on_stall, settings.hook_timeout,
                          on_done=lambda rec: self.events.write("hook-done", **rec)) if settings.on_stall else None
@@ -180,7 +181,8 @@ class Supervisor:
         req = CaptureRequest(out_dir=out_dir, settings=self.s.capture, root_pid=self.target.root_pid(),
                              storage_accounting=self.storage.storage.accounting() if self.storage else None,
                              url=self.target.url, api_key=self.s.api_key, events=list(self.events.recent),
-                             detection=self._detection(a), scenario=self.scenario, reason="watchdog",
+                             detection=self._detection(a), scenario=self.scenario, server_record=self.server_record,
+                             reason="watchdog",
                              repro_command=self.repro_command, **fields)
         self.say(f"capturing into {out_dir} (at most {self.s.capture_budget:g} s) ...")
         self.metrics.set_state("stalled")

@@ -22,7 +22,7 @@ import pytest
 from repro.capture.bundle import unpack
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture
-from repro.scenario import CaptureSettings
+from repro.scenario import CaptureSettings, Scenario, ServerSettings
 from tests.helpers_issue import check_report
 from tests.integration.conftest import SharedServer, complete
 
@@ -68,7 +68,7 @@ def request_for(srv: SharedServer, out: Path, **kw: Any) -> CaptureRequest:
     settings = kw.pop("settings", CaptureSettings(samples=3, interval=2.0, collect_env=False))
     return CaptureRequest(out_dir=out, settings=settings, root_pid=s.pid, url=srv.url, log_path=s.log_path,
                           storage_path=str(srv.storage), events=srv.injected_events(), server_command=s.command,
-                          server_env=s.env, scenario={"server": {"port": s.settings.port}}, **kw)
+                          server_env=s.env, scenario=Scenario(server=ServerSettings(port=s.settings.port)), **kw)
 
 
 @pytest.fixture(scope="module")

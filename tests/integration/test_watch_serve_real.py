@@ -29,6 +29,7 @@ import pytest
 from repro.errors import EXIT_STALL
 from repro.target.launcher import port_free
 from repro.watch.events import read_events
+from repro.analyze.load import bundle_processes
 from tests.conftest import free_port
 from tests.integration.conftest import complete, require_vllm
 
@@ -167,7 +168,7 @@ def test_watch_captures_restarts_and_the_load_recovers_then_gives_up_when_the_st
     assert cap["status"] == "done", cap
     bundle = Path(cap["dir"])
     assert Path(cap["tarball"]).is_file()
-    procs_json = json.loads((bundle / "processes.json").read_text())
+    procs_json = bundle_processes(bundle)
     assert decoy.pid not in {p["pid"] for p in procs_json}
     assert any(p["role"] == "engine_core" for p in procs_json)
     stacks = "".join(p.read_text(errors="replace") for p in (bundle / "stacks").rglob("*") if p.is_file())

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from repro.errors import EXIT_OK
+from repro.analyze.load import bundle_processes
 from tests.integration.conftest import complete
 from tests.integration.test_watch_serve_real import events, wait_event
 
@@ -76,7 +77,7 @@ def test_watch_attached_by_url_captures_through_pid_and_restarts_with_the_comman
     assert next(e for e in ev if e["event"] == "port-free")["status"] == "skipped"
     cap = next(e for e in ev if e["event"] == "capture")
     assert cap["status"] == "done", cap
-    procs_json = json.loads((Path(cap["dir"]) / "processes.json").read_text())
+    procs_json = bundle_processes(Path(cap["dir"]))
     ours = {p.pid for p in vllm_server.server.processes()}
     assert {p["pid"] for p in procs_json} <= ours
     assert any(p["role"] == "engine_core" for p in procs_json)

@@ -23,7 +23,7 @@ from repro.capture.pyspy import find_pyspy
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture
 from repro.errors import UsageError
-from repro.scenario import CaptureSettings
+from repro.scenario import CaptureSettings, Scenario, ServerSettings
 from tests.unit.capture_targets.harness import FORBIDDEN, FakeServer, start_fake
 
 pytestmark = pytest.mark.skipif(find_pyspy() is None, reason="py-spy not installed")
@@ -47,7 +47,7 @@ def hung(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeServer,
     try:
         req = CaptureRequest(out_dir=tmp / "bundle-001", settings=CaptureSettings(**FAST), root_pid=srv.pid,
                              url=srv.url, log_path=srv.log, storage_path=str(tmp), api_key="zz-the-api-key-zz",
-                             scenario={"server": {"port": srv.port}, "api_key_hint": "x"},
+                             scenario=Scenario(server=ServerSettings(port=srv.port)),
                              events=[{"t": 1.0, "event": "stall", "wall": "2026-11-28T17:00:00Z"}],
                              detection={"class": "engine-stuck", "since_s": 42.0,
                                         "since_wall": "2026-11-28T17:00:00.000Z"})
@@ -69,7 +69,7 @@ def test_engine_core_is_blocked_in_the_hang_function(hung: tuple[FakeServer, Bun
 def test_manifest_records_every_collector_with_a_matching_sha256(hung: tuple[FakeServer, Bundle]) -> None:
     _, b = hung
     m = json.loads((b.dir / "manifest.json").read_text())
-    assert m["schema_version"] == 1 and m["kind"] == "repro-bundle" and m["repro_version"]
+    assert (m["schema"], m["version"]) == ("repro.bundle", 1) and m["kind"] == "repro-bundle" and m["repro_version"]
     assert "vllm_version" in m
     names = {c["name"] for c in m["collectors"]}
     assert {"metrics before", "metrics after", "server log tail", "server command", "server environment",
@@ -82,6 +82,18 @@ def test_manifest_records_every_collector_with_a_matching_sha256(hung: tuple[Fak
             assert sha256_file(b.dir / c["output"]) == c["sha256"], c["name"]
     assert m["stacks"]["duration"] < 15 and m["stacks"]["processes"] == 2
     assert m["analysis"]["verdict"] == "blocked"
+
+
+def test_the_requests_scenario_reaches_the_bundle_typed_and_reads_back(hung: tuple[FakeServer, Bundle]) -> None:
+    """The capture request carries a Scenario: context/scenario.json is its repro.scenario form, read back
+    by Scenario.read as the same settings (never the API key); every JSON file of the bundle is stamped."""
+    srv, b = hung
+    scn = Scenario.read(b.dir / "context" / "scenario.json")
+    assert scn == Scenario(server=ServerSettings(port=srv.port))
+    for rel in ("manifest.json", "analysis.json", "processes.json", "context/detection.json",
+                "context/storage.json", "context/scenario.json"):
+        doc = json.loads((b.dir / rel).read_text())
+        assert isinstance(doc.get("schema"), str) and isinstance(doc.get("version"), int), rel
 
 
 def test_bundle_files_and_tarball_are_written(hung: tuple[FakeServer, Bundle]) -> None:
@@ -233,7 +245,7 @@ def test_every_token_format_planted_under_innocuous_names_is_in_no_file_of_the_t
     try:
         b = capture(CaptureRequest(out_dir=tmp_path / "b", settings=CaptureSettings(**FAST), root_pid=srv.pid,
                                    url=srv.url, log_path=srv.log,
-                                   scenario={"notes": {n: FORMATS[n][0] for n in names}}))
+                                   scenario=Scenario(server=ServerSettings(env={n: FORMATS[n][0] for n in names}))))
     finally:
         srv.stop()
     assert b.tarball is not None, b.not_packed

@@ -51,3 +51,34 @@ def test_read_json_turns_invalid_json_into_a_one_line_error(tmp_path: Path) -> N
         read_json(F, p)
     p.write_text(json.dumps(stamp(F, {"k": 1})))
     assert read_json(F, p)["k"] == 1
+
+
+def test_read_optional_is_none_for_an_absent_or_torn_file_and_still_refuses_a_future_one(tmp_path: Path) -> None:
+    """A killed run leaves files absent or torn (None, never fatal); a whole future document is an error."""
+    from repro.formats import read_optional
+
+    p = tmp_path / "f.json"
+    assert read_optional(F, p) is None and read_optional(F, None) is None
+    p.write_text('{"schema": "repro.example", "vers')
+    assert read_optional(F, p) is None
+    p.write_text(json.dumps({"schema": "repro.example", "version": 9}))
+    with pytest.raises(UsageError, match="newer than this repro"):
+        read_optional(F, p)
+
+
+def test_a_json_lines_file_reads_its_version_from_a_header_record_or_as_unversioned() -> None:
+    """Records without "schema" (every file before headers) are version 1; a header record is checked."""
+    from repro.formats import check_lines
+
+    assert check_lines(F, {"t": 1.0, "event": "start"}, "e.jsonl") == 1
+    assert check_lines(F, {"schema": "repro.example", "version": 2}, "e.jsonl") == 2
+    with pytest.raises(UsageError, match="a repro.other file"):
+        check_lines(F, {"schema": "repro.other", "version": 1}, "e.jsonl")
+
+
+def test_every_catalogued_format_is_named_in_formats_md() -> None:
+    """FORMATS.md documents every schema of the catalogue."""
+    from repro.formats import FORMATS
+
+    text = (Path(__file__).resolve().parents[2] / "FORMATS.md").read_text()
+    assert [s for s in FORMATS if f"`{s}`" not in text] == []

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from repro.load.runner import run_stress
-from repro.scenario import DetectSettings, LoadSettings, Scenario, ServerSettings
+from repro.scenario import DetectSettings, LoadSettings, Scenario, ServerRecord, ServerSettings
 from tests.helpers_http import ThreadedApp
 
 
@@ -137,9 +137,9 @@ def test_a_bundle_of_a_mooncake_run_has_no_census(tmp_path: Path) -> None:
     from repro.capture.run import _write_storage
     from repro.target import connectors
 
-    scn = {"server": {"extract": True, "storage": str(tmp_path)},
-           "connector": connectors.resolve("mooncake", False).to_dict()}
+    scn = Scenario(server=ServerSettings(extract=True, storage=str(tmp_path)))
+    rec = ServerRecord(connector=connectors.resolve("mooncake", False).to_dict())
     bw = BundleWriter(tmp_path / "bundle", Redactor())
-    assert _write_storage(bw, CaptureRequest(out_dir=tmp_path / "bundle", scenario=scn)) is None
+    assert _write_storage(bw, CaptureRequest(out_dir=tmp_path / "bundle", scenario=scn, server_record=rec)) is None
     info = json.loads((tmp_path / "bundle" / "context" / "storage.json").read_text())
     assert info["census"] is None and "Mooncake" in info["why"]

@@ -60,7 +60,7 @@ class FakeActor:
         return self.stopped or not self.script
 
     def _result(self, job: dict) -> dict:
-        assert job["kind"] == "stress" and job["scenario"]["server"]["port"] == 9000 + self.i
+        assert job["kind"] == "stress" and job["scenario"].server.port == 9000 + self.i
         if self.end is None and not self.stopped:
             raise ActorDiedError("The actor died unexpectedly before finishing this task.")
         if self.stopped:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from repro.capture.bundle import unpack
+from repro.analyze.load import bundle_processes
 from tests.helpers_docker import GB10_CPU, ROOT, VllmContainer, complete, events
 from tests.integration.docker.conftest import SECRET_ENV
 
@@ -78,7 +79,7 @@ def captured(vllm_container: VllmContainer, tmp_path_factory: pytest.TempPathFac
 
 def test_capture_finds_the_containers_engine_and_worker_by_host_pid(captured: Path,
                                                                     vllm_container: VllmContainer) -> None:
-    procs = {p["label"]: p for p in json.loads((captured / "processes.json").read_text())}
+    procs = {p["label"]: p for p in bundle_processes(captured)}
     assert {"EngineCore", "Worker", "APIServer"} <= set(procs)
     inside = vllm_container.processes()  # host pids of the container's processes, from its init
     for label in ("EngineCore", "Worker", "APIServer"):

@@ -28,6 +28,7 @@ import pytest
 
 from repro.errors import EXIT_STALL
 from repro.target import tinymodel
+from repro.analyze.load import bundle_processes
 from tests.conftest import free_port
 from tests.helpers_docker import GB10_CPU, PREFIX, docker, inspect, logs, remove
 
@@ -108,7 +109,7 @@ def test_without_sys_ptrace_errors_txt_has_the_ptrace_help_and_the_rest_is_writt
                 "context/metrics-after.txt", "context/server.log.tail", "context/server-env.json",
                 "context/detection.json"):
         assert (b / rel).is_file(), rel
-    labels = {p["label"] for p in json.loads((b / "processes.json").read_text())}
+    labels = {p["label"] for p in bundle_processes(b)}
     assert {"EngineCore", "Worker"} <= labels
     assert (b.parent / "bundle-001.tar.gz").is_file()
     # the pause was refused, reading was not: the stacks were taken without pausing, with no native frames

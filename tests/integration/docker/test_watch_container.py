@@ -18,6 +18,7 @@ import pytest
 
 from repro.errors import EXIT_OK, EXIT_STALL
 from repro.watch.targets import DockerTarget
+from repro.analyze.load import bundle_processes
 from tests.helpers_docker import (GB10_CPU, PREFIX, ROOT, Load, VllmContainer, complete, docker, events, inspect,
                                   remove, titles_below, wait_for_event)
 from tests.helpers_fake_vllm import FakeVllm
@@ -92,7 +93,7 @@ def test_watch_docker_captures_then_restarts_only_that_container(vllm_container:
     assert stop["method"] == "docker stop" and stop["container"] == c.name and set(stop["pids"]) == old_pids
     # the bundle holds the watched container's processes only
     bundle = Path(capture["dir"])
-    assert {p["pid"] for p in json.loads((bundle / "processes.json").read_text())} <= old_pids
+    assert {p["pid"] for p in bundle_processes(bundle)} <= old_pids
     # that container was restarted ...
     after = state(c.name)
     assert after["running"] and after["started"] != before["started"] and after["pid"] != before["pid"]
