@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from typing import Any
@@ -36,18 +37,32 @@ def repro_inprocess(*args: str) -> subprocess.CompletedProcess[str]:
 
 def repro_subprocess(*args: str, env: dict[str, str] | None = None,
                      timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m repro ARGS` in a process of its own (for what needs a fresh interpreter or real signals)."""
+    """`python -m repro ARGS` in a process of its own (for what needs a fresh interpreter or real signals);
+    `env` is added to this process's environment."""
     return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+                          env={**os.environ, **env} if env is not None else None)
 
 
-def one_line_error(r: subprocess.CompletedProcess[str], code: int | None = 2, text: str | None = None) -> str:
-    """The one `error: ...` line of a failed run (no traceback, nothing else on stderr); returns it."""
+def one_line_error(r: subprocess.CompletedProcess[str], code: int | None = 2, text: str | None = None,
+                   help_ok: bool = False, click_usage: bool = False) -> str:
+    """The one `error: ...` line of a failed run, returned: exit `code` (None: any non-zero), no traceback,
+    nothing else on stderr -- or, with `help_ok`, only the error's help text after a blank line. With
+    `click_usage`, also click's own form of a bad option value (`Usage:`, `Try ...`, then one `Error:` line)."""
     if code is not None:
         assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    else:
+        assert r.returncode != 0, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    if click_usage and lines and lines[0].startswith("Usage: "):
+        assert len(lines) == 3 and lines[1].startswith("Try ") and lines[2].startswith("Error: "), r.stderr
+        if text is not None:
+            assert text in lines[2], lines[2]
+        return lines[2]
+    head, _, rest = r.stderr.strip("\n").partition("\n\n")
+    lines = [ln for ln in (head if help_ok else r.stderr).splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert help_ok or not rest.strip(), r.stderr
     if text is not None:
         assert text in lines[0], lines[0]
     return lines[0]
