@@ -20,7 +20,7 @@ from repro.scenario import CaptureSettings, DetectSettings, LoadSettings, Scenar
 from repro.watch.policy import PolicySettings
 from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import WatchSettings
-from tests.helpers_cli import Recorded, call_recorded, recorder
+from tests.helpers_cli import Recorded, call_recorded, one_line_error, recorder, repro_inprocess
 
 SERVER_FLAGS = ["--model", "/models/m", "--host", "0.0.0.0", "--port", "9123", "--served-model-name", "mm",
                 "--no-extract", "--storage", "STORE", "--layers", "2,4", "--connector", "cpu",
@@ -133,9 +133,8 @@ def test_stress_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     """No flags: the settings classes' defaults, closed loop at 32, until interrupted."""
     recorder(monkeypatch, "repro.load.runner.run_stress")
     scn, _ = call_recorded("stress", "-o", str(tmp_path / "run")).args_
-    # --keep-budget's default is "1GB" (10^9 bytes), the one the help shows
-    assert dataclasses.replace(scn, invocation=None) == Scenario(
-        load=LoadSettings(keep_budget=1_000_000_000), out_dir=str(tmp_path / "run"))
+    assert dataclasses.replace(scn, invocation=None) == Scenario(out_dir=str(tmp_path / "run"))
+    assert scn.load.keep_budget == 1_000_000_000  # "1GB", the default --help shows
 
 
 @pytest.mark.parametrize("flags, seconds", [(["--hours", "0.5"], 1800.0), (["--minutes", "3"], 180.0),
@@ -280,7 +279,7 @@ def test_watch_defaults(watch_recorder: None, tmp_path: Path) -> None:
     assert ws == WatchSettings()
 
 
-@pytest.mark.parametrize("env", ["VLLM_API_KEY"])
+@pytest.mark.parametrize("env", ["REPRO_API_KEY", "VLLM_API_KEY"])
 def test_watch_api_key_comes_from_repro_api_key_or_vllm_api_key(env: str, watch_recorder: None,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
@@ -422,3 +421,91 @@ def test_health_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert call_recorded("health", "--state-file", "/s.json").args_[0] == Path("/s.json")
     monkeypatch.setenv("REPRO_WATCH_STATE_FILE", "/e.json")
     assert call_recorded("health").args_[0] == Path("/e.json")
+
+
+# --- one name per knob; the old spellings still accepted ---------------------------------------------------
+
+
+def watch_settings_of(*args: str, tmp: Path) -> WatchSettings:
+    return call_recorded("watch", "--serve", "--storage", str(tmp / "hs"), *args, "-o", str(tmp / "run")).args_[1]
+
+
+@pytest.mark.parametrize("new, old", [
+    (["--samples", "5"], ["--capture-samples", "5"]),
+    (["--sample-interval", "0.5"], ["--capture-interval", "0.5"]),
+    (["--stall-hook", "echo x"], ["--on-stall", "echo x"]),
+    (["--orphan-grace", "2m"], ["--storage-grace", "2m"]),
+])
+def test_watch_takes_the_unified_names_and_its_old_spellings(new: list[str], old: list[str], watch_recorder: None,
+                                                             tmp_path: Path) -> None:
+    """watch: --samples, --sample-interval, --stall-hook, --orphan-grace; the old names build the same settings."""
+    got = watch_settings_of(*new, tmp=tmp_path)
+    assert got == watch_settings_of(*old, tmp=tmp_path) and got != watch_settings_of(tmp=tmp_path)
+
+
+@pytest.mark.parametrize("new, old", [
+    (["--sample-interval", "0.5"], ["--interval", "0.5"]),
+    (["--bundle-budget", "5MB"], ["--size-budget", "5MB"]),
+])
+def test_capture_takes_the_unified_names_and_its_old_spellings(new: list[str], old: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """capture: --sample-interval and --bundle-budget as in stress; --interval and --size-budget still work."""
+    recorder(monkeypatch, "repro.capture.run.capture")
+    monkeypatch.setattr("repro.commands.capture._resolve_pid", lambda pid: pid)
+
+    def settings(*args: str) -> CaptureSettings:
+        return call_recorded("capture", "--pid", "1", *args, "-o", str(tmp_path / "b")).args_[0].settings
+
+    assert settings(*new) == settings(*old) != settings()
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("stress", ["--samples", "--sample-interval", "--bundle-budget", "--window", "--min-bad", "--orphan-grace",
+                "--api-key", "--on-stall"]),
+    ("watch", ["--samples", "--sample-interval", "--window", "--min-bad", "--orphan-grace", "--api-key",
+               "--stall-hook"]),
+    ("capture", ["--samples", "--sample-interval", "--bundle-budget", "--api-key"]),
+    ("bisect", ["--window", "--min-bad", "--on-stall"]),
+])
+def test_help_shows_the_unified_names_only(command: str, flags: list[str]) -> None:
+    """--help documents one spelling per knob; the old ones are accepted but not shown."""
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+
+    out = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+    for flag in flags:
+        assert f"{flag} " in out, (flag, out)
+    for old in ("--capture-samples", "--capture-interval", "--size-budget", "--storage-grace", "--interval "):
+        assert old not in out, (old, out)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["stress", "--min-bad", "0"], "--min-bad must be at least 1"),
+    (["bisect", "-c", "1-4", "--min-bad", "0"], "--min-bad must be at least 1"),
+    (["watch", "--serve", "--min-bad", "0"], "--min-bad must be at least 1"),
+    (["stress", "--samples", "51"], "--samples must be at most 50"),
+    (["watch", "--serve", "--samples", "0"], "--samples must be at least 1"),
+    (["capture", "--pid", "1", "--bundle-budget", "0"], "--bundle-budget must be positive"),
+    (["stress", "--window", "0"], "--window must be positive"),
+    (["watch", "--serve", "--window", "0"], "--window must be positive"),
+])
+def test_one_range_check_per_knob_in_every_command(args: list[str], text: str, tmp_path: Path) -> None:
+    """A range is checked once, by the settings class's validate(): every command that offers the knob refuses
+    the same bad value with the same one line (exit 2), before anything starts."""
+    r = repro_inprocess(*args, "-o", str(tmp_path / "run"))
+    one_line_error(r, 2, text)
+
+
+def test_bisect_takes_prompt_len_as_stress_does_and_its_old_spelling(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """bisect's trial load: --prompt-len as in stress; --workload-prompt-len still works."""
+    recorder(monkeypatch, "repro.bisect.driver.start_or_resume")
+
+    def base(*args: str) -> Scenario:
+        spec = call_recorded("bisect", "-c", "1-8", *args, "-o", str(tmp_path / "run")).args_[1]
+        return Scenario.from_dict(spec.extra["scenario"])
+
+    assert base("--prompt-len", "16-64").load.prompt_len == (16, 64)
+    assert base("--workload-prompt-len", "16-64") == base("--prompt-len", "16-64")

@@ -130,7 +130,7 @@ def test_the_command_is_registered_in_the_cli():
 def test_help_documents_the_modes_and_exit_codes():
     r = subprocess.run([sys.executable, "-m", "repro", "watch", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
-    for text in ("--serve", "--docker NAME", "--restart-cmd", "--probe", "--max-restarts", "--on-stall",
+    for text in ("--serve", "--docker NAME", "--restart-cmd", "--probe", "--max-restarts", "--stall-hook",
                  "--metrics-port", "Exit 1 after giving up"):
         assert text in r.stdout, text
 
