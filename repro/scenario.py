@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
+
 from repro.errors import UsageError
 from repro.formats import SCENARIO_FORMAT, read_json, stamp, version_of
+from repro.options import Flag, check_ranges, setting
 
 
 WORKLOADS = ("hidden-states", "chat", "speculators")  # plus "mixed:RATIO"
@@ -31,63 +34,120 @@ ON_STALL = ("capture", "exit", "restart")
 class ServerSettings:
     """How to launch a vLLM server (``repro serve`` and every command that launches one)."""
 
-    model: str | None = None  # None: the tiny model, built on first use
-    host: str = "127.0.0.1"
-    port: int = 8000
-    served_model_name: str | None = None
-    extract: bool = True  # hidden-state extraction on
-    storage: str = "/dev/shm/repro-hs"  # the connector's shared_storage_path
-    layers: list[int] | None = None  # None: speculators' default clipped to the model
-    connector: str = "auto"  # auto | stock | cpu | fp8 | cpu-fp8 | mooncake | module:Class (repro.target.connectors)
-    async_scheduling: bool | None = None  # None: vLLM's default
-    chunked_prefill: bool | None = None
-    prefix_caching: bool | None = None
-    max_num_seqs: int | None = None
-    max_model_len: int | None = None  # None: 256 for the tiny model, vLLM's default otherwise
-    dtype: str | None = None  # vLLM --dtype; None: float32 for the tiny model, vLLM's choice otherwise
-    inject: str | None = None  # fault-injection spec, see repro.vllm_plugins.faultspec
-    inject_control: str | None = None  # a file the fault plugin re-reads at run time
+    model: str | None = setting(None, flag=Flag(  # None: the tiny model, built on first use
+        "--model", "Model to serve. Default: the tiny random Llama, built on first use into ~/.cache/repro.",
+        metavar="DIR|ID"))
+    host: str = setting("127.0.0.1", flag=Flag("--host", "Address vLLM listens on."))
+    port: int = setting(8000, flag=Flag("--port", "Port vLLM listens on.", type=int))
+    served_model_name: str | None = setting(None, flag=Flag("--served-model-name", "Name the model is served under."))
+    extract: bool = setting(True, flag=Flag(  # hidden-state extraction on
+        "--extract", "Hidden-state extraction (extract_hidden_states + hidden-states KV connector).", parse="flag",
+        off="--no-extract"))
+    storage: str = setting("/dev/shm/repro-hs", flag=Flag(  # the connector's shared_storage_path
+        "--storage", "Where vLLM writes hidden-state files (the connector's shared_storage_path).", metavar="DIR"))
+    layers: list[int] | None = setting(None, flag=Flag(  # None: speculators' default clipped to the model
+        "--layers", "1-based layer ids to extract, e.g. 2,16,29,32. Default: speculators' [2, L//2, L-3, L] "
+        "clipped to the model.", metavar="IDS"))
+    connector: str = setting("auto", flag=Flag(  # auto | stock | cpu | fp8 | cpu-fp8 | mooncake | module:Class
+        "--connector", "Hidden-states connector: stock (vLLM's ExampleHiddenStatesConnector, GPU), cpu (repro's, "
+        "synchronous: the vLLM 0.20.2 behaviour), fp8 (hs-connectors' FP8HiddenStatesConnector: float8 files with "
+        "per-token scales, GPU), cpu-fp8 (that format written on CPU), mooncake (hs-connectors: a handle into a "
+        "Mooncake store, no file), or module:Class of any KV connector importable beside vLLM. auto: cpu when no "
+        "GPU is visible, else stock. When attaching (--url) it says what the server runs, so that its files are "
+        "checked for that format.", metavar="NAME|module:Class"))
+    async_scheduling: bool | None = setting(None, flag=Flag(  # None: vLLM's default
+        "--async-scheduling", "Force vLLM's async scheduling.", parse="flag", off="--no-async-scheduling"))
+    chunked_prefill: bool | None = setting(None, flag=Flag(
+        "--chunked-prefill", "Force chunked prefill.", parse="flag", off="--no-chunked-prefill"))
+    prefix_caching: bool | None = setting(None, flag=Flag(
+        "--prefix-caching", "Force prefix caching.", parse="flag", off="--no-prefix-caching"))
+    max_num_seqs: int | None = setting(None, flag=Flag("--max-num-seqs", "vLLM --max-num-seqs.", type=int,
+                                                       minimum=1))
+    max_model_len: int | None = setting(None, flag=Flag(  # None: 256 for the tiny model, vLLM's default otherwise
+        "--max-model-len", "vLLM --max-model-len.", type=int, minimum=16))
+    dtype: str | None = setting(None, flag=Flag(  # None: float32 for the tiny model, vLLM's choice otherwise
+        "--dtype", "vLLM --dtype (the dtype of the model and of the hidden-state files). Default: float32 for the "
+        "tiny model, vLLM's own choice (the model's dtype) otherwise.",
+        type=click.Choice(["auto", "bfloat16", "float16", "float32"])))
+    inject: str | None = setting(None, flag=Flag(  # fault-injection spec, see repro.vllm_plugins.faultspec
+        "--inject", "Fault to inject inside vLLM (needs repro installed beside vLLM): "
+        "stall-after=T | stall-after=Nsteps (block the scheduler for good, T s after the first request); "
+        "stall-for=T[,after=A] (block it for T s once: slow, not dead); "
+        "write-stall[=A] (hang inside the hidden-state file write); "
+        "gpu-hang[=T] (a GPU kernel that never finishes on the engine's stream: EngineCore blocks in a CUDA wait); "
+        "raise-after=T|Nsteps (raise inside the scheduler: EngineCore dies with a traceback); "
+        "hazard=R,min_running=N[,seed=S] (permanent stall at random, R per hour while >= N requests run). "
+        "Join several with ';'. Times: 30, 30s, 5m, 1h.", metavar="SPEC"))
+    inject_control: str | None = setting(None, flag=Flag(  # a file the fault plugin re-reads at run time
+        "--inject-control", "A file the fault plugin re-reads at run time: write a SPEC to arm, 'release' to "
+        "unblock.", metavar="FILE"))
     extra_args: list[str] = field(default_factory=list)  # passed to vllm serve after ours
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
-    vllm_cmd: list[str] | None = None  # how to run vLLM's CLI; None: find it
-    startup_timeout: float = 600.0
+    vllm_cmd: list[str] | None = setting(None, flag=Flag(  # how to run vLLM's CLI; None: find it
+        "--vllm-cmd", "How to run vLLM's CLI up to the model, e.g. 'python -m vllm.entrypoints.cli.main serve'. "
+        "Default: the `vllm serve` next to this Python, else on PATH.", parse="words", metavar="CMD"))
+    startup_timeout: float = setting(600.0, flag=Flag(
+        "--startup-timeout", "How long to wait for the server to answer.", parse="duration", positive=True))
     log_stats_interval: float = 1.0  # VLLM_LOG_STATS_INTERVAL
+
+    def validate(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
 class LoadSettings:
     """The load ``repro stress`` sends."""
 
-    workload: str = "hidden-states"  # hidden-states | chat | mixed:RATIO (share of hidden-states)
-    concurrency: int = 32
-    rate: float | None = None  # Poisson arrivals per second; None: closed loop at `concurrency`
+    workload: str = setting("hidden-states", flag=Flag(  # hidden-states | chat | speculators | mixed:RATIO
+        "--workload", "hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and "
+        "consumed; chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states; "
+        "speculators: exactly what speculators 0.9's generate-offline-data sends (same bodies, 2/4/8 s retry "
+        "back-off, also on HTTP 4xx, 10 s LOCK_EX wait then lock removal, give-up after --max-consecutive-errors).",
+        metavar="hidden-states|chat|speculators|mixed:RATIO"))
+    concurrency: int = setting(32, flag=Flag("--concurrency", "Requests in flight at most.", type=int, short="-c",
+                                             minimum=1))
+    rate: float | None = setting(None, flag=Flag(  # Poisson arrivals per second; None: closed loop at `concurrency`
+        "--rate", "Poisson arrivals per second (capped by --concurrency). Default: closed loop, always "
+        "--concurrency in flight.", type=float, positive=True))
     duration: float | None = None  # seconds; None with requests None: until interrupted
-    requests: int | None = None
-    request_timeout: float = 120.0
-    retries: int = 3
-    seed: int = 0
-    prompt_len: tuple[int, int] = (128, 2048)
-    prompts_file: str | None = None
-    max_tokens: int = 16  # chat workload; hidden-states always uses 1
-    consume: str = "delete"  # delete | move:DIR | keep
-    keep_budget: int = 1 << 30  # bytes kept at most with consume=keep
-    keep_bad_budget: int = 256 * 1000 * 1000  # failing hidden-state files kept in RUN_DIR/bad-files up to this
-    model_name: str | None = None  # None: from /v1/models
-    vocab_size: int | None = None  # synthetic token ids are drawn below this; None: from the model's config
-    check_threads: int | None = None  # threads verifying hidden-state files; None: concurrency/16 in 4..16
-    max_consecutive_errors: int | None = None  # --workload speculators gives up after this many; None: concurrency
+    requests: int | None = setting(None, flag=Flag("--requests", "Stop after this many requests.", type=int,
+                                                   minimum=1))
+    request_timeout: float = setting(120.0, flag=Flag(
+        "--request-timeout", "Client timeout per attempt; a timeout aborts the request on the server.",
+        parse="duration", positive=True))
+    retries: int = setting(3, flag=Flag("--retries", "Retries per request, with 2^n s backoff.", type=int,
+                                        minimum=0))
+    seed: int = setting(0, flag=Flag("--seed", "Seed for prompts, lengths, arrivals and the mixed workload.",
+                                     type=int))
+    prompt_len: tuple[int, int] = setting((128, 2048), flag=Flag(
+        "--prompt-len", "Synthetic prompt length in tokens.", parse="span", aliases=("--workload-prompt-len",)))
+    prompts_file: str | None = setting(None, flag=Flag(
+        "--prompts", "Prompts instead of synthetic ones: one JSON per line, {\"prompt\": text}, {\"messages\": [...]} "
+        "or {\"prompt_token_ids\": [...]}; or the directory `speculators prepare-data` wrote (its input_ids, in "
+        "order; needs the datasets package).", metavar="FILE.jsonl|DIR"))
+    max_tokens: int = setting(16, flag=Flag(  # chat workload; hidden-states always uses 1
+        "--max-tokens", "Tokens to generate per chat request.", type=int))
+    consume: str = setting("delete", flag=Flag(  # delete | move:DIR | keep
+        "--consume", "What to do with each verified hidden-state file.", metavar="delete|move:DIR|keep"))
+    keep_budget: int = setting(1000 * 1000 * 1000, flag=Flag(  # bytes kept at most with consume=keep
+        "--keep-budget", "With --consume keep: keep at most this much.", parse="size"))
+    keep_bad_budget: int = setting(256 * 1000 * 1000, flag=Flag(  # failing files kept in RUN_DIR/bad-files
+        "--keep-bad", "Hidden-state files that fail their check are moved to RUN_DIR/bad-files for inspection, up "
+        "to this much (0: delete them); the run then exits 4.", parse="size"))
+    model_name: str | None = setting(None, flag=Flag(  # None: from /v1/models
+        "--model-name", "Model id to request. Default: the first of /v1/models."))
+    vocab_size: int | None = setting(None, flag=Flag(  # synthetic token ids are drawn below this
+        "--vocab-size", "Synthetic token ids stay below this. Default: the model's config, else 500.", type=int))
+    check_threads: int | None = setting(None, flag=Flag(  # None: concurrency/16 in 4..16
+        "--check-threads", "Threads verifying hidden-state files (default: concurrency/16 within 4..16; more for "
+        "slow storage).", type=int))
+    max_consecutive_errors: int | None = setting(None, flag=Flag(  # --workload speculators gives up after this many
+        "--max-consecutive-errors", "With --workload speculators: stop (exit 3, outcome client-gave-up) after this "
+        "many failed samples in a row, as speculators does. Default: --concurrency, speculators' default.",
+        type=int))
 
     def validate(self) -> None:
-        if self.concurrency < 1:
-            raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
-        if self.rate is not None and self.rate <= 0:
-            raise UsageError(f"--rate must be positive, got {self.rate}")
-        if self.requests is not None and self.requests < 1:
-            raise UsageError(f"--requests must be at least 1, got {self.requests}")
-        if self.request_timeout <= 0:
-            raise UsageError(f"--request-timeout must be positive, got {self.request_timeout}")
-        if self.retries < 0:
-            raise UsageError(f"--retries must not be negative, got {self.retries}")
+        check_ranges(self)
         lo, hi = self.prompt_len
         if lo < 1 or hi < lo:
             raise UsageError(f"--prompt-len must be N or LO-HI with 1 <= LO <= HI, got {lo}-{hi}")
@@ -114,44 +174,67 @@ class LoadSettings:
 class DetectSettings:
     """The stall detector (shared by stress and watch)."""
 
-    poll_interval: float = 1.0  # seconds between /metrics polls
-    window: float = 180.0  # how long a bad state must persist before it is a stall
-    min_bad_evaluations: int = 3  # K consecutive bad evaluations, on top of the window
-    slow_floor: float | None = None  # tokens/s below which progress counts as `slow`
-    startup_grace: float = 60.0
+    poll_interval: float = setting(1.0, flag=Flag(
+        "--poll-interval", "Seconds between evaluations (/metrics polls).", parse="duration", positive=True))
+    window: float = setting(180.0, flag=Flag(
+        "--window", "How long a bad state must last before it is a stall.", parse="duration", positive=True))
+    min_bad_evaluations: int = setting(3, flag=Flag(
+        "--min-bad", "Consecutive bad evaluations needed as well as the window.", type=int, minimum=1))
+    slow_floor: float | None = setting(None, flag=Flag(
+        "--slow-floor", "Progress below this many tokens/s over a whole window is reported as `slow`.",
+        type=float, metavar="TOK/S", positive=True))
+    startup_grace: float = setting(60.0, flag=Flag(
+        "--startup-grace", "No stall (other than server-dead) is declared this early (from the start of the load, "
+        "or in watch from when the model answers).", parse="duration", minimum=0))
     probe: bool = True  # when the server reports nothing running but the client waits: send a 1-token probe
-    probe_timeout: float = 10.0  # seconds a probe may take before it counts as no answer
+    probe_timeout: float = setting(10.0, flag=Flag(
+        "--probe-timeout", "A probe not answered by then counts as stuck.", parse="duration", positive=True))
     abort_window: float = 10.0  # abort-storm: seconds of client endings looked at
     abort_share: float = 0.5  # abort-storm: at least this share of the requests that ended were aborted
     abort_min: int = 10  # abort-storm: and at least this many aborts in the window
 
     def validate(self) -> None:
-        if self.poll_interval <= 0:
-            raise UsageError("--poll-interval must be positive")
-        if self.window <= 0:
-            raise UsageError("--window must be positive")
+        check_ranges(self)
 
 
 @dataclass
 class CaptureSettings:
     """What to take when a stall is detected."""
 
-    samples: int = 3
-    interval: float = 2.0
-    native: bool = True
+    samples: int = setting(3, flag=Flag(
+        "--samples", "py-spy dumps of every vLLM process, this many rounds (on a stall; capture: now).", type=int,
+        minimum=1, maximum=50, aliases=("--capture-samples",)))
+    interval: float = setting(2.0, flag=Flag(
+        "--sample-interval", "Seconds between dump rounds.", parse="duration", minimum=0,
+        aliases=("--interval", "--capture-interval")))
+    native: bool = setting(True, flag=Flag("--native", "Also take py-spy --native dumps.", parse="flag",
+                                           off="--no-native"))
     pyspy_timeout: float = 10.0
-    size_budget: int = 20 * 1000 * 1000
-    redact_hosts: bool = False
-    env_allow: tuple[str, ...] = ()  # more server environment variables to show (names or wildcards; REPRO_ENV_ALLOW)
+    size_budget: int = setting(20 * 1000 * 1000, flag=Flag(
+        "--bundle-budget", "Size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.",
+        parse="size", positive=True, aliases=("--size-budget",)))
+    redact_hosts: bool = setting(False, flag=Flag("--redact-hosts", "Replace hostnames and IPs by stable aliases.",
+                                                  parse="flag"))
+    # more server environment variables to show (names or wildcards; REPRO_ENV_ALLOW)
+    env_allow: tuple[str, ...] = setting((), flag=Flag(
+        "--env-allow", "Also show this variable of the server's environment in the bundle (repeatable; wildcards "
+        "such as 'MYAPP_*'; or REPRO_ENV_ALLOW=NAME,NAME). Off the allow-list, a value is withheld (name kept); "
+        "names that say secret are always withheld.", metavar="NAME", multiple=True))
     secret_scan: bool = True  # detect-secrets' detectors on every text and in the last check (off: benchmarks only)
-    pyspy: str | None = None  # py-spy executable; None: beside this Python, else PATH
+    pyspy: str | None = setting(None, flag=Flag(  # py-spy executable; None: beside this Python, else PATH
+        "--py-spy", "py-spy to use (default: beside repro, else PATH).", metavar="PATH"))
     docker_pyspy: str = "auto"  # "nsenter" (host py-spy inside a container's namespaces), "exec" (the image's py-spy),
     #                             "host" (host py-spy, host pids, no native frames), auto: nsenter as root, else exec
     stacks_budget: float = 15.0  # seconds for all stack samples of all processes (grows with samples*interval)
-    collect_env: bool = True  # run `python -m vllm.collect_env` with the server's Python
+    collect_env: bool = setting(True, flag=Flag(  # run `python -m vllm.collect_env` with the server's Python
+        "--collect-env", "Run vLLM's collect_env with the server's Python into the bundle (slow; runs during "
+        "sampling).", parse="flag", off="--no-collect-env"))
     collect_env_timeout: float = 60.0  # runs in parallel with sampling; killed after this
     collect_env_cache: str | None = ""  # "": ~/.cache/repro/collect-env (24 h); None: never cache; else a dir
     log_tail_bytes: int = 4 * 1000 * 1000  # of the server log, before the size budget trims further
+
+    def validate(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -166,21 +249,28 @@ class Scenario:
     log_file: str | None = None  # server log to follow when attaching
     docker: str | None = None  # container name when the server runs in Docker
     storage_path: str | None = None  # hidden-state storage to watch when attaching
-    storage_horizon: float = 1800.0  # storage-exhaustion warns when the store is projected full within this
-    orphan_grace: float = 30.0  # an unclaimed file younger than this may still be claimed (or written late)
-    on_stall: str = "capture"
+    storage_horizon: float = setting(1800.0, flag=Flag(  # storage-exhaustion warns when projected full within this
+        "--storage-horizon", "Warn storage-exhaustion when the store is projected to fill within this.",
+        parse="duration", positive=True))
+    orphan_grace: float = setting(30.0, flag=Flag(  # an unclaimed file younger than this may still be claimed
+        "--orphan-grace", "An unclaimed hidden-state file younger than this is pending, not yet an orphan (files "
+        "appear late; a client may still claim it).", parse="duration", minimum=0, aliases=("--storage-grace",)))
+    on_stall: str = setting("capture", flag=Flag(
+        "--on-stall", "capture: hand the run to the capture stage (a bundle), then end; exit: end at once; "
+        "restart: only `repro watch` restarts (its notification hook is --stall-hook).",
+        type=click.Choice(ON_STALL)))
     out_dir: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # never serialised
+    api_key: str | None = setting(None, repr=False, flag=Flag(  # never serialised
+        "--api-key", "Bearer token of the server (one started with --api-key); $REPRO_API_KEY, else $VLLM_API_KEY.",
+        envvar=("REPRO_API_KEY", "VLLM_API_KEY")))
     invocation: list[str] | None = None  # the repro command line that started the run, secrets masked (the reproducer)
     server_cmdline: list[str] | None = None  # --server-command: an attached server's command line repro cannot read
 
     def validate(self) -> None:
         self.load.validate()
         self.detect.validate()
-        if self.storage_horizon <= 0:
-            raise UsageError("--storage-horizon must be positive")
-        if self.orphan_grace < 0:
-            raise UsageError("--orphan-grace must not be negative")
+        self.capture.validate()
+        check_ranges(self)
         if self.on_stall not in ON_STALL:
             raise UsageError(f"unknown --on-stall {self.on_stall!r}: use capture, exit or restart")
 

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from aiohttp import web
 
+from benchmarks import fast_endpoint
 from repro.scenario import DetectSettings, LoadSettings, Scenario
 from tests.helpers_http import ThreadedApp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fast_endpoint  # noqa: E402
 
 
 class Endpoint:

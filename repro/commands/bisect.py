@@ -20,6 +20,7 @@ from repro.bisect.space import DEFAULT_PLAIN_STORAGE, Change, SearchSpace, parse
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, UsageError
+from repro.options import option, options, values
 from repro.rundir import new_run_dir
 from repro.scenario import DetectSettings, LoadSettings, Scenario
 from repro.units import format_duration, parse_duration
@@ -27,6 +28,7 @@ from repro.units import format_duration, parse_duration
 TOGGLE_OPTIONS = {"extract": "extract=N", "storage": "storage=PATH", "layers": "extract=N",
                   "async_scheduling": "async-scheduling=on|off", "chunked_prefill": "chunked-prefill=on|off",
                   "prefix_caching": "prefix-caching=on|off", "max_num_seqs": "max-num-seqs=N"}
+LOAD_OPTIONS = ("prompt_len", "max_tokens", "seed")  # the load of every trial (its concurrency is searched)
 SERVER_START = 60.0  # a vLLM start on the tiny model takes 35-60 s: part of every real trial
 
 
@@ -157,15 +159,10 @@ def _report(d: Decision) -> None:
 @click.option("--undo", "undo_dir", default=None, metavar="DIR",
               help="Void the last step of DIR (e.g. a false alarm), then exit; --resume re-plans.")
 @click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/bisect-<time>).")
-@click.option("--workload-prompt-len", "prompt_len", default="128-1024", metavar="LO-HI", help="Prompt tokens.")
-@click.option("--max-tokens", type=int, default=16, help="Tokens per request when extraction is off (chat).")
-@click.option("--seed", type=int, default=0, help="Load seed.")
-@click.option("--window", default="180", metavar="DUR", help="Stall detector window.")
-@click.option("--poll-interval", type=float, default=1.0, help="Seconds between /metrics polls.")
-@click.option("--min-bad", type=int, default=3, help="Consecutive bad polls needed as well as the window.")
-@click.option("--startup-grace", default="60", metavar="DUR", help="Detector grace after the load starts.")
-@click.option("--on-stall", type=click.Choice(["capture", "exit"]), default="capture",
-              help="On a stall in a trial: capture a bundle (evidence) or just end the trial.")
+@options(LoadSettings, LOAD_OPTIONS, defaults={"prompt_len": (128, 1024)})
+@options(DetectSettings, ("window", "poll_interval", "min_bad_evaluations", "startup_grace"))
+@option(Scenario, "on_stall", type=click.Choice(["capture", "exit"]),
+        help="On a stall in a trial: capture a bundle (evidence) or just end the trial.")
 @click.option("--heartbeat", type=float, default=5.0, help="Seconds between journal heartbeats of a running trial.")
 @click.option("--fresh-server", is_flag=True, default=False,
               help="Start a new vLLM server for every trial. By default a server that stayed clean serves the "
@@ -208,6 +205,9 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         if ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE:
             raise UsageError(f"--{param.replace('_', '-')} is a search dimension in repro bisect: "
                              f"give it as --change {toggle} (the baseline has every change, the search removes them)")
+    detect = DetectSettings(**values(DetectSettings, kw, ("window", "poll_interval", "min_bad_evaluations",
+                                                          "startup_grace")))
+    detect.validate()
     resume = kw["resume"]
     given_space = kw["space_file"] or kw["concurrency"] is not None or kw["changes"] or kw["simulate"]
     sim_model = None
@@ -243,9 +243,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
             raise UsageError(f"--simulate {kw['simulate']}: the model's space differs from the one given; "
                              "put the space in the model file only")
         mode = "simulate" if sim_model is not None else "real"
-        base = None if sim_model is not None else _base_scenario(kw, vllm_args)
-        one_trial = (sim_model.overhead if sim_model is not None else SERVER_START + parse_duration(
-            kw["startup_grace"], "--startup-grace")) + min_trial
+        base = None if sim_model is not None else _base_scenario(kw, vllm_args, detect)
+        one_trial = (sim_model.overhead if sim_model is not None else SERVER_START + detect.startup_grace) + min_trial
         if space.budget is not None and space.budget < one_trial:
             raise UsageError(f"--budget {format_duration(space.budget)} is too small for one trial "
                              f"(at least {format_duration(one_trial)}: start-up + warm-up + --min-trial)")
@@ -367,17 +366,9 @@ def _journaled_base(spec: driver.SearchSpec) -> Scenario:
     return spec.base
 
 
-def _base_scenario(kw: dict[str, Any], vllm_args: tuple[str, ...]) -> Scenario:
+def _base_scenario(kw: dict[str, Any], vllm_args: tuple[str, ...], detect: DetectSettings) -> Scenario:
     server = server_settings(kw, vllm_args)
-    lo, _, hi = kw["prompt_len"].partition("-")
-    try:
-        plen = (int(lo), int(hi or lo))
-    except ValueError:
-        raise UsageError(f"--workload-prompt-len {kw['prompt_len']!r}: use N or LO-HI") from None
-    load = LoadSettings(prompt_len=plen, max_tokens=kw["max_tokens"], seed=kw["seed"])
-    detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
-                            min_bad_evaluations=kw["min_bad"],
-                            startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
+    load = LoadSettings(**values(LoadSettings, kw, LOAD_OPTIONS))
     scn = Scenario(server=server, load=load, detect=detect, on_stall=kw["on_stall"])
     scn.validate()
     return scn

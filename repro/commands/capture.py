@@ -14,10 +14,9 @@ import psutil
 
 from repro import invocation
 from repro.capture.request import CaptureRequest
-from repro.commands.options import env_allow_option
+from repro.options import options, values
 from repro.errors import TargetError, UsageError
 from repro.scenario import CaptureSettings, Scenario
-from repro.units import parse_size
 
 
 def _resolve_pid(pid: int) -> int:
@@ -93,10 +92,7 @@ def _next_bundle_dir(base: Path) -> Path:
 @click.option("--url", default=None, help="The server's base URL (for /metrics before and after sampling).")
 @click.option("--pid", type=int, default=None, help="Pid of the server's root process (any vLLM process works).")
 @click.option("--docker", "docker", default=None, metavar="NAME", help="The container the server runs in.")
-@click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True,
-              help="Stack dumps per process.")
-@click.option("--interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Seconds between dumps.")
+@options(CaptureSettings, ("samples", "interval"))
 @click.option("-o", "--out", default=None, metavar="DIR",
               help="Bundle directory to create (the .tar.gz goes beside it). Default: RUN_DIR/bundle-NNN, "
                    "else ./repro-runs/capture-<time>/bundle-001.")
@@ -105,18 +101,11 @@ def _next_bundle_dir(base: Path) -> Path:
               help="The attached server's command line, for the report, when repro cannot read it (a server on "
                    "another machine); a local server's is read from /proc.")
 @click.option("--storage", default=None, metavar="DIR", help="The hidden-state storage directory to census.")
-@click.option("--api-key", default=None, envvar="REPRO_API_KEY", help="API key for /metrics (env REPRO_API_KEY).")
-@click.option("--py-spy", "pyspy", default=None, metavar="PATH", help="py-spy to use (default: beside repro, else PATH).")
-@click.option("--native/--no-native", default=True, show_default=True, help="Also take py-spy --native dumps.")
-@click.option("--collect-env/--no-collect-env", default=True, show_default=True,
-              help="Run vLLM's collect_env with the server's Python (slow; runs during sampling).")
-@click.option("--redact-hosts", is_flag=True, help="Replace hostnames and IPs by stable aliases.")
-@click.option("--size-budget", default="20MB", show_default=True, help="Largest bundle size (logs trimmed first).")
-@env_allow_option
-def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, samples: int,
-            interval: float, out: str | None, log_file: Path | None, storage: str | None, api_key: str | None,
-            pyspy: str | None, native: bool, collect_env: bool, redact_hosts: bool, size_budget: str,
-            server_command: str | None, env_allow: tuple[str, ...]) -> int:
+@options(Scenario, ("api_key",))
+@options(CaptureSettings, ("pyspy", "native", "collect_env", "redact_hosts", "size_budget", "env_allow"))
+def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str | None, out: str | None,
+            log_file: Path | None, storage: str | None, api_key: str | None, server_command: str | None,
+            **kw: Any) -> int:
     """Take the evidence of a stall from a running vLLM server, into a bundle.
 
     \b
@@ -125,7 +114,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
 
     \b
     The bundle holds py-spy stacks of every vLLM process (--samples dumps,
-    --interval s apart), per-thread CPU time, /metrics before and after, the log
+    --sample-interval s apart), per-thread CPU time, /metrics before and after, the log
     tail, command line and environment (secrets redacted), collect-env, storage
     state, a timeline plot, summary.md and manifest.json; the .tar.gz beside it
     fits a GitHub issue. Then: `repro analyze BUNDLE`, `repro issue BUNDLE`.
@@ -143,6 +132,8 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
         raise UsageError("say what to capture: --pid PID [--url URL], --docker NAME, --url URL, or a RUN_DIR")
     if pid is not None and docker:
         raise UsageError("give either --pid or --docker, not both")
+    settings = CaptureSettings(**values(CaptureSettings, kw))
+    settings.validate()
     info: dict[str, Any] = _from_run_dir(run_dir) if run_dir else {}
     url = url or info.get("url")
     if docker:
@@ -159,9 +150,6 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
             raise TargetError(f"no process on this machine listens on the port of {url}: pass --pid "
                               "(or --docker for a container)")
         root = _resolve_pid(owner)
-    settings = CaptureSettings(samples=samples, interval=interval, native=native, redact_hosts=redact_hosts,
-                               size_budget=parse_size(size_budget, "--size-budget"), pyspy=pyspy,
-                               collect_env=collect_env, env_allow=tuple(env_allow))
     if out:
         out_dir = Path(out).expanduser()
         if (out_dir / "manifest.json").exists():
@@ -181,7 +169,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
                          timeline_csv=info.get("timeline_csv"), detection=info.get("detection"), reason="manual",
                          repro_command=invocation.command_line([api_key or ""]),
                          server_command=shlex.split(server_command) if server_command else None)
-    click.echo(f"capturing {samples} samples, {interval:g} s apart ...", err=True)
+    click.echo(f"capturing {settings.samples} samples, {settings.interval:g} s apart ...", err=True)
     b = capture(req)
     v = b.verdict or {}
     click.echo(f"bundle: {b.dir}")

@@ -13,23 +13,19 @@ from typing import Any
 import click
 
 from repro import invocation
-from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
+from repro.commands.options import passthrough, server_options, server_settings
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_TARGET, UsageError
+from repro.options import options, values
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, LoadSettings, Scenario
-from repro.units import parse_duration, parse_size
+from repro.units import parse_duration
 
-
-def _prompt_len(text: str) -> tuple[int, int]:
-    try:
-        if "-" in text:
-            lo, hi = (int(x) for x in text.split("-", 1))
-        else:
-            lo = hi = int(text)
-    except ValueError:
-        raise UsageError(f"--prompt-len {text!r}: use N or LO-HI, e.g. 128-2048") from None
-    return lo, hi
+LOAD_OPTIONS = ("requests", "request_timeout", "retries", "seed", "prompt_len", "prompts_file", "vocab_size",
+                "check_threads", "max_tokens", "consume", "keep_budget", "keep_bad_budget")
+SCENARIO_OPTIONS = ("api_key", "storage_horizon", "orphan_grace", "on_stall")
+CAPTURE_OPTIONS = ("samples", "interval", "size_budget", "env_allow")
+DETECT_OPTIONS = ("poll_interval", "window", "min_bad_evaluations", "slow_floor", "startup_grace")
 
 
 def _duration(hours: float | None, minutes: float | None, duration: str | None) -> float | None:
@@ -52,9 +48,8 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @click.command("stress", context_settings={"show_default": True})
 @server_options
 @click.option("--url", default=None, metavar="URL", help="Attach to a running server instead of launching one.")
-@click.option("--api-key", envvar="REPRO_API_KEY", default=None, show_envvar=True,
-              help="Bearer token for servers started with --api-key.")
-@click.option("--model-name", default=None, help="Model id to request. Default: the first of /v1/models.")
+@options(Scenario, ("api_key",))
+@options(LoadSettings, ("model_name",))
 @click.option("--log-file", default=None, metavar="FILE", help="Server log to follow when attaching (--url).")
 @click.option("--docker", default=None, metavar="NAME", help="Follow the log of this container (docker logs -f).")
 @click.option("--server-command", default=None, metavar="CMD",
@@ -62,63 +57,15 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
                    "another machine); a local server's is read from /proc.")
 @click.option("--storage-path", default=None, metavar="DIR",
               help="Hidden-state storage of an attached server: orphan census while the run goes, and capture.")
-@click.option("--storage-horizon", default="30m", metavar="DUR",
-              help="Warn storage-exhaustion when the store is projected to fill within this.")
-@click.option("--orphan-grace", default="30s", metavar="DUR",
-              help="An unclaimed hidden-state file younger than this is pending, not yet an orphan (files appear late).")
-@click.option("--workload", default="hidden-states", metavar="hidden-states|chat|speculators|mixed:RATIO",
-              help="hidden-states: /v1/completions, token-id prompt, max_tokens=1, every file verified and consumed; "
-                   "chat: /v1/chat/completions with --max-tokens; mixed:RATIO: that share of hidden-states; "
-                   "speculators: exactly what speculators 0.9's generate-offline-data sends (same bodies, "
-                   "2/4/8 s retry back-off, also on HTTP 4xx, 10 s LOCK_EX wait then lock removal, give-up after "
-                   "--max-consecutive-errors).")
-@click.option("--max-consecutive-errors", type=int, default=None,
-              help="With --workload speculators: stop (exit 3, outcome client-gave-up) after this many failed "
-                   "samples in a row, as speculators does. Default: --concurrency, speculators' default.")
-@click.option("--concurrency", "-c", type=int, default=32, help="Requests in flight at most.")
-@click.option("--rate", type=float, default=None, help="Poisson arrivals per second (capped by --concurrency). "
-                                                        "Default: closed loop, always --concurrency in flight.")
+@options(Scenario, ("storage_horizon", "orphan_grace"))
+@options(LoadSettings, ("workload", "max_consecutive_errors", "concurrency", "rate"))
 @click.option("--hours", type=float, default=None, help="Run this many hours.")
 @click.option("--minutes", type=float, default=None, help="Run this many minutes.")
 @click.option("--duration", default=None, metavar="DUR", help="Run this long: 90s, 30m, 6h, 1h30m.")
-@click.option("--requests", "n_requests", type=int, default=None, help="Stop after this many requests.")
-@click.option("--request-timeout", default="120", metavar="DUR",
-              help="Client timeout per attempt; a timeout aborts the request on the server.")
-@click.option("--retries", type=int, default=3, help="Retries per request, with 2^n s backoff.")
-@click.option("--seed", type=int, default=0, help="Seed for prompts, lengths, arrivals and the mixed workload.")
-@click.option("--prompt-len", default="128-2048", metavar="N|LO-HI", help="Synthetic prompt length in tokens.")
-@click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl|DIR",
-              help="Prompts instead of synthetic ones: one JSON per line, {\"prompt\": text}, "
-                   "{\"messages\": [...]} or {\"prompt_token_ids\": [...]}; or the directory `speculators "
-                   "prepare-data` wrote (its input_ids, in order; needs the datasets package).")
-@click.option("--vocab-size", type=int, default=None, help="Synthetic token ids stay below this. "
-                                                           "Default: the model's config, else 500.")
-@click.option("--check-threads", type=int, default=None,
-              help="Threads verifying hidden-state files (default: concurrency/16 within 4..16; more for slow storage).")
-@click.option("--max-tokens", type=int, default=16, help="Tokens to generate per chat request.")
-@click.option("--consume", default="delete", metavar="delete|move:DIR|keep",
-              help="What to do with each verified hidden-state file.")
-@click.option("--keep-budget", default="1GB", metavar="SIZE", help="With --consume keep: keep at most this much.")
-@click.option("--keep-bad", "keep_bad", default="256MB", metavar="SIZE",
-              help="Hidden-state files that fail their check are moved to RUN_DIR/bad-files for inspection, "
-                   "up to this much (0: delete them); the run then exits 4.")
-@click.option("--poll-interval", type=float, default=1.0, help="Seconds between /metrics polls.")
-@click.option("--window", default="180", metavar="DUR", help="How long a bad state must last to be a stall.")
-@click.option("--min-bad", type=int, default=3, help="Consecutive bad polls needed as well as the window.")
-@click.option("--slow-floor", type=float, default=None, metavar="TOK/S",
-              help="Progress below this many tokens/s over a whole window is reported as `slow`.")
-@click.option("--startup-grace", default="60", metavar="DUR",
-              help="No stall (other than server-dead) is declared this early in the run.")
-@click.option("--on-stall", type=click.Choice(["capture", "exit", "restart"]), default="capture",
-              help="capture: hand the run to the capture stage, then exit 1; exit: exit 1 at once; "
-                   "restart: not supported by stress (use `repro watch`).")
-@click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True,
-              help="On a stall: py-spy dumps of every vLLM process, this many rounds.")
-@click.option("--sample-interval", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="On a stall: seconds between dump rounds.")
-@click.option("--bundle-budget", default="20MB", show_default=True, metavar="SIZE",
-              help="On a stall: size budget of the bundle (GitHub takes 25 MB per file); logs are trimmed first.")
-@env_allow_option
+@options(LoadSettings, LOAD_OPTIONS)
+@options(DetectSettings, DETECT_OPTIONS)
+@options(Scenario, ("on_stall",))
+@options(CaptureSettings, CAPTURE_OPTIONS)
 @click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
 @click.option("--replicas", type=int, default=1,
               help="With --executor ray: this many independent soaks, each with its own server on its node.")
@@ -146,8 +93,6 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
       repro stress --inject stall-after=30 --window 20 --duration 5m
     """
     server = server_settings(kw, vllm_args)
-    if kw["concurrency"] < 1:
-        raise UsageError(f"--concurrency must be at least 1, got {kw['concurrency']}")
     if kw["on_stall"] == "restart":
         raise UsageError("--on-stall restart is not supported by `repro stress`: it stops at the first stall "
                          "(use capture or exit; `repro watch` restarts)")
@@ -157,26 +102,13 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
             raise UsageError(f"--url {url!r}: must start with http:// or https://")
     elif kw["log_file"] or kw["docker"]:
         pass  # allowed: following another log while repro launches its own server is odd but harmless
-    load = LoadSettings(
-        workload=kw["workload"], concurrency=kw["concurrency"], rate=kw["rate"],
-        duration=_duration(kw["hours"], kw["minutes"], kw["duration"]), requests=kw["n_requests"],
-        request_timeout=parse_duration(kw["request_timeout"], "--request-timeout"), retries=kw["retries"],
-        seed=kw["seed"], prompt_len=_prompt_len(kw["prompt_len"]), prompts_file=kw["prompts_file"],
-        max_tokens=kw["max_tokens"], consume=kw["consume"], keep_budget=parse_size(kw["keep_budget"], "--keep-budget"),
-        keep_bad_budget=parse_size(kw["keep_bad"], "--keep-bad"),
-        model_name=kw["model_name"], vocab_size=kw["vocab_size"], check_threads=kw["check_threads"],
-        max_consecutive_errors=kw["max_consecutive_errors"])
-    detect = DetectSettings(poll_interval=kw["poll_interval"], window=parse_duration(kw["window"], "--window"),
-                            min_bad_evaluations=kw["min_bad"], slow_floor=kw["slow_floor"],
-                            startup_grace=parse_duration(kw["startup_grace"], "--startup-grace"))
-    capture = CaptureSettings(samples=kw["samples"], interval=kw["sample_interval"],
-                              size_budget=parse_size(kw["bundle_budget"], "--bundle-budget"),
-                              env_allow=tuple(kw["env_allow"]))
+    load = LoadSettings(**values(LoadSettings, kw), duration=_duration(kw["hours"], kw["minutes"], kw["duration"]))
+    detect = DetectSettings(**values(DetectSettings, kw, DETECT_OPTIONS))
+    capture = CaptureSettings(**values(CaptureSettings, kw, CAPTURE_OPTIONS))
+    run = values(Scenario, kw, SCENARIO_OPTIONS)
     scn = Scenario(server=server, load=load, detect=detect, capture=capture, url=url.rstrip("/") if url else None,
-                   log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"],
-                   on_stall=kw["on_stall"], out_dir=kw["out"], api_key=kw["api_key"],
-                   storage_horizon=parse_duration(kw["storage_horizon"], "--storage-horizon"),
-                   orphan_grace=_grace(kw["orphan_grace"]), invocation=invocation.command_line([kw["api_key"] or ""]),
+                   log_file=kw["log_file"], docker=kw["docker"], storage_path=kw["storage_path"], out_dir=kw["out"],
+                   **run, invocation=invocation.command_line([run["api_key"] or ""]),
                    server_cmdline=shlex.split(kw["server_command"]) if kw["server_command"] else None)
     scn.validate()
     if scn.docker:  # no such container, stopped, no engine, no permission: one line, exit 3, nothing started
@@ -258,12 +190,6 @@ def _report_line(run_dir: Path, summary: dict[str, Any]) -> None:
 
     rep = report_after_run(Path(run_dir), lambda msg: click.echo(msg, err=True))
     click.echo(final_line(summary, rep.html if rep is not None else None, run_dir), err=True)
-
-
-def _grace(text: str) -> float:
-    if str(text).strip() in ("0", "0s"):
-        return 0.0
-    return parse_duration(text, "--orphan-grace")
 
 
 def _fleet(scn: Scenario, kw: dict[str, Any], ex: Any) -> int:

@@ -13,9 +13,11 @@ from typing import Any
 import click
 
 from repro import invocation
-from repro.commands.options import env_allow_option, passthrough, server_options, server_settings
+from repro.commands.options import passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
 from repro.formats import WATCH_FORMAT, stamp
+from repro.options import option, options, values
+from repro.options import parse as parse_option
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
@@ -29,6 +31,9 @@ from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
 from repro.watch.timeline import WatchTimeline
 from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
+
+
+CAPTURE_OPTIONS = ("samples", "interval", "collect_env", "env_allow")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -66,28 +71,18 @@ def _say(msg: str) -> None:
               help="How to restart an attached server (`sh -c CMD`), e.g. 'docker compose restart vllm'.")
 @click.option("--restart-timeout", default="5m", callback=_duration, help="How long the restart command may take.")
 @click.option("--log-file", default=None, metavar="FILE", help="With --url/--docker: the server log to follow.")
-@click.option("--api-key", envvar="VLLM_API_KEY", default=None, show_default=False, show_envvar=True,
-              help="Bearer token of the server.")
+@options(Scenario, ("api_key",))
 @server_options
-@click.option("--window", default="180s", callback=_duration,
-              help="How long a bad state must last before it is a stall (the shared detector's window).")
-@click.option("--min-bad", "min_bad", type=click.IntRange(min=1), default=3,
-              help="K: consecutive bad evaluations needed on top of the window.")
-@click.option("--poll-interval", default="1s", callback=_duration, help="Seconds between evaluations.")
-@click.option("--startup-grace", default="60s", callback=_duration,
-              help="After the model answers, no stall is declared for this long.")
+@options(DetectSettings, ("window", "min_bad_evaluations", "poll_interval", "startup_grace"))
 @click.option("--probe/--no-probe", default=False,
               help="Send one tiny request every --probe-interval (outside any workload), so that an idle "
                    "server and a stuck one can be told apart.")
 @click.option("--probe-interval", default="30s", callback=_duration, help="Seconds between probes.")
-@click.option("--probe-timeout", default="10s", callback=_duration, help="A probe not answered by then counts as stuck.")
+@options(DetectSettings, ("probe_timeout",))
 @click.option("--capture/--no-capture", "do_capture", default=True, help="Capture a bundle before each restart.")
 @click.option("--capture-budget", default="120s", callback=_duration,
               help="The restart waits this long for the capture at most (the capture never blocks it).")
-@click.option("--capture-samples", type=click.IntRange(min=1), default=3, help="py-spy samples per process.")
-@click.option("--capture-interval", default="2s", callback=_duration, help="Seconds between samples.")
-@click.option("--collect-env/--no-collect-env", default=True, help="Run vLLM's collect_env into the bundle.")
-@env_allow_option
+@options(CaptureSettings, CAPTURE_OPTIONS)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=5,
               help="Give up (exit 1) when the server stalls again after this many restarts within an hour.")
 @click.option("--backoff", default="10s", callback=_duration,
@@ -95,10 +90,7 @@ def _say(msg: str) -> None:
 @click.option("--backoff-max", default="5m", callback=_duration, help="The longest back-off.")
 @click.option("--reset-after", default="10m", callback=_duration,
               help="Healthy time after which the back-off starts from --backoff again.")
-@click.option("--on-stall", "on_stall", default=None, metavar="CMD",
-              help="Notification hook, run with `sh -c` after each capture; REPRO_BUNDLE (tarball or dir), "
-                   "REPRO_BUNDLE_DIR, REPRO_STALL_CLASS, REPRO_CAPTURE_STATUS, REPRO_WATCH_URL and REPRO_EVENTS "
-                   "are in its environment. It never delays the restart.")
+@options(WatchSettings, ("on_stall",))
 @click.option("--hook-timeout", default="5m", callback=_duration, help="The hook is killed after this long.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve the watchdog's own Prometheus counters on this port.")
@@ -109,11 +101,10 @@ def _say(msg: str) -> None:
 @click.option("--state-file", default=None, envvar="REPRO_WATCH_STATE_FILE", show_envvar=True, metavar="FILE",
               help="Keep repro's view of the engine here for `repro health` (a container HEALTHCHECK); default "
                    "state.json in the run directory.")
-@click.option("--storage-grace", default="5m", callback=_duration,
-              help="With --storage: a file older than this that is still there counts as unclaimed (watch sends no "
-                   "load, so it cannot know which files a client was given).")
-@click.option("--storage-horizon", default="30m", callback=_duration,
-              help="With --storage: warn storage-exhaustion when the store is projected full within this.")
+@option(Scenario, "orphan_grace", default=300.0, dest="storage_grace",
+        help="With --storage: a file older than this that is still there counts as unclaimed, an orphan (watch "
+             "sends no load, so it cannot know which files a client was given).")
+@options(Scenario, ("storage_horizon",))
 @click.option("--on-storage", default=None, metavar="CMD",
               help="Hook run on a new storage warning (REPRO_STORAGE_WARNING, _MESSAGE, _PATH in its environment).")
 @click.option("--reap-orphans-older-than", "reap_older_than", default=None, callback=_duration, metavar="DUR",
@@ -134,13 +125,12 @@ def _say(msg: str) -> None:
 @click.pass_context
 def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str | None, pid: int | None,
             restart_cmd: str | None, restart_timeout: float, log_file: str | None, api_key: str | None,
-            window: float, min_bad: int, poll_interval: float, startup_grace: float, probe: bool,
-            probe_interval: float, probe_timeout: float, do_capture: bool, capture_budget: float,
-            capture_samples: int, capture_interval: float, collect_env: bool, max_restarts: int, backoff: float,
+            probe: bool, probe_interval: float, do_capture: bool, capture_budget: float,
+            max_restarts: int, backoff: float,
             backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
             metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
             state_file: str | None,
-            storage_grace: float, storage_horizon: float, on_storage: str | None, reap_older_than: float | None,
+            on_storage: str | None, reap_older_than: float | None,
             reap_dry_run: bool, restart_min_free: str, restart_runway: float, storage_wait_max: float, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
     """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
 
@@ -168,7 +158,11 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         raise UsageError(f"--serve launches its own server: it cannot be combined with {modes[1]}")
     if not modes:
         raise UsageError("say what to watch: --serve, --docker NAME, or --url URL --restart-cmd CMD")
-    env_allow = tuple(kwargs.pop("env_allow", ()))  # a capture setting, not a server one
+    capture_kw = values(CaptureSettings, kwargs, CAPTURE_OPTIONS)  # capture settings, not server ones
+    storage_grace = parse_option(Scenario, "orphan_grace", kwargs.pop("storage_grace"))
+    storage_horizon = parse_option(Scenario, "storage_horizon", kwargs.pop("storage_horizon"))
+    detect = DetectSettings(**values(DetectSettings, kwargs, ("window", "min_bad_evaluations", "poll_interval",
+                                                              "startup_grace", "probe_timeout")))
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     settings = server_settings(kwargs, vllm_args)
     if not serve:
@@ -185,26 +179,18 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         raise UsageError("--restart-cmd is for --url/--docker: with --serve repro restarts the server itself")
     if metrics_port is not None and metrics_port == settings.port and serve:
         raise UsageError(f"--metrics-port {metrics_port} is the server's --port")
-    for name, value in (("--poll-interval", poll_interval), ("--window", window), ("--probe-interval", probe_interval),
-                        ("--capture-budget", capture_budget), ("--storage-wait-max", storage_wait_max)):
-        if value <= 0:
-            raise UsageError(f"{name} must be positive")
-
-    detect = DetectSettings(poll_interval=poll_interval, window=window, min_bad_evaluations=min_bad,
-                            startup_grace=startup_grace)
-    detect.validate()
-    detect.probe_timeout = probe_timeout
     policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
                             max_restarts=max_restarts)
-    policy.validate()
-    capture = (CaptureSettings(samples=capture_samples, interval=capture_interval, collect_env=collect_env,
-                               env_allow=env_allow)
-               if do_capture else None)
+    capture = CaptureSettings(**capture_kw) if do_capture else None
     ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
                        on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
                        duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key,
                        recovery=RecoverySettings(min_free=MinFree.parse(restart_min_free), runway=restart_runway,
                                                  max_wait=storage_wait_max))
+
+    ws.storage_grace, ws.storage_horizon, ws.on_storage = storage_grace, storage_horizon, on_storage
+    ws.reap_older_than, ws.reap_dry_run = reap_older_than, reap_dry_run
+    ws.validate()
 
     storage = settings.storage if "storage" in explicit else None
     if (reap_older_than is not None or on_storage or reap_dry_run) and storage is None:
@@ -216,8 +202,6 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         elif not sp.is_dir() or not os.access(sp, os.R_OK | os.X_OK):
             raise UsageError(f"--storage {storage}: not a readable directory")
     ws.storage_duty, ws.storage_path = storage is not None, storage
-    ws.storage_grace, ws.storage_horizon, ws.on_storage = storage_grace, storage_horizon, on_storage
-    ws.reap_older_than, ws.reap_dry_run = reap_older_than, reap_dry_run
     target: Target
     target_url = url or f"http://127.0.0.1:{settings.port}"  # --docker without --url: this host, --port
     if serve:

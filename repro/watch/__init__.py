@@ -7,7 +7,7 @@ The pieces, each with one job:
 ``promstats``   the watchdog's own Prometheus counters (--metrics-port)
 ``observe``     one poll of the target -> the shared detector's Observation (+ the optional probe)
 ``targets``     what is watched and how it is stopped and started: --serve, --docker, --url/--pid
-``bounded``     capture under a time budget and the --on-stall hook, neither ever blocks a restart
+``bounded``     capture under a time budget and the --stall-hook hook, neither ever blocks a restart
 ``supervisor``  the loop: detect -> capture -> stop -> port free -> start -> healthy
 
 The detector is :class:`repro.monitor.detector.Detector` (the same as ``repro stress``) and

@@ -1,4 +1,4 @@
-"""Capture under a time budget, and the --on-stall hook: neither may block a restart.
+"""Capture under a time budget, and the --stall-hook hook: neither may block a restart.
 
 The capture stage (:func:`repro.capture.run.capture`) runs in a daemon thread; the
 supervisor waits for it at most ``budget`` seconds and then restarts the server whatever

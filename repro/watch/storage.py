@@ -1,7 +1,7 @@
 """Storage duty of the watchdog (`repro watch --storage PATH`).
 
 watch sends no load of its own, so it cannot know which files a client was
-given: a file that stays in the store longer than ``--storage-grace`` (default
+given: a file that stays in the store longer than ``--orphan-grace`` (default
 5 min; a consumer normally takes its file within seconds) counts as unclaimed.
 Each poll may scan the store (rate-limited by
 :class:`~repro.storage.watch.StorageWatch`); a warning that appears is written

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.capture.request import Bundle, CaptureRequest
-from repro.errors import EXIT_OK, EXIT_STALL, ReproError, ServerStartError
+from repro.errors import EXIT_OK, EXIT_STALL, ReproError, ServerStartError, UsageError
 from repro.monitor.detector import HEALTHY, STALLED, Assessment, Detector, Observation
 from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
 from repro.watch.bounded import Hook, run_bounded
@@ -42,6 +42,7 @@ from repro.watch.timeline import WatchTimeline
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWatch
 from repro.watch.targets import Target
+from repro.options import Flag, setting
 
 
 @dataclass
@@ -50,7 +51,10 @@ class WatchSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     capture: CaptureSettings | None = field(default_factory=CaptureSettings)  # None: no capture
     capture_budget: float = 120.0  # seconds the restart waits for the capture at most
-    on_stall: str | None = None  # hook command
+    on_stall: str | None = setting(None, flag=Flag(  # hook command
+        "--stall-hook", "Notification hook, run with `sh -c` after each capture; REPRO_BUNDLE (tarball or dir), "
+        "REPRO_BUNDLE_DIR, REPRO_STALL_CLASS, REPRO_CAPTURE_STATUS, REPRO_WATCH_URL and REPRO_EVENTS are in its "
+        "environment. It never delays the restart.", metavar="CMD", aliases=("--on-stall",)))
     hook_timeout: float = 300.0
     probe: bool = False
     probe_interval: float = 30.0
@@ -66,6 +70,22 @@ class WatchSettings:
     reap_older_than: float | None = None
     reap_dry_run: bool = False
     recovery: RecoverySettings = field(default_factory=RecoverySettings)  # after a storage-caused death
+
+    def validate(self) -> None:
+        """Every check of the watch settings (the command makes none of its own): one UsageError naming the flag."""
+        self.detect.validate()
+        self.policy.validate()
+        if self.capture is not None:
+            self.capture.validate()
+        for name, value in (("--probe-interval", self.probe_interval), ("--capture-budget", self.capture_budget),
+                            ("--hook-timeout", self.hook_timeout), ("--storage-horizon", self.storage_horizon),
+                            ("--storage-wait-max", self.recovery.max_wait)):
+            if value <= 0:
+                raise UsageError(f"{name} must be positive")
+        if self.duration is not None and self.duration <= 0:
+            raise UsageError("--duration must be positive")
+        if self.storage_grace < 0:
+            raise UsageError("--orphan-grace must not be negative")
 
 
 def _writable(path: str) -> bool:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.conftest import SharedServer, require_vllm
-from tests.integration.test_stress import REPRO, events, stress, summary
+from tests.helpers_stress_real import REPRO, events, stress, summary
 
 GRACE_S = 3.0
 

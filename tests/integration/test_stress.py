@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,26 +24,14 @@ import pytest
 from repro.load.records import count_records
 from tests.conftest import free_port
 from tests.helpers_report import assert_page_shows_its_plots
+from tests.helpers_stress_real import REPRO, events, stress, summary
 from tests.integration.conftest import SharedServer
 
-REPRO = str(Path(sys.executable).with_name("repro"))
 CLEAN_SECONDS = int(os.environ.get("REPRO_STRESS_SECONDS", "120"))
-
-
-def stress(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([REPRO, "stress", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def spawn(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen([REPRO, "stress", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
-
-
-def events(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip()]
 
 
 def wait_for_load(run: Path, min_ok: int, timeout: float) -> None:

@@ -23,7 +23,7 @@ import pytest
 from repro.analyze.issue import find_template, render_reports
 from repro.target.launcher import port_free
 from tests.integration.conftest import complete, require_vllm
-from tests.integration.test_watch_serve_real import FAST, end_watch, events, wait_event
+from tests.helpers_watch_real import FAST, end_watch, events, wait_event
 
 
 def _port() -> int:

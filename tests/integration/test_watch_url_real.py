@@ -19,7 +19,7 @@ from pathlib import Path
 from repro.errors import EXIT_OK
 from repro.analyze.load import bundle_processes
 from tests.integration.conftest import complete
-from tests.integration.test_watch_serve_real import events, wait_event
+from tests.helpers_watch_real import events, wait_event
 
 
 def test_watch_attached_by_url_captures_through_pid_and_restarts_with_the_command(vllm_server, tmp_path):

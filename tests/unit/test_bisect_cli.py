@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,8 @@ import pytest
 from repro.bisect.space import Change, SearchSpace, space_from_toml
 from repro.errors import UsageError
 from tests.conftest import free_port
+from tests.helpers_cli import one_line_error, repro_subprocess
+from tests.helpers_cli import repro_inprocess as repro
 
 MODEL = """
 [space]
@@ -22,35 +22,6 @@ requires = ["storage"]
 [sim]
 seed = 1
 """
-
-
-def repro(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in-process through repro.cli.main (its error handling included)."""
-    import contextlib
-    import io
-
-    from repro.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def repro_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("rng, words", [("8-2", "inverted"), ("", "empty"), ("0-4", "at least 1"),

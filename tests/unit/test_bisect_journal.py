@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from repro.bisect.journal import Journal, read_steps, total_exposure
-from tests.unit.test_bisect_cli import repro as repro_here  # the CLI in-process
+from tests.helpers_cli import repro_inprocess as repro_here  # the CLI in-process
+from tests.helpers_cli import repro_subprocess as repro
 
 MODEL = """
 [space]
@@ -37,10 +38,6 @@ def write_model(tmp: Path, speed: float = 0.0) -> Path:
     p = tmp / "model.toml"
     p.write_text(MODEL.format(speed=speed))
     return p
-
-
-def repro(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def records(run: Path) -> list[dict]:

@@ -8,22 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from repro.cli import main
 from repro.errors import EXIT_TARGET, EXIT_USAGE
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ei:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(ei.value.code or 0), out, err
+from tests.helpers_cli import one_line_error, run_cli
 
 
 def one_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    return one_line_error(subprocess.CompletedProcess([], 1, "", err), code=None)
 
 
 def test_capture_of_a_pid_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:

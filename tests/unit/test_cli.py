@@ -1,14 +1,11 @@
 """The `repro` command: every command listed, bad input answered with one line and exit 2."""
 
 import socket
-import subprocess
-import sys
 
 import pytest
 
-
-def repro(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout)
+from tests.helpers_cli import one_line_error
+from tests.helpers_cli import repro_subprocess as repro
 
 
 def test_help_lists_every_command_of_the_kit():
@@ -33,12 +30,6 @@ def test_every_command_that_writes_files_takes_dash_o(name):
     assert "-o, --out" in out, out
 
 
-def one_line_error(r):
-    assert "Traceback" not in r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    return lines[-1]
-
-
 @pytest.mark.parametrize("args, words", [
     (["serve", "--inject", "stall-soon=3"], "unknown fault"),
     (["serve", "--model", "/no/such/model"], "no such directory"),
@@ -47,7 +38,7 @@ def one_line_error(r):
 def test_bad_serve_input_is_one_clear_line_and_exit_2(args, words):
     r = repro(*args)
     assert r.returncode == 2
-    assert words in one_line_error(r)
+    assert words in one_line_error(r, help_ok=True, click_usage=True)
 
 
 def test_storage_that_is_not_a_directory_is_refused(tmp_path):
@@ -67,4 +58,4 @@ def test_port_in_use_is_refused_before_vllm_starts(tmp_path):
         r = repro("serve", "--model", str(tmp_path), "--port", str(port), "--storage", str(tmp_path / "hs"),
                   "--vllm-cmd", "false", "--out", str(tmp_path / "run"))
     assert r.returncode == 2
-    assert "already in use" in one_line_error(r)
+    assert "already in use" in one_line_error(r, code=None, help_ok=True)

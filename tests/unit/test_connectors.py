@@ -22,6 +22,7 @@ import pytest
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
 from repro.target import connectors, launcher
+from tests.helpers_cli import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,13 +141,6 @@ def test_a_missing_hs_connectors_says_how_to_install_it(monkeypatch) -> None:
     assert "pip install hs-connectors==0.9.0" in ei.value.help
 
 
-def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert lines and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
 def test_cli_refuses_a_bad_connector_with_one_line_and_exit_2(tmp_path: Path, model_dir: Path,
                                                               user_modules: Path) -> None:
     """`repro serve` checks the connector before vLLM starts: exit 2, the reason on one line."""
@@ -155,9 +149,9 @@ def test_cli_refuses_a_bad_connector_with_one_line_and_exit_2(tmp_path: Path, mo
             "--vllm-cmd", f"{sys.executable} -m vllm.entrypoints.cli.main serve"]
     r = subprocess.run([*base, "--connector", "plain_conn:NotAConnector"], capture_output=True, text=True,
                        timeout=120, env=env)
-    assert r.returncode == 2 and "is not a vLLM KV connector" in one_error_line(r)
+    assert r.returncode == 2 and "is not a vLLM KV connector" in one_line_error(r, help_ok=True)
     r = subprocess.run([*base, "--connector", "broken_conn:X"], capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 2 and "does not import" in one_error_line(r)
+    assert r.returncode == 2 and "does not import" in one_line_error(r, help_ok=True)
     r = subprocess.run([*base, "--connector", "nope"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "--connector" in r.stderr and "Traceback" not in r.stderr
 

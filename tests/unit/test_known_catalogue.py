@@ -16,6 +16,7 @@ from repro.analyze.evidence import read_injected
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.cli import main
 from tests.helpers_bundles import build_bundle, fixture_paths, load_description
+from tests.helpers_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "traces"
@@ -286,9 +287,8 @@ def test_shipped_catalogue_is_packaged_and_versioned() -> None:
 
 # -- the command -------------------------------------------------------------------------------------------
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ei:
-        main(args)
-    return int(ei.value.code or 0), capsys.readouterr().out
+    code, out, _ = run_cli(args, capsys)
+    return code, out
 
 
 def test_repro_known_lists_shows_and_prints_json(capsys: pytest.CaptureFixture[str], shipped: cat.Catalogue) -> None:

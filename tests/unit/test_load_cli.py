@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from repro.cli import main
 from tests.conftest import free_port
+from tests.helpers_cli import run_cli
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as ei:
-        main(["stress", *argv])
-    err = capsys.readouterr().err
-    return int(ei.value.code or 0), err
+    code, _, err = run_cli(["stress", *argv], capsys)
+    return code, err
 
 
 @pytest.mark.parametrize("conc", ["0", "-3"])

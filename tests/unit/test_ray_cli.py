@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.helpers_cli import repro_subprocess as repro
 
 MODEL = """
 [space]
@@ -19,11 +19,6 @@ concurrency = [1, 4]
 [hazard]
 mean_time_to_hang = "1h"
 """
-
-
-def repro(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "repro", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def error_lines(p: subprocess.CompletedProcess[str]) -> list[str]:

@@ -23,6 +23,7 @@ from repro.errors import UsageError
 from repro.report import default_output, report_after_run, timeline_path, write_report
 from repro.report.sources import identify
 from tests.helpers_report import simulated_bisect
+from tests.helpers_cli import repro_inprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data" / "report-runs"
@@ -108,19 +109,8 @@ def test_not_a_run_directory_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     """repro.cli.main in-process, with its error handling (exit codes, one-line errors)."""
-    import contextlib
-    import io
-
-    from repro.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    r = repro_inprocess(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def test_cli_writes_the_page_where_o_says_and_prints_the_headline(bisect_run: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import (GIVE_UP, RESTART, WAIT, FsReading, MinFree, RecoverySettings, StorageRecovery,
                                   measured_rates)
 from repro.watch.supervisor import Supervisor, WatchSettings
-from tests.unit.test_watch_supervisor import Clock, FakeTarget, bundle_for
+from tests.helpers_watch import Clock, FakeTarget, bundle_for
 
 MB = 1_000_000
 NOSPACE = {"kind": "no-space", "line": "SafetensorError: I/O error: No space left on device (os error 28)",
@@ -306,10 +306,10 @@ def test_a_storage_death_with_no_known_store_says_it_cannot_wait_and_restarts_un
                                        (["--storage-wait-max", "0"], "--storage-wait-max must be positive")])
 def test_bad_storage_restart_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], text: str) -> None:
     from repro.errors import EXIT_USAGE
-    from tests.unit.test_watch_cli import one_line_error, repro
+    from tests.helpers_cli import one_line_error, repro_inprocess
 
     out = tmp_path / "run"
-    r = repro("--url", "http://127.0.0.1:9", "--restart-cmd", "true", "--out", str(out), *args)
+    r = repro_inprocess("watch", "--url", "http://127.0.0.1:9", "--restart-cmd", "true", "--out", str(out), *args)
     one_line_error(r, EXIT_USAGE, text)
     assert not out.exists()
 

@@ -22,6 +22,7 @@ from repro.errors import UsageError
 from repro.load.runner import run_stress
 from repro.scenario import DetectSettings, LoadSettings, Scenario
 from tests.helpers_endpoint import endpoint_factory  # noqa: F401  (fixture)
+from tests.helpers_cli import one_line_error
 
 
 def scenario(url: str, store: Path, **kw: object) -> Scenario:
@@ -77,16 +78,11 @@ def test_storage_path_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> No
         run_stress(scenario("http://127.0.0.1:9", tmp_path / "nope"), tmp_path / "run")
 
 
-def one_line(r: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in r.stderr
-    return [x for x in r.stderr.splitlines() if x.strip()][-1]
-
-
 def test_cli_missing_storage_path_is_one_line_and_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "repro", "stress", "--url", "http://127.0.0.1:9",
                         "--storage-path", str(tmp_path / "nope"), "--out", str(tmp_path / "run")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "no such directory" in one_line(r)
+    assert r.returncode == 2 and "no such directory" in one_line_error(r, help_ok=True)
     assert not (tmp_path / "run").exists()
 
 
@@ -97,7 +93,7 @@ def test_cli_unreadable_storage_path_is_one_line_and_exit_2(tmp_path: Path) -> N
     try:
         r = subprocess.run([sys.executable, "-m", "repro", "stress", "--url", "http://127.0.0.1:9",
                             "--storage-path", str(d)], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and "not readable" in one_line(r)
+        assert r.returncode == 2 and "not readable" in one_line_error(r, help_ok=True)
     finally:
         d.chmod(0o700)
 
@@ -105,7 +101,7 @@ def test_cli_unreadable_storage_path_is_one_line_and_exit_2(tmp_path: Path) -> N
 def test_cli_bad_storage_horizon_is_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "repro", "stress", "--url", "http://127.0.0.1:9",
                         "--storage-horizon", "soon"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--storage-horizon" in one_line(r)
+    assert r.returncode == 2 and "--storage-horizon" in one_line_error(r, help_ok=True)
 
 
 ENOSPC_TRACE = """(EngineCore_DP0 pid=9) ERROR 11-28 17:20:01 [core.py:933] EngineCore encountered a fatal error.

@@ -7,8 +7,6 @@ with exit 3 and one line.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 
@@ -16,21 +14,13 @@ import pytest
 
 from repro.errors import EXIT_TARGET, EXIT_USAGE
 from repro.watch.events import read_events
-from tests.unit.test_watchdog_sh import FakeVllm
+from tests.helpers_fake_vllm import FakeVllm
+from tests.helpers_cli import one_line_error, repro_inprocess
 
 
-def repro(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def repro(*args: str) -> subprocess.CompletedProcess[str]:
     """`repro watch ARGS` through the CLI's own main() (error lines and exit codes included), in-process."""
-    from repro.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["watch", *args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return repro_inprocess("watch", *args)
 
 
 @pytest.fixture
@@ -41,13 +31,6 @@ def stalled():
     s.lookalike = False
     yield s
     s.close()
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    assert r.returncode == code, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ") and text in lines[0], lines[0]
 
 
 def test_no_mode_is_a_usage_error():
@@ -111,7 +94,7 @@ def test_a_restart_command_that_fails_ends_the_watch_with_exit_3_after_capture_d
     decoy = subprocess.Popen(["sleep", "60"])  # stands for anything else on the host: must survive
     try:
         r = repro("--url", stalled.url, "--restart-cmd", "echo broken >&2; exit 7", "--window", "1.5",
-                  "--poll-interval", "0.2", "--startup-grace", "0", "--no-capture", "--out", str(out), timeout=60)
+                  "--poll-interval", "0.2", "--startup-grace", "0", "--no-capture", "--out", str(out))
         assert r.returncode == EXIT_TARGET, r.stderr
         assert "error: the restart command failed (exit 7): echo broken >&2; exit 7: broken" in r.stderr
         assert decoy.poll() is None
@@ -147,7 +130,7 @@ def test_the_command_is_registered_in_the_cli():
 def test_help_documents_the_modes_and_exit_codes():
     r = subprocess.run([sys.executable, "-m", "repro", "watch", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
-    for text in ("--serve", "--docker NAME", "--restart-cmd", "--probe", "--max-restarts", "--on-stall",
+    for text in ("--serve", "--docker NAME", "--restart-cmd", "--probe", "--max-restarts", "--stall-hook",
                  "--metrics-port", "Exit 1 after giving up"):
         assert text in r.stdout, text
 

@@ -14,7 +14,7 @@ import pytest
 from repro.monitor.detector import ENGINE_STALL, HEALTHY, REFUSED, STALLED, Detector
 from repro.scenario import DetectSettings
 from repro.watch.observe import Observer, Prober, scrape
-from tests.unit.test_watchdog_sh import FakeVllm
+from tests.helpers_fake_vllm import FakeVllm
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_the_watch_loop_reaps_old_files_of_a_healthy_server_without_restarting_i
     WHEN the watch runs THEN the file is reaped (an event says so) and the server is never touched."""
     from repro.errors import EXIT_OK
     from repro.watch.events import read_events
-    from tests.unit.test_watch_supervisor import Clock, FakeTarget, make
+    from tests.helpers_watch import Clock, FakeTarget, make
 
     store, run = tmp_path / "store", tmp_path / "run"
     store.mkdir()
