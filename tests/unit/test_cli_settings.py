@@ -244,7 +244,7 @@ def test_watch_serve_flags_land_in_watch_and_server_settings(watch_recorder: Non
                                 storage_horizon=600.0, on_storage="echo full", reap_older_than=3600.0,
                                 reap_dry_run=True)
     scn = rec.kwargs["scenario"]
-    assert scn["server"]["port"] == 9123 and scn["on_stall"] == "restart" and scn["url"] is None
+    assert scn.server.port == 9123 and scn.on_stall == "restart" and scn.url is None
 
 
 def test_watch_url_flags_land_in_the_external_target(watch_recorder: None, tmp_path: Path) -> None:
@@ -319,7 +319,7 @@ def test_bisect_flags_land_in_space_settings_and_base_scenario(monkeypatch: pyte
                                      confirm_hangs=2, probe_minimum=0.1, max_trial=7200.0, min_trial=120.0,
                                      budget=48 * 3600.0, split_runs=True)
     extra = dict(spec.extra)
-    base = Scenario.from_dict(extra.pop("scenario"))
+    base = spec.base
     assert extra == {"simulate": None, "parallel": 2, "heartbeat": 3.0, "reuse_server": False}
     assert base == Scenario(server=ServerSettings(model="/models/m", port=9001, extra_args=["--enforce-eager"]),
                             load=LoadSettings(prompt_len=(64, 128), max_tokens=8, seed=5),
@@ -343,7 +343,7 @@ def test_bisect_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     spec = call_recorded("bisect", "-c", "1-8", "-o", str(tmp_path / "run")).args_[1]
     assert spec.space == SearchSpace(1, 8)
     assert spec.settings == Settings()
-    assert Scenario.from_dict(spec.extra["scenario"]) == Scenario(load=LoadSettings(prompt_len=(128, 1024)))
+    assert spec.base == Scenario(load=LoadSettings(prompt_len=(128, 1024)))
 
 
 def test_bisect_resume_hands_the_directory_to_the_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -505,7 +505,8 @@ def test_bisect_takes_prompt_len_as_stress_does_and_its_old_spelling(monkeypatch
 
     def base(*args: str) -> Scenario:
         spec = call_recorded("bisect", "-c", "1-8", *args, "-o", str(tmp_path / "run")).args_[1]
-        return Scenario.from_dict(spec.extra["scenario"])
+        assert spec.base is not None
+        return spec.base
 
     assert base("--prompt-len", "16-64").load.prompt_len == (16, 64)
     assert base("--workload-prompt-len", "16-64") == base("--prompt-len", "16-64")
