@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
 import os
 import random
@@ -38,18 +37,20 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
+from repro import formats
 from repro.errors import (EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError,
                           TargetError)
-from repro.load import limits
+from repro.load import limits, outputs
+from repro.load import loop as event_loop
 from repro.load.display import Progress
 from repro.load.feed import PromptFeed
-from repro.load.fidelity import Breakdown, instant as fidelity_instant
+from repro.load.fidelity import Breakdown
+from repro.load.outputs import SUMMARY_SCHEMA, SUMMARY_VERSION, TIMELINE_FIELDS, StressResult, iso
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
@@ -65,34 +66,9 @@ from repro.target.attached import LocalServer, find_local_server
 from repro.target import connectors
 from repro.target.launcher import VllmServer
 
-SUMMARY_SCHEMA = "repro.stress.summary"
-SUMMARY_VERSION = 1
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 BAD_FILES_DIR = "bad-files"  # failing hidden-state files kept for inspection (up to --keep-bad)
 REJECTED = (400, 413, 422)  # the server refused the request itself (too long, invalid): counted apart from errors
-TIMELINE_FIELDS = ["t", "wall", "client_in_flight", "client_in_check", "started", "finished", "ok", "failed",
-                   "timeouts", "server_running", "server_waiting", "server_in_system", "kv_usage",
-                   "prompt_tokens_total", "generation_tokens_total", "fidelity", "metrics_error", "state", "class", "completions", "probe",
-                   "orphan_files", "store_bytes", "fs_free_bytes"]
-
-
-@dataclass
-class StressResult:
-    """What a stress run ended with (also in summary.json)."""
-
-    exit_code: int  # 0 clean, 1 stall, 3 target unreachable/failed, 4 files bad or unverifiable, 130 interrupted
-    outcome: str  # clean | stall | files-bad | interrupted | target-error | aborted
-    stall: Assessment | None  # the detector's verdict when a stall was detected
-    exposure_s: float  # seconds of load before the stall began (or the whole load when clean)
-    load_s: float  # seconds the load ran
-    counts: dict[str, Any]
-    files: dict[str, Any]
-    run_dir: Path
-    paths: dict[str, Path] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
 def _vocab_from_dir(d: str | None) -> int | None:
     if not d:
         return None
@@ -103,10 +79,6 @@ def _vocab_from_dir(d: str | None) -> int | None:
         return None
     v = data.get("vocab_size") or (data.get("text_config") or {}).get("vocab_size")
     return int(v) if isinstance(v, int) and v > 0 else None
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 class _Run:
@@ -147,12 +119,10 @@ class _Run:
         self.last_stats_text: str | None = None  # the last stats line as vLLM printed it
         self.refused_wall: float | None = None  # the first refused /metrics of the current streak
         self.attached: LocalServer | None = None  # an attached server found on this machine (read while alive)
-        self._prev_tok: tuple[float, float, float] | None = None  # (t, prompt, gen) for the display
-        self._tps: tuple[float | None, float | None] = (None, None)
+        self.tokens = outputs.TokenRate()  # tokens/s for the display
         self.events_f: IO[str]
         self.requests_f: IO[str]
-        self.timeline_f: IO[str]
-        self.timeline: Any = None
+        self.timeline: outputs.Timeline
         self.log: Any = None
         self.warnings: list[str] = []
         self.capture_info: dict[str, Any] | None = None
@@ -193,20 +163,19 @@ class _Run:
     def open_files(self) -> None:
         self.requests_f = open(self.run_dir / "requests.jsonl", "a", buffering=1 << 16)
         self.events_f = open(self.run_dir / "events.jsonl", "a", buffering=1)
-        self.timeline_f = open(self.run_dir / "timeline.csv", "w", newline="", buffering=1 << 14)
-        self.timeline = csv.writer(self.timeline_f)
-        self.timeline.writerow(TIMELINE_FIELDS)
+        self.timeline = outputs.Timeline(self.run_dir / "timeline.csv")
 
     def close_files(self) -> None:
-        for f in (getattr(self, "requests_f", None), getattr(self, "events_f", None),
-                  getattr(self, "timeline_f", None)):
+        for f in (getattr(self, "requests_f", None), getattr(self, "events_f", None)):
             if f is not None and not f.closed:
                 f.flush()
                 f.close()
+        if getattr(self, "timeline", None) is not None:
+            self.timeline.close()
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         now = time.time()
-        ev = {"t": round(self.rel(time.monotonic()), 3), "wall": _iso(now), "event": kind, **fields}
+        ev = {"t": round(self.rel(time.monotonic()), 3), "wall": iso(now), "event": kind, **fields}
         if getattr(self, "events_f", None) is not None and not self.events_f.closed:
             self.events_f.write(json.dumps(ev, default=str) + "\n")
         return ev
@@ -668,60 +637,22 @@ class _Run:
     def record_sample(self, ob: Observation, a: Assessment) -> None:
         m = ob.metrics
         st = self.stats
-        running = m.running if m else None
-        waiting = m.waiting if m else None
-        in_sys = m.in_server if m else None
         c = self.L.concurrency
-        fid = None if in_sys is None else in_sys / c
+        fid = None if m is None or m.in_server is None else m.in_server / c
         active = (self.load_t0 is not None and self.load_t1 is None and not self.stopping
                   and ob.t - self.load_t0 >= 2 * self.D.poll_interval)
         if active and fid is not None and not self.L.rate:
             self.fidelity.add(fid)
             self.client_fill.add(st.in_flight / c)
-        if active and running is not None and waiting is not None:
-            self.breakdown.add(st.in_flight, running, waiting)
-        if m is not None and m.prompt_tokens is not None and m.generation_tokens is not None:
-            if self._prev_tok is not None and ob.t > self._prev_tok[0]:
-                dt = ob.t - self._prev_tok[0]
-                self._tps = ((m.prompt_tokens - self._prev_tok[1]) / dt, (m.generation_tokens - self._prev_tok[2]) / dt)
-            self._prev_tok = (ob.t, m.prompt_tokens, m.generation_tokens)
-        self.timeline.writerow([
-            round(self.rel(ob.t), 3), round(time.time(), 3), st.in_flight, st.in_check, st.started, st.finished,
-            st.ok, st.failed, st.timeouts, running, waiting, in_sys, None if m is None else m.kv_usage,
-            None if m is None else m.prompt_tokens, None if m is None else m.generation_tokens,
-            None if fid is None else round(fid, 4), ob.metrics_error or "", a.state, a.stall_class or "",
-            st.completions, ob.probe or "",
-            *self.storage_columns()])
-        self.timeline_f.flush()
+        if active and m is not None and m.running is not None and m.waiting is not None:
+            self.breakdown.add(st.in_flight, m.running, m.waiting)
+        self.tokens.add(ob)
+        self.timeline.row(self.rel(ob.t), st, ob, a, fid, self.storage_columns())
         self.requests_f.flush()
-        self.progress.update(self.snapshot(ob, a))
-
-    def snapshot(self, ob: Observation, a: Assessment) -> dict[str, Any]:
-        st = self.stats
-        elapsed = self.rel(ob.t) if self.load_t0 is not None else 0.0
-        dur = self.L.duration
-        m = ob.metrics
-        recent_fill = st.in_flight / self.L.concurrency
-        return {
-            "elapsed": max(0.0, elapsed), "remaining": None if dur is None else max(0.0, dur - elapsed),
-            "duration": dur,
-            "req_s": st.ok / elapsed if elapsed > 0 else 0.0, "in_flight": st.in_flight,
-            "concurrency": self.L.concurrency, "in_check": st.in_check,
-            "running": None if m is None else m.running, "waiting": None if m is None else m.waiting,
-            "kv_pct": None if m is None or m.kv_usage is None else 100 * m.kv_usage,
-            "prompt_tps": self._tps[0], "gen_tps": self._tps[1], "ok": st.ok, "files_ok": st.files_ok,
-            "files_bad": st.files_bad, "files_not_written": st.files_not_written,
-            "errors": dict(st.errors), "errors_total": sum(st.errors.values()),
-            "since_progress": None if self.detector.last_progress_t is None else ob.t - self.detector.last_progress_t,
-            "fidelity": None if m is None or m.in_server is None else m.in_server / self.L.concurrency,
-            "client_limited": (not self.L.rate and self.fidelity.n >= 5 and (self.client_fill.mean or 0) < 0.9
-                               and recent_fill < 0.9),
-            "api_server": fidelity_instant(st.in_flight, None if m is None else m.running,
-                                           None if m is None else m.waiting),
-            "api_server_heavy": self.breakdown.api_server_heavy(self.L.concurrency),
-            "files_not_clean": st.files_bad > 0,
-            "state": a.state, "class": a.stall_class,
-        }
+        self.progress.update(outputs.snapshot(
+            st, ob, a, elapsed=self.rel(ob.t) if self.load_t0 is not None else 0.0, duration=self.L.duration,
+            concurrency=c, poisson=bool(self.L.rate), tps=self.tokens.value, fidelity=self.fidelity,
+            client_fill=self.client_fill, breakdown=self.breakdown, last_progress_t=self.detector.last_progress_t))
 
     # -- storage and abort storms ---------------------------------------------------
     def claim(self, path: str, forget: bool = False) -> None:
@@ -966,7 +897,7 @@ class _Run:
         with contextlib.suppress(OSError, ValueError):
             self.events_f.flush()
             events = [json.loads(x) for x in (self.run_dir / "events.jsonl").read_text().splitlines()[-200:]]
-        self.timeline_f.flush()
+        self.timeline.f.flush()
         req = CaptureRequest(
             out_dir=self.run_dir / "bundle-001", settings=self.scn.capture,
             root_pid=self.server.pid if self.server is not None and self.server.alive() else None,
@@ -1055,25 +986,25 @@ class _Run:
         wall_of = (lambda mono: time.time() - (time.monotonic() - mono))
         d = {"class": a.stall_class, "state": a.state,
              "since_s": round(self.rel(since), 3), "detected_s": round(self.rel(a.t), 3),
-             "since_wall": _iso(wall_of(since)), "detected_wall": _iso(wall_of(a.t)),
+             "since_wall": iso(wall_of(since)), "detected_wall": iso(wall_of(a.t)),
              "detection_delay_s": round(a.t - since, 3), "window_s": self.D.window,
              "evidence": a.evidence, "last_seen": self.last_seen()}
         inj = self.injected()
         if inj:
             first = next((e for e in inj if e.get("event") in ("stall",)), None)
             if first is not None:
-                d["injected_wall"] = _iso(first["t"])
+                d["injected_wall"] = iso(first["t"])
                 d["detected_after_injection_s"] = round(wall_of(a.t) - first["t"], 3)
         return d
 
     def last_seen(self) -> dict[str, Any]:
         """What the server last showed before the verdict: for a death, the moment before it went away."""
         m = self.last_metrics
-        return {"metrics_wall": None if self.last_metrics_wall is None else _iso(self.last_metrics_wall),
+        return {"metrics_wall": None if self.last_metrics_wall is None else iso(self.last_metrics_wall),
                 "metrics": None if m is None else {"running": m.running, "waiting": m.waiting, "kv_usage": m.kv_usage,
                                                    "prompt_tokens_total": m.prompt_tokens,
                                                    "generation_tokens_total": m.generation_tokens},
-                "refused_wall": None if self.refused_wall is None else _iso(self.refused_wall),
+                "refused_wall": None if self.refused_wall is None else iso(self.refused_wall),
                 "stats_line": self.last_stats_text, "client_in_flight": self.stats.in_flight}
 
     def injected(self) -> list[dict[str, Any]]:
@@ -1237,9 +1168,8 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
     fid = run.fidelity
     c = scn.load.concurrency
     d: dict[str, Any] = {
-        "schema": SUMMARY_SCHEMA, "version": SUMMARY_VERSION,
         "outcome": res.outcome, "exit_code": res.exit_code, "error": res.error,
-        "started_at": _iso(run.wall_t0), "ended_at": _iso(time.time()),
+        "started_at": iso(run.wall_t0), "ended_at": iso(time.time()),
         "stop_reason": run.stop_reason,
         "load_seconds": round(load_s, 3), "exposure_seconds": round(res.exposure_s, 3),
         "target": {"url": run.url, "model": run.model, "launched": run.server is not None and run.server.started_at is not None,
@@ -1251,18 +1181,7 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
         "latency_s": st.latency.summary(),
         "client_work_s": {"prompt_wait": st.prompt_wait_s.summary(6), "file_check": st.check_s.summary(6),
                           "bookkeeping": st.bookkeeping_s.summary(6), "prompt_prep_total": round(run.prep_seconds, 3)},
-        "fidelity": {
-            "concurrency": c, "mode": "poisson" if scn.load.rate else "closed-loop",
-            "samples": fid.n,
-            "mean": None if fid.mean is None else round(fid.mean, 4),
-            "p5": None if fid.n == 0 else round(fid.quantile(0.05) or 0.0, 4),
-            "client_in_flight_mean": None if run.client_fill.mean is None else round(run.client_fill.mean * c, 3),
-            "client_fill_mean": None if run.client_fill.mean is None else round(run.client_fill.mean, 4),
-            "definition": "server vllm:num_requests_running + waiting divided by --concurrency, "
-                          "sampled every poll while the load runs (first 2 polls excluded)",
-            "breakdown": run.breakdown.summary(c),
-            "advice": run.breakdown.advice(c),
-        },
+        "fidelity": outputs.fidelity_summary(fid, run.client_fill, run.breakdown, c, bool(scn.load.rate)),
         "prompts": run.prompts_summary(),
         "detector": {"state": run.last.state if run.last else None,
                      "class": run.last.stall_class if run.last else None,
@@ -1277,7 +1196,7 @@ def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
         "log_warnings": run.warnings,
         "files_written": {k: str(v) for k, v in res.paths.items()},
     }
-    return d
+    return formats.stamp(outputs.SUMMARY, d)
 
 
 def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = None,
@@ -1367,13 +1286,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
 
 
 def asyncio_run(coro: Any) -> Any:
-    """Run on uvloop when it is installed (vLLM depends on it), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+    """Run on uvloop when it is installed (vLLM depends on it), else on asyncio's loop (Python 3.10+)."""
+    return event_loop.run(coro)
 
 
 __all__ = ["StressResult", "run_stress", "SUMMARY_SCHEMA", "SUMMARY_VERSION"]
