@@ -57,8 +57,9 @@ from repro.load import speculators
 from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
 from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
                                     ClientSnapshot, Detector, Observation)
-from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
-from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
+from repro.monitor.logs import DockerLogFollower, LogFollower
+from repro.monitor.metrics import MetricsSample
+from repro.monitor.observe import build_observation
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
@@ -527,46 +528,38 @@ class _Run:
         self.stop_event.set()
 
     # -- monitor ---------------------------------------------------------------------
-    async def scrape(self, session: aiohttp.ClientSession) -> tuple[MetricsSample | None, str | None]:
+    async def scrape(self, session: aiohttp.ClientSession) -> tuple[str | None, str | None]:
+        """GET /metrics -> (text, None) or (None, error) with the detector's error names."""
         try:
             async with session.get(self.url + "/metrics", headers=self.headers,
                                    timeout=aiohttp.ClientTimeout(total=max(2.0, 2 * self.D.poll_interval))) as r:
                 if r.status != 200:
                     return None, f"http {r.status}"
-                text = await r.text()
+                return await r.text(), None
         except asyncio.TimeoutError:
             return None, "timeout"
         except aiohttp.ClientConnectorError as exc:
             return None, REFUSED if isinstance(exc.os_error, ConnectionRefusedError) else "connect"
         except aiohttp.ClientError as exc:
             return None, REFUSED if isinstance(exc, aiohttp.ServerDisconnectedError) else type(exc).__name__
-        try:
-            return await asyncio.to_thread(parse_metrics, text), None
-        except MetricsParseError:
-            return None, "parse"
 
     async def observe(self, session: aiohttp.ClientSession) -> Observation:
-        metrics, err = await self.scrape(session)
+        text, err = await self.scrape(session)
         lines: list[str] = await asyncio.to_thread(self.log.read_lines) if self.log is not None else []
-        stats_lines, fatal = [], None
-        for ln in lines:
-            s = parse_stats_line(ln)
-            if s is not None:
-                stats_lines.append(s)
-                self.last_stats_text = ln.strip()
-                continue
-            fatal = fatal or fatal_marker(ln)
-            w = warning_marker(ln)
-            if w and w not in self.warnings:
-                self.warnings.append(w)
-                self.event("log-warning", message=w, line=ln[-300:])
         alive = self.server.alive() if self.server is not None else None
         st = self.stats
         client = ClientSnapshot(in_flight=st.in_flight, completed=st.completions, failed=st.failed,
                                 aborted=st.attempt_timeouts)
         probe, self._probe_result = self._probe_result, None
-        return Observation(time.monotonic(), metrics, err, alive, tuple(stats_lines), fatal, client,
-                           probe=probe[0] if probe else None, probe_tokens=probe[1] if probe else 0)
+        seen = await asyncio.to_thread(build_observation, time.monotonic(), text, err, lines, alive, client,
+                                       probe[0] if probe else None, probe[1] if probe else 0)
+        if seen.last_stats_line is not None:
+            self.last_stats_text = seen.last_stats_line
+        for w in seen.warnings:
+            if w.marker not in self.warnings:
+                self.warnings.append(w.marker)
+                self.event("log-warning", message=w.marker, line=w.line)
+        return seen.observation
 
     def maybe_probe(self, session: aiohttp.ClientSession, a: Assessment) -> None:
         """Server reports nothing while the client waits: ask it for one token (see the detector's notes)."""

@@ -4,7 +4,8 @@ Each line has ``seq`` (1, 2, ...), ``t`` (wall time, seconds), ``time`` (ISO 860
 ``event`` and the fields of the event. The kinds, in the order a stall produces them:
 ``detect`` -> ``capture`` -> ``stop`` -> ``port-free`` (-> ``gpu-free``) -> ``backoff`` ->
 ``start`` -> ``healthy``; plus ``watch-start``, ``detector`` (state changes), ``hook``,
-``give-up``, ``start-failed`` and ``watch-stop``. After a death the server's log blames on the
+``give-up``, ``start-failed``, ``log-warning`` (a warning marker in the server log, first of its kind
+per server, as in stress) and ``watch-stop``. After a death the server's log blames on the
 hidden-state store: ``storage-wait`` (free vs needed bytes, what to do) between ``gpu-free``
 and ``start``, then ``restart`` (reason ``storage recovered``) or ``give-up`` (reason ``storage``).
 """
