@@ -16,7 +16,8 @@ SIGINT/SIGTERM. Files in the run directory:
 
 Storage (issue 8): with a known storage path (``--storage-path``, or the launched
 server's ``--storage``) every returned hidden-state path is claimed, the store is
-censused in a thread at a bounded rate, ``storage-leak``/``storage-exhaustion`` and
+censused in a thread at a bounded rate (:mod:`repro.load.store`), ``storage-warning``
+(kind ``storage-leak``/``storage-exhaustion``, ``storage-ok`` when it clears) and
 ``abort-storm`` are warning events (the run goes on), and a server-dead verdict
 names the storage cause from the log (ENOSPC in the hidden-state write).
 
@@ -30,9 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import os
-import random
 import signal
 import threading
 import time
@@ -45,13 +45,15 @@ import aiohttp
 from repro import formats
 from repro.errors import (EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError,
                           TargetError)
-from repro.load import limits, outputs
+from repro.load import arrivals, limits, outputs
 from repro.load import loop as event_loop
+from repro.load.client import HttpClient
 from repro.load.display import Progress
 from repro.load.feed import PromptFeed
 from repro.load.fidelity import Breakdown
 from repro.load.outputs import SUMMARY_SCHEMA, SUMMARY_VERSION, TIMELINE_FIELDS, StressResult, iso
 from repro.load.prompts import PromptSource, load_prompts_file
+from repro.load.store import StoreAccounting
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
 from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
@@ -62,14 +64,13 @@ from repro.monitor.metrics import MetricsSample
 from repro.monitor.observe import build_observation
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
-from repro.storage.watch import StorageWarning, StorageWatch
+from repro.storage.watch import StorageWatch
 from repro.target.attached import LocalServer, find_local_server
 from repro.target import connectors
 from repro.target.launcher import VllmServer
 
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 BAD_FILES_DIR = "bad-files"  # failing hidden-state files kept for inspection (up to --keep-bad)
-REJECTED = (400, 413, 422)  # the server refused the request itself (too long, invalid): counted apart from errors
 def _vocab_from_dir(d: str | None) -> int | None:
     if not d:
         return None
@@ -128,21 +129,15 @@ class _Run:
         self.warnings: list[str] = []
         self.capture_info: dict[str, Any] | None = None
         self.abort_error: str | None = None
-        self.consecutive_4xx = 0
         self.feed: PromptFeed | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_result: tuple[str, int] | None = None
         self._probe_next = 0.0
         self.probes = 0
-        self.storage: StorageWatch | None = None  # the hidden-state store's census, when its path is known
-        self.storage_warnings: dict[str, dict[str, Any]] = {}  # kind -> first/last seen, count, last evidence
-        self.storage_active: set[str] = set()
+        # the hidden-state store's census (its watch is set when the path is known)
+        self.store = StoreAccounting(None, self.event, self.progress.message, self.rel)
         self.storm: dict[str, Any] | None = None  # abort-storm episodes, for the summary
         self.storage_death: dict[str, str] | None = None
-        self.claims_made = 0
-        self._scans_total = 0
-        self._scanning = False  # a census scan runs in a thread: claims/forgets wait in _claim_queue meanwhile
-        self._claim_queue: list[tuple[bool, str]] = []
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
             headers["Authorization"] = f"Bearer {scn.api_key}"
@@ -154,6 +149,8 @@ class _Run:
             headers["Accept"] = "application/json"
             self.tracker = speculators.FailureTracker(scn.load.max_consecutive_errors or scn.load.concurrency)
         self.headers = headers
+        self.client = HttpClient(self.url, headers, self.stats, scn.load.request_timeout, scn.load.retries,
+                                 self.backoff, retry_refusals=self.speculators)
         # what the server's connector hands back (launched: known; attached: --connector, else read from the answers)
         self.connector: connectors.Connector | None = (
             server.connector if server is not None and server.connector is not None
@@ -188,31 +185,10 @@ class _Run:
     async def resolve_model(self, session: aiohttp.ClientSession) -> str:
         if self.L.model_name:
             return self.L.model_name
-        last = ""
-        for attempt in range(3):
-            try:
-                async with session.get(self.url + "/v1/models", headers=self.headers,
-                                       timeout=aiohttp.ClientTimeout(total=10)) as r:
-                    if r.status in (401, 403):
-                        raise TargetError(f"{self.url}/v1/models answered {r.status}: the server needs an API key",
-                                          help="Pass --api-key or set REPRO_API_KEY.")
-                    if r.status == 200:
-                        data = await r.json(content_type=None)
-                        models = data.get("data") or []
-                        if models and models[0].get("id"):
-                            self._model_root = models[0].get("root")
-                            self._model_card = models[0]
-                            return str(models[0]["id"])
-                        last = "no model listed"
-                    else:
-                        last = f"HTTP {r.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if attempt < 2:
-                await asyncio.sleep(1.0 * (attempt + 1))
-        raise TargetError(f"cannot reach the server at {self.url} ({last})",
-                          help="Check --url (scheme, host, port) and that vLLM is running: "
-                               "curl URL/v1/models should answer 200.")
+        card = await self.client.model_card(session)
+        self._model_root = card.get("root")
+        self._model_card = card
+        return str(card["id"])
 
     async def prompt_clip(self, session: aiohttp.ClientSession) -> limits.PromptClip:
         """The prompt lengths to use: --prompt-len clipped to the served model's max_model_len."""
@@ -256,58 +232,8 @@ class _Run:
         rec.client_s["prompt_wait"] = prompt_wait
         st.prompt_wait_s.add(prompt_wait)
         st.started += 1
-        timeout = aiohttp.ClientTimeout(total=self.L.request_timeout)
-        body: bytes | None = None
         try:
-            for attempt in range(self.L.retries + 1):
-                rec.attempts = attempt + 1
-                err = detail = None
-                status = None
-                st.in_flight += 1
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(self.url + prep.path, data=prep.body, headers=self.headers,
-                                            timeout=timeout) as resp:
-                        status = resp.status
-                        body = await resp.read()
-                except asyncio.TimeoutError:
-                    err, detail = "timeout", f"no answer within {self.L.request_timeout:g} s (the server aborts it)"
-                    st.attempt_timeouts += 1
-                except aiohttp.ClientConnectorError as exc:
-                    refused = isinstance(exc.os_error, ConnectionRefusedError)
-                    err, detail = ("connection-refused" if refused else "connect"), str(exc)
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
-                    err, detail = "disconnected", f"{type(exc).__name__}: {exc}"
-                except aiohttp.ClientError as exc:
-                    err, detail = "client-error", f"{type(exc).__name__}: {exc}"
-                finally:
-                    st.in_flight -= 1
-                rec.latency = round(time.perf_counter() - t0, 6)
-                rec.http_status = status
-                if status == 200:
-                    self.consecutive_4xx = 0
-                    st.completions += 1
-                    st.last_completion = time.monotonic()
-                    rec.status, rec.error, rec.detail = "ok", None, None
-                    break
-                if status is not None:
-                    err = f"http-{status}"
-                    detail = (body or b"")[:300].decode("utf-8", "replace")
-                    if "EngineDeadError" in detail or "EngineCore" in detail:
-                        err = "engine-dead"
-                rec.status = "timeout" if err == "timeout" else ("rejected" if status in REJECTED else "error")
-                rec.error, rec.detail = err, detail
-                if status is not None and 400 <= status < 500 and status not in (408, 429) and not self.speculators:
-                    self.consecutive_4xx += 1
-                    if self.consecutive_4xx >= max(8, min(64, self.L.concurrency)) and st.ok == 0:
-                        self.abort_error = (f"every request is rejected with HTTP {status}: {detail.strip()[:200]}")
-                        self.request_stop("rejected")
-                    break  # the request itself is wrong: retrying cannot help
-                if self.stopping or attempt >= self.L.retries:
-                    break
-                st.retries += 1
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), self.backoff(attempt))
+            body = await self.client.send(session, prep, rec, self.stop_event, lambda: self.stopping, self.on_refused)
             checking = False
             if rec.status == "ok":
                 checking = self.handle_ok(prep, rec, body or b"")
@@ -320,6 +246,12 @@ class _Run:
             st.finish(rec, self.requests_f)
             self.check_slots.release()
             raise
+
+    def on_refused(self, status: int, detail: str) -> None:
+        """A request the server refused (4xx): when every request so far was refused, the run stops (exit 2)."""
+        if self.client.consecutive_refusals >= max(8, min(64, self.L.concurrency)) and self.stats.ok == 0:
+            self.abort_error = f"every request is rejected with HTTP {status}: {detail.strip()[:200]}"
+            self.request_stop("rejected")
 
     def model_dtype(self) -> str | None:
         """The dtype the hidden states must be stored in, when the launched server's --dtype says it."""
@@ -365,9 +297,7 @@ class _Run:
                 self.announce_bad_file(rec.file)
             st.finish(rec, self.requests_f)
             return False
-        if self.storage is not None:
-            self.claims_made += 1
-            self.claim(info.hs_path)  # before the check: the client owns it whatever the check finds
+        self.store.claim(info.hs_path, count=True)  # before the check: the client owns it whatever the check finds
         expected = prep.prompt_tokens
         if expected is not None and info.prompt_ids is not None and list(expected) != list(info.prompt_ids):
             rec.file = {"ok": False, "error": "bad-tokens", "detail": "response prompt_token_ids differ from the prompt"}
@@ -403,7 +333,7 @@ class _Run:
                 if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
                     rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
                 if r.consumed in ("deleted", "moved"):
-                    self.claim(info.hs_path, forget=True)
+                    self.store.claim(info.hs_path, forget=True)
                 rec.client_s["check"] = round(r.seconds, 6)
             if rec.file is not None and not rec.file.get("ok"):
                 self.announce_bad_file(rec.file)
@@ -459,7 +389,7 @@ class _Run:
             self.progress.message(f"give-up: {self.abort_error}")
             self.request_stop("max-consecutive-errors")
 
-    async def issue(self, session: aiohttp.ClientSession, feed: PromptFeed) -> PreparedRequest | None:
+    async def issue(self, feed: PromptFeed) -> PreparedRequest | None:
         """The next prepared request, or None when the budget is spent or the run stops."""
         if self.stopping:
             return None
@@ -468,49 +398,6 @@ class _Run:
         self.issued += 1
         await self.check_slots.acquire()  # bounded backlog of file checks (back-pressure, normally free)
         return await feed.get()
-
-    async def worker(self, session: aiohttp.ClientSession, feed: PromptFeed) -> None:
-        while True:
-            t0 = time.perf_counter()
-            prep = await self.issue(session, feed)
-            if prep is None:
-                return
-            await self.one(session, prep, time.perf_counter() - t0)
-
-    async def arrivals(self, session: aiohttp.ClientSession, feed: PromptFeed) -> None:
-        """Poisson arrivals at --rate, capped at --concurrency in flight."""
-        assert self.L.rate
-        rng = random.Random(self.L.seed + 1)
-        cap = asyncio.Semaphore(self.L.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
-        next_t = time.monotonic()
-        try:
-            while True:
-                next_t += rng.expovariate(self.L.rate)
-                delay = next_t - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await cap.acquire()
-                t0 = time.perf_counter()
-                prep = await self.issue(session, feed)
-                if prep is None:
-                    cap.release()
-                    break
-                task = asyncio.ensure_future(self.one(session, prep, time.perf_counter() - t0))
-                tasks.add(task)
-
-                def _done(t: asyncio.Task[None]) -> None:
-                    tasks.discard(t)
-                    cap.release()
-
-                task.add_done_callback(_done)
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-        except asyncio.CancelledError:
-            for t in list(tasks):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
 
     async def watch_group(self) -> None:
         """End this run when a sibling run (same bisect step) has found a stall: the step has its answer."""
@@ -582,7 +469,7 @@ class _Run:
                 info = read_response(data)
                 result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
                 if info.hs_path:  # the probe's own hidden-state file: remove it, count nothing
-                    self.claim(info.hs_path)
+                    self.store.claim(info.hs_path)
                     asyncio.get_running_loop().run_in_executor(self.pool, self.checker.discard, info.hs_path)
         except asyncio.TimeoutError:
             result = ("timeout", 0)
@@ -607,7 +494,7 @@ class _Run:
                 self.last_metrics, self.last_metrics_wall, self.refused_wall = ob.metrics, time.time(), None
             elif ob.metrics_error == REFUSED and self.refused_wall is None:
                 self.refused_wall = time.time()
-            await self.poll_storage()
+            await self.store.poll()
             self.track_storm(a)
             if a.stall_class == SERVER_DEAD and a.state == STALLED:
                 self.name_storage_cause(a)
@@ -640,74 +527,14 @@ class _Run:
         if active and m is not None and m.running is not None and m.waiting is not None:
             self.breakdown.add(st.in_flight, m.running, m.waiting)
         self.tokens.add(ob)
-        self.timeline.row(self.rel(ob.t), st, ob, a, fid, self.storage_columns())
+        self.timeline.row(self.rel(ob.t), st, ob, a, fid, self.store.columns())
         self.requests_f.flush()
         self.progress.update(outputs.snapshot(
             st, ob, a, elapsed=self.rel(ob.t) if self.load_t0 is not None else 0.0, duration=self.L.duration,
             concurrency=c, poisson=bool(self.L.rate), tps=self.tokens.value, fidelity=self.fidelity,
             client_fill=self.client_fill, breakdown=self.breakdown, last_progress_t=self.detector.last_progress_t))
 
-    # -- storage and abort storms ---------------------------------------------------
-    def claim(self, path: str, forget: bool = False) -> None:
-        """Claim (or forget) a returned hidden-state path; queued while a scan runs in its thread (event loop only)."""
-        if self.storage is None:
-            return
-        if self._scanning:
-            self._claim_queue.append((forget, path))
-        elif forget:
-            self.storage.forget(path)
-        else:
-            self.storage.claim(path)
-
-    async def poll_storage(self, force: bool = False) -> None:
-        """Scan the store when due (StorageWatch rate-limits itself) and log its warnings as events.
-
-        The scan runs in a thread (a rescan of 200,000 files takes most of a second): claims and forgets that
-        arrive meanwhile are queued and applied after it, in order."""
-        w = self.storage
-        if w is None or not (force or w.due()):
-            return
-        before = w.last
-        self._scanning = True
-        try:
-            warnings = await asyncio.to_thread(w.poll, force)
-        except OSError as exc:  # the store went away under us: say so once, never crash the run
-            self.event("storage-error", error=f"{type(exc).__name__}: {exc}")
-            self.storage = None
-            return
-        finally:
-            self._scanning = False
-            queued, self._claim_queue = self._claim_queue, []
-            for forget, path in queued:
-                (w.forget if forget else w.claim)(path)
-        if self.storage.last is before:
-            return  # not due
-        self._scans_total += 1
-        if warnings or self.storage_active:
-            now = {w.kind for w in warnings}
-            for w in warnings:
-                self.note_storage_warning(w)
-            for kind in self.storage_active - now:
-                self.event(f"{kind}-end")
-            self.storage_active = now
-
-    def note_storage_warning(self, w: StorageWarning) -> None:
-        rec = self.storage_warnings.get(w.kind)
-        t = round(self.rel(time.monotonic()), 3)
-        if rec is None:
-            rec = self.storage_warnings[w.kind] = {"first_s": t, "count": 0}
-        rec.update(last_s=t, message=w.message, evidence=w.evidence)
-        rec["count"] += 1
-        if w.kind not in self.storage_active:  # one event per episode, not per scan
-            self.event(w.kind, message=w.message, evidence=w.evidence)
-            self.progress.message(f"warning: {w.kind}: {w.message}")
-
-    def storage_columns(self) -> list[Any]:
-        last = self.storage.last if self.storage is not None else None
-        if last is None:
-            return [None, None, None]
-        return [last.orphan_files, last.bytes, last.fs_free_bytes]
-
+    # -- abort storms and the storage summary ------------------------------------------
     def track_storm(self, a: Assessment) -> None:
         active = self.storm is not None and self.storm.get("active")
         if a.warning == ABORT_STORM:
@@ -793,83 +620,11 @@ class _Run:
     def storage_summary(self) -> dict[str, Any] | None:
         if self.hands_back_handles():
             return self.no_census()
-        w = self.storage
-        if w is None:
-            return None
-        last = w.last
-        proj = w.last_projection
-        hist = list(w.census.history)
-        d: dict[str, Any] = {
-            "path": str(w.census.path), "grace_s": w.census.grace, "horizon_s": w.horizon,
-            "scans": len(hist),  # history is bounded; total scans below
-            "scans_total": getattr(self, "_scans_total", len(hist)),
-            "scan_seconds_total": round(sum(s.scan_seconds for s in hist), 6),
-            "scan_seconds_max": round(max((s.scan_seconds for s in hist), default=0.0), 6),
-            "warnings": self.storage_warnings,
-        }
-        if last is not None:
-            d.update({
-                "files": last.files, "bytes": last.bytes, "lock_files": last.lock_files,
-                "claimed_files": last.claimed_files, "claimed_bytes": last.claimed_bytes,
-                "orphan_files": last.orphan_files, "orphan_bytes": last.orphan_bytes,
-                "pending_files": last.pending_files, "oldest_orphan_age_s": last.oldest_orphan_age,
-                "fs_free_bytes": last.fs_free_bytes, "fs_total_bytes": last.fs_total_bytes,
-                "fs_free_inodes": last.fs_free_inodes, "fs_total_inodes": last.fs_total_inodes,
-                "claims_made": self.claims_made,
-            })
-        if proj is not None:
-            d["rates"] = {"orphan_files_per_s": proj.orphan_files_per_s, "orphan_bytes_per_s": proj.orphan_bytes_per_s,
-                          "used_bytes_per_s": proj.used_bytes_per_s, "window_s": proj.window_s}
-            d["projected_seconds_to_full"] = proj.seconds_to_full
-            d["projected_seconds_to_no_inodes"] = proj.seconds_to_no_inodes
-        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)}
-                              for n, b, age in w.census.orphans(limit=10)]
-        return d
+        return self.store.summary()
 
     def storage_accounting(self) -> dict[str, Any] | None:
-        """For the bundle: the summary's storage figures, the orphan census with a sample of names, the growth curve."""
-        d = self.storage_summary()
-        if d is None or self.storage is None or d.get("applies") is False:
-            return None
-        c = self.storage.census
-        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)} for n, b, age in c.orphans(limit=50)]
-        d["growth_curve"] = [{"t": round(s.t, 3), "files": s.files, "bytes": s.bytes, "orphan_files": s.orphan_files,
-                              "orphan_bytes": s.orphan_bytes, "fs_free_bytes": s.fs_free_bytes,
-                              "fs_free_inodes": s.fs_free_inodes} for s in c.history]
-        return d
-
-    async def settle_storage(self) -> None:
-        """End of the run: wait for late writes (vLLM writes an aborted request's file after the abort), then take
-        the final census with no grace -- no response can claim a file any more, so every unclaimed file is an orphan."""
-        w = self.storage
-        if w is None:
-            return
-        from repro.storage.census import DATA_SUFFIX
-
-        def count() -> int:
-            try:
-                return sum(1 for n in os.listdir(w.census.path) if n.endswith(DATA_SUFFIX))
-            except OSError:
-                return -1
-
-        deadline = time.monotonic() + min(15.0, max(2.0, w.census.grace))
-        prev, stable_since = await asyncio.to_thread(count), time.monotonic()
-        while time.monotonic() < deadline and not self.interrupted:
-            await asyncio.sleep(0.5)
-            n = await asyncio.to_thread(count)
-            if n != prev:
-                prev, stable_since = n, time.monotonic()
-            elif time.monotonic() - stable_since >= 3.0:
-                break
-        grace = w.census.grace
-        w.census.grace = 0.0
-        try:
-            await self.poll_storage(force=True)
-        finally:
-            w.census.grace = grace
-        if w.last is not None:
-            self.event("storage-final", files=w.last.files, claimed=w.last.claimed_files,
-                       orphans=w.last.orphan_files, orphan_bytes=w.last.orphan_bytes)
+        """For the bundle (None when the connector hands back handles: no store to count)."""
+        return None if self.hands_back_handles() else self.store.accounting()
 
     # -- on a stall ------------------------------------------------------------------
     async def on_stall(self) -> None:
@@ -1064,10 +819,12 @@ class _Run:
                     self.event("prompt-clip", message=clip_line, **self.clip.to_dict())
                     self.progress.message(clip_line)
                 mon_task = asyncio.ensure_future(self.monitor(mon_session))
+                issue = functools.partial(self.issue, feed)
+                one = functools.partial(self.one, session)
                 if self.L.rate:
-                    tasks = [asyncio.ensure_future(self.arrivals(session, feed))]
+                    tasks = [asyncio.ensure_future(arrivals.poisson(issue, one, self.L.rate, c, self.L.seed))]
                 else:
-                    tasks = [asyncio.ensure_future(self.worker(session, feed)) for _ in range(c)]
+                    tasks = [asyncio.ensure_future(arrivals.closed_loop(issue, one)) for _ in range(c)]
                 load = asyncio.ensure_future(asyncio.gather(*tasks))
                 stopper = asyncio.ensure_future(self.stop_event.wait())
                 sibling = asyncio.ensure_future(self.watch_group()) if self.group_stop is not None else None
@@ -1102,7 +859,7 @@ class _Run:
                 deadline = time.monotonic() + 60.0
                 while self.stats.in_check > 0 and time.monotonic() < deadline and not self.interrupted:
                     await asyncio.sleep(0.05)
-                await self.settle_storage()
+                await self.store.settle(lambda: self.interrupted)
         finally:
             if mon_task is not None:
                 mon_task.cancel()
@@ -1219,7 +976,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     url = scenario.url or (server.url if server is not None else "")
     run = _Run(scenario, run_dir, server, url, progress, group_stop)
     if scenario.storage_path:  # attached (or told): the path must be there now -> UsageError, exit 2
-        run.storage = StorageWatch.open(scenario.storage_path, grace=scenario.orphan_grace,
+        run.store.watch = StorageWatch.open(scenario.storage_path, grace=scenario.orphan_grace,
                                         horizon=scenario.storage_horizon)
     result = StressResult(EXIT_OK, "clean", None, 0.0, 0.0, {}, {}, run_dir, paths)
     try:
@@ -1239,8 +996,8 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
                 progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
             if server is None and url:  # attached: read what a report needs while the server is alive
                 run.attached = find_local_server(url)
-            if run.storage is None and server is not None and server.settings.extract and run.storage_path():
-                run.storage = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
+            if run.store.watch is None and server is not None and server.settings.extract and run.storage_path():
+                run.store.watch = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
                                                 horizon=scenario.storage_horizon)
             (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
             asyncio_run(run.main())
@@ -1283,4 +1040,4 @@ def asyncio_run(coro: Any) -> Any:
     return event_loop.run(coro)
 
 
-__all__ = ["StressResult", "run_stress", "SUMMARY_SCHEMA", "SUMMARY_VERSION"]
+__all__ = ["StressResult", "run_stress", "SUMMARY_SCHEMA", "SUMMARY_VERSION", "TIMELINE_FIELDS"]
