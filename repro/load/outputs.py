@@ -13,12 +13,16 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from repro import formats
 from repro.load.fidelity import Breakdown, instant as fidelity_instant
 from repro.load.records import LinearHistogram, RunStats
 from repro.monitor.detector import Assessment, Observation
+
+if TYPE_CHECKING:
+    from repro.load.runner import _Run
+    from repro.scenario import Scenario
 
 SUMMARY_SCHEMA = "repro.stress.summary"
 SUMMARY_VERSION = 1
@@ -138,3 +142,41 @@ def fidelity_summary(fid: LinearHistogram, client_fill: LinearHistogram, breakdo
         "breakdown": breakdown.summary(c),
         "advice": breakdown.advice(c),
     }
+
+
+def summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
+    """summary.json of a finished run (``run``: the orchestration's state, read only)."""
+    st = run.stats
+    load_s = res.load_s
+    fid = run.fidelity
+    c = scn.load.concurrency
+    d: dict[str, Any] = {
+        "outcome": res.outcome, "exit_code": res.exit_code, "error": res.error,
+        "started_at": iso(run.wall_t0), "ended_at": iso(time.time()),
+        "stop_reason": run.stop_reason,
+        "load_seconds": round(load_s, 3), "exposure_seconds": round(res.exposure_s, 3),
+        "target": {"url": run.url, "model": run.model, "launched": run.server is not None and run.server.started_at is not None,
+                   "server_pid": run.server.pid if run.server is not None else None},
+        "requests": res.counts, "files": res.files,
+        "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens},
+        "throughput": {"requests_per_s": round(st.ok / load_s, 3) if load_s > 0 else None,
+                       "prompt_tokens_per_s": round(st.prompt_tokens / load_s, 1) if load_s > 0 else None},
+        "latency_s": st.latency.summary(),
+        "client_work_s": {"prompt_wait": st.prompt_wait_s.summary(6), "file_check": st.check_s.summary(6),
+                          "bookkeeping": st.bookkeeping_s.summary(6), "prompt_prep_total": round(run.prep_seconds, 3)},
+        "fidelity": fidelity_summary(fid, run.client_fill, run.breakdown, c, bool(scn.load.rate)),
+        "prompts": run.prompts_summary(),
+        "detector": {"state": run.last.state if run.last else None,
+                     "class": run.last.stall_class if run.last else None,
+                     "settings": scn.to_dict()["detect"]},
+        "stall": run.detection_dict(),
+        "abort_storm": run.storms.summary(run.last),
+        "storage": run.storage_summary(),
+        "connector": run.facts.scenario_dict()["connector"],
+        "client": run.client_summary(),
+        "storage_cause": run.storage_death,
+        "capture": run.capture_info,
+        "log_warnings": run.warnings,
+        "files_written": {k: str(v) for k, v in res.paths.items()},
+    }
+    return formats.stamp(SUMMARY, d)

@@ -1,4 +1,4 @@
-"""The stress run: load generator + monitor + detector, writing a run directory.
+"""The stress run: load generator + monitor + detector, writing a run directory (the orchestration).
 
 :func:`run_stress` is the core entry point (``repro stress`` only parses flags
 into a :class:`~repro.scenario.Scenario` and calls it; bisect trials call it
@@ -11,12 +11,29 @@ SIGINT/SIGTERM. Files in the run directory:
 ``scenario.json``  ``Scenario.to_dict()`` plus ``server_command``
 ``requests.jsonl`` one record per request, written as it finishes
 ``timeline.csv``   one row per poll: client and server counters, the fidelity ratio
-``events.jsonl``   detector transitions, capture, stop reasons
+``events.jsonl``   detector transitions, capture, stop reasons (:mod:`repro.monitor.events`)
 ``summary.json``   ``{"schema": "repro.stress.summary", "version": 1, ...}``
+
+The stages live in their own modules; this one wires them to one event loop:
+
+* :mod:`repro.load.client` -- one request with its retries; the /v1/models question
+* :mod:`repro.load.arrivals` -- closed loop or Poisson arrivals
+* :mod:`repro.load.feed`, :mod:`repro.load.prompts`, :mod:`repro.load.workloads` -- what each request sends
+* :mod:`repro.monitor.observe` -- one poll's readings -> the detector's Observation (shared with watch)
+* :mod:`repro.load.store` -- the hidden-state store's census and warning episodes; :mod:`repro.load.storms`
+  -- abort-storm episodes
+* :mod:`repro.load.outputs` -- timeline rows, the display snapshot, summary.json; :mod:`repro.load.stall`
+  -- detection.json; :mod:`repro.load.server_facts` -- the server's log, command and store
+
+Why this module is still ~850 lines: what is left is the state one run shares between its
+request path (``one`` -> ``handle_ok`` -> the file check's callback, the speculators give-up
+rule) and its monitor loop (observe -> detector -> stop, probe, capture on a stall): the same
+counters, stop event, check-slot semaphore and thread pools, read and written on one event loop
+without locks. Splitting it further would pass that state through every call on the hot path.
 
 Storage (issue 8): with a known storage path (``--storage-path``, or the launched
 server's ``--storage``) every returned hidden-state path is claimed, the store is
-censused in a thread at a bounded rate (:mod:`repro.load.store`), ``storage-warning``
+censused in a thread at a bounded rate, ``storage-warning``
 (kind ``storage-leak``/``storage-exhaustion``, ``storage-ok`` when it clears) and
 ``abort-storm`` are warning events (the run goes on), and a server-dead verdict
 names the storage cause from the log (ENOSPC in the hidden-state write).
@@ -42,45 +59,35 @@ from typing import IO, Any
 
 import aiohttp
 
-from repro import formats
-from repro.errors import (EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, ReproError,
-                          TargetError)
-from repro.load import arrivals, limits, outputs
+from repro.errors import EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, TargetError
+from repro.load import arrivals, limits, outputs, stall
 from repro.load import loop as event_loop
 from repro.load.client import HttpClient
 from repro.load.display import Progress
 from repro.load.feed import PromptFeed
 from repro.load.fidelity import Breakdown
-from repro.load.outputs import SUMMARY_SCHEMA, SUMMARY_VERSION, TIMELINE_FIELDS, StressResult, iso
+from repro.load.outputs import SUMMARY_SCHEMA, SUMMARY_VERSION, TIMELINE_FIELDS, StressResult, iso  # noqa: F401 (re-exported)
 from repro.load.prompts import PromptSource, load_prompts_file
+from repro.load.server_facts import ServerFacts
 from repro.load.store import StoreAccounting
+from repro.load.storms import StormTracker
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
 from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
-from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
+from repro.monitor.detector import (CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
                                     ClientSnapshot, Detector, Observation)
+from repro.monitor.events import EventLog
 from repro.monitor.logs import DockerLogFollower, LogFollower
 from repro.monitor.metrics import MetricsSample
 from repro.monitor.observe import build_observation
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWatch
-from repro.target.attached import LocalServer, find_local_server
+from repro.target.attached import find_local_server
 from repro.target import connectors
 from repro.target.launcher import VllmServer
 
-DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 BAD_FILES_DIR = "bad-files"  # failing hidden-state files kept for inspection (up to --keep-bad)
-def _vocab_from_dir(d: str | None) -> int | None:
-    if not d:
-        return None
-    cfg = Path(d).expanduser() / "config.json"
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return None
-    v = data.get("vocab_size") or (data.get("text_config") or {}).get("vocab_size")
-    return int(v) if isinstance(v, int) and v > 0 else None
 
 
 class _Run:
@@ -120,9 +127,8 @@ class _Run:
         self.last_metrics_wall: float | None = None  # when /metrics last answered (for a death report)
         self.last_stats_text: str | None = None  # the last stats line as vLLM printed it
         self.refused_wall: float | None = None  # the first refused /metrics of the current streak
-        self.attached: LocalServer | None = None  # an attached server found on this machine (read while alive)
         self.tokens = outputs.TokenRate()  # tokens/s for the display
-        self.events_f: IO[str]
+        self.events: EventLog | None = None
         self.requests_f: IO[str]
         self.timeline: outputs.Timeline
         self.log: Any = None
@@ -136,7 +142,7 @@ class _Run:
         self.probes = 0
         # the hidden-state store's census (its watch is set when the path is known)
         self.store = StoreAccounting(None, self.event, self.progress.message, self.rel)
-        self.storm: dict[str, Any] | None = None  # abort-storm episodes, for the summary
+        self.storms = StormTracker(self.event, self.progress.message, self.rel)  # abort-storm episodes
         self.storage_death: dict[str, str] | None = None
         headers = {"Content-Type": "application/json"}
         if scn.api_key:
@@ -156,27 +162,30 @@ class _Run:
             server.connector if server is not None and server.connector is not None
             else (connectors.resolve(scn.server.connector, gpu=False) if scn.server.connector != connectors.AUTO else None))
         self.handles = 0  # answers naming an object in a store (Mooncake handle), not a file
+        self.facts = ServerFacts(scn, server, self.connector)
+        self._model_root: str | None = None  # the served model's root (/v1/models), for its vocabulary size
 
     # -- files -------------------------------------------------------------------
     def open_files(self) -> None:
         self.requests_f = open(self.run_dir / "requests.jsonl", "a", buffering=1 << 16)
-        self.events_f = open(self.run_dir / "events.jsonl", "a", buffering=1)
+        self.events = EventLog(self.run_dir / "events.jsonl", t_is="the load start")
         self.timeline = outputs.Timeline(self.run_dir / "timeline.csv")
 
     def close_files(self) -> None:
-        for f in (getattr(self, "requests_f", None), getattr(self, "events_f", None)):
-            if f is not None and not f.closed:
-                f.flush()
-                f.close()
+        f = getattr(self, "requests_f", None)
+        if f is not None and not f.closed:
+            f.flush()
+            f.close()
+        if self.events is not None:
+            self.events.close()
         if getattr(self, "timeline", None) is not None:
             self.timeline.close()
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        now = time.time()
-        ev = {"t": round(self.rel(time.monotonic()), 3), "wall": iso(now), "event": kind, **fields}
-        if getattr(self, "events_f", None) is not None and not self.events_f.closed:
-            self.events_f.write(json.dumps(ev, default=str) + "\n")
-        return ev
+        """Write an event to events.jsonl (before the file is open: returned, not written)."""
+        if self.events is not None:
+            return self.events.write(kind, **fields)
+        return {"t": round(self.rel(time.monotonic()), 3), "wall": iso(time.time()), "event": kind, **fields}
 
     def rel(self, mono: float) -> float:
         return mono - (self.load_t0 if self.load_t0 is not None else self.stats.t0)
@@ -186,7 +195,8 @@ class _Run:
         if self.L.model_name:
             return self.L.model_name
         card = await self.client.model_card(session)
-        self._model_root = card.get("root")
+        root = card.get("root")
+        self._model_root = str(root) if root else None
         self._model_card = card
         return str(card["id"])
 
@@ -206,22 +216,6 @@ class _Run:
         wl = Workload.parse(self.L.workload)
         max_tokens = max(1 if wl.hs_ratio > 0 else 0, self.L.max_tokens if wl.hs_ratio < 1 else 0)
         return limits.clip(self.L.prompt_len, n, source if n is not None else None, max_tokens)
-
-    def vocab_size(self) -> int:
-        if self.L.vocab_size:
-            return self.L.vocab_size
-        if self.server is not None:
-            from repro.target.launcher import resolve_model
-
-            try:
-                model_dir = resolve_model(self.server.settings.model)[0]
-            except ReproError:
-                model_dir = None
-            v = _vocab_from_dir(model_dir)
-            if v:
-                return v
-        v = _vocab_from_dir(getattr(self, "_model_root", None))
-        return v or DEFAULT_VOCAB
 
     # -- one request ----------------------------------------------------------------
     async def one(self, session: aiohttp.ClientSession, prep: PreparedRequest, prompt_wait: float) -> None:
@@ -252,16 +246,6 @@ class _Run:
         if self.client.consecutive_refusals >= max(8, min(64, self.L.concurrency)) and self.stats.ok == 0:
             self.abort_error = f"every request is rejected with HTTP {status}: {detail.strip()[:200]}"
             self.request_stop("rejected")
-
-    def model_dtype(self) -> str | None:
-        """The dtype the hidden states must be stored in, when the launched server's --dtype says it."""
-        cmd = self.server.command if self.server is not None else []
-        if "--dtype" not in cmd[:-1]:
-            return None
-        from repro.load.expect import dtype_code
-
-        last = len(cmd) - 1 - cmd[::-1].index("--dtype")  # vLLM takes the last one (passthrough may repeat it)
-        return dtype_code(cmd[last + 1]) if last + 1 < len(cmd) else None
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retrying after attempt ``attempt`` (0-based): 1, 2, 4 ...; speculators' 2, 4, 8 ..."""
@@ -495,7 +479,7 @@ class _Run:
             elif ob.metrics_error == REFUSED and self.refused_wall is None:
                 self.refused_wall = time.time()
             await self.store.poll()
-            self.track_storm(a)
+            self.storms.track(a)
             if a.stall_class == SERVER_DEAD and a.state == STALLED:
                 self.name_storage_cause(a)
             self.record_sample(ob, a)
@@ -535,34 +519,6 @@ class _Run:
             client_fill=self.client_fill, breakdown=self.breakdown, last_progress_t=self.detector.last_progress_t))
 
     # -- abort storms and the storage summary ------------------------------------------
-    def track_storm(self, a: Assessment) -> None:
-        active = self.storm is not None and self.storm.get("active")
-        if a.warning == ABORT_STORM:
-            ev = a.evidence.get("abort_storm") or {}
-            if self.storm is None:
-                self.storm = {"episodes": 0, "first_s": round(self.rel(a.t), 3), "seconds": 0.0,
-                              "peak_abort_share": 0.0, "min_goodput_per_s": None}
-            s = self.storm
-            if not active:
-                s["episodes"] += 1
-                s["active"] = True
-                s["_start"] = a.t
-                self.event(ABORT_STORM, evidence=ev)
-                self.progress.message(f"warning: abort-storm: {ev.get('aborted')} of "
-                                      f"{ev.get('aborted', 0) + ev.get('completed', 0)} requests in "
-                                      f"{ev.get('window_s')} s ended in client timeouts")
-            s["last_s"] = round(self.rel(a.t), 3)
-            s["peak_abort_share"] = max(s["peak_abort_share"], ev.get("abort_share") or 0.0)
-            g = ev.get("goodput_per_s")
-            if g is not None:
-                s["min_goodput_per_s"] = g if s["min_goodput_per_s"] is None else min(s["min_goodput_per_s"], g)
-            s["last_evidence"] = ev
-        elif active:
-            assert self.storm is not None
-            self.storm["active"] = False
-            self.storm["seconds"] = round(self.storm["seconds"] + a.t - self.storm.pop("_start", a.t), 3)
-            self.event(f"{ABORT_STORM}-end")
-
     def client_summary(self) -> dict[str, Any]:
         """Whose request shape the load had, and (speculators) whether its give-up rule ended the run."""
         if not self.speculators:
@@ -574,22 +530,12 @@ class _Run:
                 "lock_wait_s": speculators.LOCK_TIMEOUT, "max_consecutive_errors": self.tracker.threshold,
                 "peak_consecutive_failures": self.tracker.peak, "gave_up": self.gave_up}
 
-    def storm_summary(self) -> dict[str, Any] | None:
-        if self.storm is None:
-            return None
-        s = {k: v for k, v in self.storm.items() if not k.startswith("_")}
-        if s.pop("active", False) and "_start" in self.storm and self.last is not None:
-            s["seconds"] = round(s["seconds"] + self.last.t - self.storm["_start"], 3)
-        s["verdict"] = ("warning: most requests ended in client timeouts (each aborts the request on the server) "
-                        "and goodput collapsed; the engine kept working -- a client policy problem, not a stall")
-        return s
-
     def name_storage_cause(self, a: Assessment) -> None:
         """A dead server whose log shows ENOSPC or another I/O error: put the storage cause in the evidence."""
         if self.storage_death is not None:
             return
         text = ""
-        log_path = self.server_log_path()
+        log_path = self.facts.log_path()
         if log_path is not None:
             with contextlib.suppress(OSError):
                 with open(log_path, "rb") as f:
@@ -640,20 +586,17 @@ class _Run:
         from repro.capture import run as capture_run
         from repro.capture.request import CaptureRequest
 
-        log_path = self.server_log_path()
-        events = []
-        with contextlib.suppress(OSError, ValueError):
-            self.events_f.flush()
-            events = [json.loads(x) for x in (self.run_dir / "events.jsonl").read_text().splitlines()[-200:]]
+        log_path = self.facts.log_path()
+        events = list(self.events.recent[-200:]) if self.events is not None else []
         self.timeline.f.flush()
         req = CaptureRequest(
             out_dir=self.run_dir / "bundle-001", settings=self.scn.capture,
             root_pid=self.server.pid if self.server is not None and self.server.alive() else None,
             url=self.url, api_key=self.scn.api_key, log_path=log_path, docker=self.scn.docker,
-            storage_path=self.storage_path(), scenario=self.scenario_dict(), events=events,
+            storage_path=self.facts.storage_path(), scenario=self.facts.scenario_dict(), events=events,
             storage_accounting=self.storage_accounting(),
             timeline_csv=self.run_dir / "timeline.csv", detection=detection,
-            server_command=self.server_command()[0],
+            server_command=self.facts.command()[0],
             server_env=self.server.env if self.server is not None else None, reason="stall",
             repro_command=self.scn.invocation)
         self.progress.message(f"capturing into {req.out_dir} ...")
@@ -674,97 +617,16 @@ class _Run:
         self.capture_info["seconds"] = round(time.monotonic() - t0, 2)
         self.event("capture", **self.capture_info)
 
-    def storage_path(self) -> str | None:
-        if self.connector is not None and not self.connector.writes_files:
-            return None
-        if self.scn.storage_path:
-            return self.scn.storage_path
-        if self.server is not None and self.server.settings.extract:
-            return self.server.settings.storage
-        return None
-
-    def scenario_dict(self) -> dict[str, Any]:
-        d = self.scn.to_dict()
-        d["server_command"], d["server_command_source"] = self.server_command()
-        d["server_log"] = self.server_log_info()
-        d["connector"] = (self.connector.to_dict() if self.connector is not None else
-                          {"name": None, "note": "attached without --connector: each answer is checked by what it "
-                                                 "holds (a file's own dtype and scales, or a handle)"})
-        return d
-
-    def server_log_path(self) -> Path | None:
-        """The server's log: the launched server's, --log-file, else the attached local server's stdout file."""
-        if self.server is not None:
-            return self.server.log_path
-        if self.scn.log_file:
-            return Path(self.scn.log_file)
-        if self.attached is not None and self.attached.log_path and not self.scn.docker:
-            return Path(self.attached.log_path)
-        return None
-
-    def server_log_info(self) -> dict[str, Any]:
-        """Where the server's log came from, or why there is none and which flag would have captured it."""
-        if self.server is not None:
-            return {"path": str(self.server.log_path), "source": "launched by repro"}
-        if self.scn.log_file:
-            return {"path": self.scn.log_file, "source": "--log-file"}
-        if self.scn.docker:
-            return {"path": None, "source": f"docker logs {self.scn.docker}"}
-        if self.attached is not None:
-            return {"path": self.attached.log_path, "source": self.attached.log_note}
-        return {"path": None, "source": "not captured: the server is not on this machine; pass --log-file FILE "
-                                        "(a copy of its log) or run repro on the server's machine"}
-
-    def server_command(self) -> tuple[list[str] | None, str | None]:
-        """(the server's command line, where it came from): launched, /proc of the attached local server, or
-        --server-command."""
-        if self.server is not None:
-            return self.server.command, "launched by repro"
-        if self.attached is not None and self.attached.command:
-            return self.attached.command, f"/proc/{self.attached.pid}/cmdline"
-        if self.scn.server_cmdline:
-            return self.scn.server_cmdline, "--server-command"
-        return None, None
-
     def detection_dict(self) -> dict[str, Any] | None:
-        a = self.stall
-        if a is None:
+        """detection.json (and summary.json's ``stall``): the verdict, what was seen last, the injection it follows."""
+        if self.stall is None:
             return None
-        since = a.since if a.since is not None else a.t
-        wall_of = (lambda mono: time.time() - (time.monotonic() - mono))
-        d = {"class": a.stall_class, "state": a.state,
-             "since_s": round(self.rel(since), 3), "detected_s": round(self.rel(a.t), 3),
-             "since_wall": iso(wall_of(since)), "detected_wall": iso(wall_of(a.t)),
-             "detection_delay_s": round(a.t - since, 3), "window_s": self.D.window,
-             "evidence": a.evidence, "last_seen": self.last_seen()}
-        inj = self.injected()
-        if inj:
-            first = next((e for e in inj if e.get("event") in ("stall",)), None)
-            if first is not None:
-                d["injected_wall"] = iso(first["t"])
-                d["detected_after_injection_s"] = round(wall_of(a.t) - first["t"], 3)
-        return d
-
-    def last_seen(self) -> dict[str, Any]:
-        """What the server last showed before the verdict: for a death, the moment before it went away."""
-        m = self.last_metrics
-        return {"metrics_wall": None if self.last_metrics_wall is None else iso(self.last_metrics_wall),
-                "metrics": None if m is None else {"running": m.running, "waiting": m.waiting, "kv_usage": m.kv_usage,
-                                                   "prompt_tokens_total": m.prompt_tokens,
-                                                   "generation_tokens_total": m.generation_tokens},
-                "refused_wall": None if self.refused_wall is None else iso(self.refused_wall),
-                "stats_line": self.last_stats_text, "client_in_flight": self.stats.in_flight}
-
-    def injected(self) -> list[dict[str, Any]]:
-        p = self.run_dir / "injected.jsonl"
+        seen = stall.LastSeen(self.last_metrics, self.last_metrics_wall, self.refused_wall, self.last_stats_text,
+                              self.stats.in_flight)
+        inject = self.run_dir / "injected.jsonl"
         if self.server is not None and self.server.env.get("REPRO_INJECT_EVENTS"):
-            p = Path(self.server.env["REPRO_INJECT_EVENTS"])
-        out = []
-        with contextlib.suppress(OSError):
-            for line in p.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
+            inject = Path(self.server.env["REPRO_INJECT_EVENTS"])
+        return stall.detection(self.stall, self.rel, self.D.window, seen, stall.read_injected(inject))
 
     # -- the run ---------------------------------------------------------------------
     async def main(self) -> None:
@@ -786,7 +648,7 @@ class _Run:
                                    lock_timeout=min(30.0, self.L.request_timeout),
                                    file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
                                    layout=self.connector.output if self.connector is not None else None,
-                                   model_dtype=self.model_dtype(),
+                                   model_dtype=self.facts.model_dtype(),
                                    bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
         self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
@@ -799,7 +661,7 @@ class _Run:
                 self.model = await self.resolve_model(mon_session)
                 prompts = load_prompts_file(self.L.prompts_file) if self.L.prompts_file else None
                 self.clip = await self.prompt_clip(mon_session)
-                source = PromptSource(self.L.seed, self.clip.used, self.vocab_size(), prompts,
+                source = PromptSource(self.L.seed, self.clip.used, self.facts.vocab_size(self._model_root), prompts,
                                       max_prompt=self.clip.max_prompt)
                 self.source = source
                 feed = PromptFeed(source, Workload.parse(self.L.workload), self.model, self.L.max_tokens,
@@ -809,7 +671,7 @@ class _Run:
                 self.open_files()
                 self.open_log()
                 self.progress.start()
-                self.load_t0 = time.monotonic()
+                self.load_t0 = self.events.origin if self.events is not None else time.monotonic()
                 self.event("start", url=self.url, model=self.model, concurrency=c, duration=self.L.duration,
                            requests=self.L.requests, workload=self.L.workload,
                            server_pid=self.server.pid if self.server is not None else None)
@@ -900,7 +762,7 @@ class _Run:
         if self.scn.docker and self.server is None and not self.scn.log_file:
             self.log = DockerLogFollower(self.scn.docker)
             return
-        path = self.server_log_path()
+        path = self.facts.log_path()
         if path is not None:
             self.log = LogFollower(path)
 
@@ -910,43 +772,6 @@ class _Run:
         self.interrupted = True
         self.progress.message(f"{signal.Signals(sig).name}: stopping, flushing results ...")
         self.request_stop(signal.Signals(sig).name)
-
-
-def _summary(run: _Run, res: StressResult, scn: Scenario) -> dict[str, Any]:
-    st = run.stats
-    load_s = res.load_s
-    fid = run.fidelity
-    c = scn.load.concurrency
-    d: dict[str, Any] = {
-        "outcome": res.outcome, "exit_code": res.exit_code, "error": res.error,
-        "started_at": iso(run.wall_t0), "ended_at": iso(time.time()),
-        "stop_reason": run.stop_reason,
-        "load_seconds": round(load_s, 3), "exposure_seconds": round(res.exposure_s, 3),
-        "target": {"url": run.url, "model": run.model, "launched": run.server is not None and run.server.started_at is not None,
-                   "server_pid": run.server.pid if run.server is not None else None},
-        "requests": res.counts, "files": res.files,
-        "tokens": {"prompt": st.prompt_tokens, "completion": st.completion_tokens},
-        "throughput": {"requests_per_s": round(st.ok / load_s, 3) if load_s > 0 else None,
-                       "prompt_tokens_per_s": round(st.prompt_tokens / load_s, 1) if load_s > 0 else None},
-        "latency_s": st.latency.summary(),
-        "client_work_s": {"prompt_wait": st.prompt_wait_s.summary(6), "file_check": st.check_s.summary(6),
-                          "bookkeeping": st.bookkeeping_s.summary(6), "prompt_prep_total": round(run.prep_seconds, 3)},
-        "fidelity": outputs.fidelity_summary(fid, run.client_fill, run.breakdown, c, bool(scn.load.rate)),
-        "prompts": run.prompts_summary(),
-        "detector": {"state": run.last.state if run.last else None,
-                     "class": run.last.stall_class if run.last else None,
-                     "settings": scn.to_dict()["detect"]},
-        "stall": run.detection_dict(),
-        "abort_storm": run.storm_summary(),
-        "storage": run.storage_summary(),
-        "connector": run.scenario_dict()["connector"],
-        "client": run.client_summary(),
-        "storage_cause": run.storage_death,
-        "capture": run.capture_info,
-        "log_warnings": run.warnings,
-        "files_written": {k: str(v) for k, v in res.paths.items()},
-    }
-    return formats.stamp(outputs.SUMMARY, d)
 
 
 def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = None,
@@ -983,7 +808,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
         try:
             if owned is not None:
                 owned.start()
-                (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+                (run_dir / "scenario.json").write_text(json.dumps(run.facts.scenario_dict(), indent=2, sort_keys=True) + "\n")
                 progress.message(f"starting vLLM (log: {owned.log_path}) ...")
                 last = [0.0]
 
@@ -995,11 +820,11 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
                 owned.wait_ready(on_wait=waiting)
                 progress.message(f"vLLM ready at {owned.url} after {owned.ready_at - owned.started_at:.1f} s")  # type: ignore[operator]
             if server is None and url:  # attached: read what a report needs while the server is alive
-                run.attached = find_local_server(url)
-            if run.store.watch is None and server is not None and server.settings.extract and run.storage_path():
+                run.facts.attached = find_local_server(url)
+            if run.store.watch is None and server is not None and server.settings.extract and run.facts.storage_path():
                 run.store.watch = StorageWatch.open(server.settings.storage, grace=scenario.orphan_grace,
                                                 horizon=scenario.storage_horizon)
-            (run_dir / "scenario.json").write_text(json.dumps(run.scenario_dict(), indent=2, sort_keys=True) + "\n")
+            (run_dir / "scenario.json").write_text(json.dumps(run.facts.scenario_dict(), indent=2, sort_keys=True) + "\n")
             asyncio_run(run.main())
         except TargetError as exc:
             result.exit_code, result.outcome, result.error = EXIT_TARGET, "target-error", exc.message
@@ -1030,7 +855,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     result.files = run.stats.files()
     if getattr(run, "checker", None) is not None:
         result.files["kept_for_inspection"] = run.checker.kept_bad()
-    result.summary = _summary(run, result, scenario)
+    result.summary = outputs.summary(run, result, scenario)
     paths["summary.json"].write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
     return result
 

@@ -8,6 +8,7 @@ from typing import Any
 from repro.analyze.report import render_timeline_png, series_from_timeline_csv
 from repro.report.common import dur, events_table, exposure_note, files_table, hours, num, state_bands, timeline_rows
 from repro.report.model import CLEAN, STALL, Facts, Figure, Paragraph, Report, Table
+from repro.monitor.events import epoch_of
 from repro.report.sources import RunDir, read_json, read_jsonl
 
 
@@ -60,7 +61,7 @@ def _clip(b0: float, b1: float, down: list[tuple[float, float, str]]) -> float:
 def build(rd: RunDir) -> Report:
     d = rd.path
     meta = read_json(d / "watch.json") or {}
-    events = read_jsonl(d / "events.jsonl")
+    events = epoch_of(read_jsonl(d / "events.jsonl"))  # t as epoch seconds, whatever the file's version
     rows = timeline_rows(d / "timeline.csv")
     t_first = next((e["t"] for e in events if isinstance(e.get("t"), (int, float))), None)
     t_last = next((e["t"] for e in reversed(events) if isinstance(e.get("t"), (int, float))), None)
