@@ -84,51 +84,26 @@ class StoreAccounting:
             return [None, None, None]
         return [last.orphan_files, last.bytes, last.fs_free_bytes]
 
-    def summary(self) -> dict[str, Any] | None:
-        w = self.watch
-        if w is None:
-            return None
-        last = w.last
-        proj = w.last_projection
+    def _figures(self, w: StorageWatch, sample: int, curve: bool) -> dict[str, Any]:
+        """The store's accounting (:meth:`StorageWatch.accounting`) plus what only the client knows."""
         hist = list(w.census.history)
-        d: dict[str, Any] = {
-            "path": str(w.census.path), "grace_s": w.census.grace, "horizon_s": w.horizon,
-            "scans": len(hist),  # history is bounded; total scans below
-            "scans_total": self.scans_total,
-            "scan_seconds_total": round(sum(s.scan_seconds for s in hist), 6),
-            "scan_seconds_max": round(max((s.scan_seconds for s in hist), default=0.0), 6),
-            "warnings": self.episodes.seen,
-        }
-        if last is not None:
-            d.update({
-                "files": last.files, "bytes": last.bytes, "lock_files": last.lock_files,
-                "claimed_files": last.claimed_files, "claimed_bytes": last.claimed_bytes,
-                "orphan_files": last.orphan_files, "orphan_bytes": last.orphan_bytes,
-                "pending_files": last.pending_files, "oldest_orphan_age_s": last.oldest_orphan_age,
-                "fs_free_bytes": last.fs_free_bytes, "fs_total_bytes": last.fs_total_bytes,
-                "fs_free_inodes": last.fs_free_inodes, "fs_total_inodes": last.fs_total_inodes,
-                "claims_made": self.claims_made,
-            })
-        if proj is not None:
-            d["rates"] = {"orphan_files_per_s": proj.orphan_files_per_s, "orphan_bytes_per_s": proj.orphan_bytes_per_s,
-                          "used_bytes_per_s": proj.used_bytes_per_s, "window_s": proj.window_s}
-            d["projected_seconds_to_full"] = proj.seconds_to_full
-            d["projected_seconds_to_no_inodes"] = proj.seconds_to_no_inodes
-        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)}
-                              for n, b, age in w.census.orphans(limit=10)]
+        d = w.accounting(sample=sample, curve=curve)
+        d.update({"scans": len(hist),  # history is bounded; total scans below
+                  "scans_total": self.scans_total,
+                  "scan_seconds_total": round(sum(s.scan_seconds for s in hist), 6),
+                  "scan_seconds_max": round(max((s.scan_seconds for s in hist), default=0.0), 6),
+                  "warnings": self.episodes.seen})
+        if w.last is not None:
+            d["claims_made"] = self.claims_made
         return d
 
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json's ``storage``: the figures, rates and projection, 10 orphans by name."""
+        return None if self.watch is None else self._figures(self.watch, 10, curve=False)
+
     def accounting(self) -> dict[str, Any] | None:
-        """For the bundle: the summary's storage figures, the orphan census with a sample of names, the growth curve."""
-        d = self.summary()
-        if d is None or self.watch is None:
-            return None
-        c = self.watch.census
-        d["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(age, 3)} for n, b, age in c.orphans(limit=50)]
-        d["growth_curve"] = [{"t": round(s.t, 3), "files": s.files, "bytes": s.bytes, "orphan_files": s.orphan_files,
-                              "orphan_bytes": s.orphan_bytes, "fs_free_bytes": s.fs_free_bytes,
-                              "fs_free_inodes": s.fs_free_inodes} for s in c.history]
-        return d
+        """For the bundle: the summary's figures with 50 orphans by name and the growth curve."""
+        return None if self.watch is None else self._figures(self.watch, 50, curve=True)
 
     async def settle(self, stopped: Callable[[], bool]) -> None:
         """End of the run: wait for late writes (vLLM writes an aborted request's file after the abort), then take

@@ -43,6 +43,10 @@ class StorageDuty:
     def active(self) -> set[str]:
         return self.episodes.active
 
+    def accounting(self) -> dict[str, Any]:
+        """For a bundle: the store's accounting and the warning episodes so far (as stress reports them)."""
+        return {**self.storage.accounting(), "warnings": self.episodes.seen}
+
     def tick(self, force: bool = False) -> list[str]:
         """Scan when due; report new and cleared warnings, reap when asked. Returns the active kinds."""
         if not force and not self.storage.due():

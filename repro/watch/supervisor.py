@@ -185,7 +185,7 @@ class Supervisor:
         out_dir = self.run_dir / f"bundle-{n:03d}"
         fields = self.target.capture_fields()
         req = CaptureRequest(out_dir=out_dir, settings=self.s.capture, root_pid=self.target.root_pid(),
-                             storage_accounting=self.storage.storage.accounting() if self.storage else None,
+                             storage_accounting=self.storage.accounting() if self.storage else None,
                              url=self.target.url, api_key=self.s.api_key, events=list(self.events.recent),
                              detection=self._detection(a), scenario=self.scenario, reason="watchdog",
                              repro_command=self.repro_command, **fields)

@@ -69,3 +69,22 @@ def test_stress_and_watch_write_the_same_storage_events_for_the_same_store(tmp_p
         assert begin["kind"] == "storage-exhaustion" and begin["evidence"]["seconds_to_full"] < 1800
         assert set(begin) == {"kind", "message", "evidence", "path"} and end == {"kind": "storage-exhaustion"}
     assert stress.summary()["warnings"]["storage-exhaustion"]["count"] == 2  # type: ignore[index]
+
+
+def test_a_bundle_gets_one_storage_accounting_from_stress_and_from_watch(tmp_path: Path) -> None:
+    """The same store: stress's bundle accounting is watch's (same figures, curve, sample, warnings) plus the
+    client's own counts (claims made, scans)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sw_s, sw_w = filling_store(tmp_path / "a"), filling_store(tmp_path / "b")
+    stress = StoreAccounting(sw_s, lambda e, **f: None, lambda msg: None, lambda t: t)
+    watch = StorageDuty(sw_w, lambda e, **f: None)
+    asyncio.run(stress.poll(force=True))
+    watch.tick(force=True)
+    s, w = stress.accounting(), watch.accounting()
+    assert s is not None
+    assert set(s) - set(w) == {"scans", "scans_total", "scan_seconds_total", "scan_seconds_max", "claims_made"}
+    assert set(w) <= set(s)
+    for k in ("growth_curve", "rates", "projected_seconds_to_full", "orphan_files", "fs_free_bytes"):
+        assert s[k] == w[k], k
+    assert set(s["warnings"]) == set(w["warnings"]) == {"storage-exhaustion"}
