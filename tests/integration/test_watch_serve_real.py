@@ -52,7 +52,7 @@ def start_watch(tmp_path: Path, port: int, *args: str) -> tuple[subprocess.Popen
 
 def events(out: Path) -> list[dict]:
     p = out / "events.jsonl"
-    return read_events(p) if p.exists() else []
+    return read_events(p, epoch=True) if p.exists() else []  # t in epoch seconds: compared with time.time()
 
 
 def wait_event(out: Path, proc: subprocess.Popen[str], kind: str, count: int = 1, timeout: float = 300) -> dict:
