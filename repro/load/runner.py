@@ -181,11 +181,12 @@ class _Run:
         if getattr(self, "timeline", None) is not None:
             self.timeline.close()
 
-    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Write an event to events.jsonl (before the file is open: returned, not written)."""
+    def event(self, name: str, /, **fields: Any) -> dict[str, Any]:
+        """Write an event to events.jsonl (before the file is open: returned, not written); any field name
+        (``kind`` included) may be passed."""
         if self.events is not None:
-            return self.events.write(kind, **fields)
-        return {"t": round(self.rel(time.monotonic()), 3), "wall": iso(time.time()), "event": kind, **fields}
+            return self.events.write(name, **fields)
+        return {"t": round(self.rel(time.monotonic()), 3), "wall": iso(time.time()), "event": name, **fields}
 
     def rel(self, mono: float) -> float:
         return mono - (self.load_t0 if self.load_t0 is not None else self.stats.t0)

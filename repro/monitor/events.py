@@ -72,7 +72,7 @@ class EventLog:
         """A reading of ``clock`` as this file's ``t``."""
         return clock_value - self.origin
 
-    def write(self, event: str, **fields: Any) -> dict[str, Any]:
+    def write(self, event: str, /, **fields: Any) -> dict[str, Any]:
         with self._lock:
             self.seq += 1
             rec = {"seq": self.seq, "t": round(self._clock() - self.origin, 3), "wall": iso(self._wall()),

@@ -88,3 +88,21 @@ def test_a_bundle_gets_one_storage_accounting_from_stress_and_from_watch(tmp_pat
     for k in ("growth_curve", "rates", "projected_seconds_to_full", "orphan_files", "fs_free_bytes"):
         assert s[k] == w[k], k
     assert set(s["warnings"]) == set(w["warnings"]) == {"storage-exhaustion"}
+
+
+def test_the_stress_runs_own_event_writer_takes_the_storage_warnings_kind_field(tmp_path: Path) -> None:
+    """The stress run's event() accepts a field named `kind` (storage-warning's): the episode lands in events.jsonl."""
+    from repro.load.runner import _Run
+    from repro.monitor.events import read_events
+    from tests.helpers_endpoint import stress_scenario
+
+    run = _Run(stress_scenario("http://127.0.0.1:9"), tmp_path, None, "http://127.0.0.1:9", None)
+    run.open_files()
+    sw = filling_store(tmp_path)
+    run.store.watch = sw
+    try:
+        asyncio.run(run.store.poll(force=True))
+    finally:
+        run.close_files()
+    ev = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == BEGIN]
+    assert [e["kind"] for e in ev] == ["storage-exhaustion"]
