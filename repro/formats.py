@@ -118,7 +118,7 @@ SCENARIO_FORMAT = register(Format("repro.scenario", 2, legacy_version_key="schem
 STRESS_SUMMARY_FORMAT = register(Format("repro.stress.summary", 1))
 FLEET_SUMMARY_FORMAT = register(Format("repro.stress.fleet", 1))
 DETECTION_FORMAT = register(Format("repro.detection", 1, unversioned=1))
-EVENTS_FORMAT = register(Format("repro.events", 1, unversioned=1))
+EVENTS_FORMAT = register(Format("repro.events", 2, unversioned=1))  # v2: a header line (origin, t_is)
 REQUESTS_FORMAT = register(Format("repro.requests", 1, unversioned=1))
 INJECTED_FORMAT = register(Format("repro.injected", 1, unversioned=1))
 WATCH_FORMAT = register(Format("repro.watch", 1, unversioned=1))

@@ -19,4 +19,7 @@ def summary(run: Path) -> dict:
 
 
 def events(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.strip()]
+    """The run's events (without the file's first, descriptive line)."""
+    from repro.monitor.events import read_events
+
+    return read_events(run / "events.jsonl")

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from repro.watch.events import read_events
+from repro.monitor.events import read_events
 
 FAST = ["--poll-interval", "0.5", "--window", "4", "--min-bad", "3", "--startup-grace", "0",
         "--capture-samples", "2", "--capture-interval", "1", "--no-collect-env", "--capture-budget", "60",
@@ -17,7 +17,7 @@ FAST = ["--poll-interval", "0.5", "--window", "4", "--min-bad", "3", "--startup-
 
 def events(out: Path) -> list[dict]:
     p = out / "events.jsonl"
-    return read_events(p) if p.exists() else []
+    return read_events(p, epoch=True) if p.exists() else []  # t in epoch seconds: compared with time.time()
 
 
 def wait_event(out: Path, proc: subprocess.Popen[str], kind: str, count: int = 1, timeout: float = 300) -> dict:

@@ -9,6 +9,7 @@ from repro.analyze.report import render_timeline_png, series_from_timeline_csv
 from repro.formats import EVENTS_FORMAT, WATCH_FORMAT, check_lines, read_optional
 from repro.report.common import dur, events_table, exposure_note, files_table, hours, num, state_bands, timeline_rows
 from repro.report.model import CLEAN, STALL, Facts, Figure, Paragraph, Report, Table
+from repro.monitor.events import epoch_of
 from repro.report.sources import RunDir, read_jsonl
 
 
@@ -61,9 +62,10 @@ def _clip(b0: float, b1: float, down: list[tuple[float, float, str]]) -> float:
 def build(rd: RunDir) -> Report:
     d = rd.path
     meta = read_optional(WATCH_FORMAT, d / "watch.json") or {}
-    events = read_jsonl(d / "events.jsonl")
-    if events:
-        check_lines(EVENTS_FORMAT, events[0], str(d / "events.jsonl"))
+    raw = read_jsonl(d / "events.jsonl")
+    if raw:
+        check_lines(EVENTS_FORMAT, raw[0], str(d / "events.jsonl"))
+    events = epoch_of(raw)  # t as epoch seconds, whatever the file's version
     rows = timeline_rows(d / "timeline.csv")
     t_first = next((e["t"] for e in events if isinstance(e.get("t"), (int, float))), None)
     t_last = next((e["t"] for e in reversed(events) if isinstance(e.get("t"), (int, float))), None)

@@ -4,8 +4,8 @@ What a bundle can hold about the hidden-state store, from the most to the least 
 
 * ``context/storage.json`` ``accounting`` -- stress's census (orphaned files and bytes, which
   only the client can tell apart from claimed ones), its rates, the projection, a sample of names;
-* ``context/events.jsonl`` -- ``storage-leak`` / ``storage-exhaustion`` (stress) or
-  ``storage-warning`` (watch) with their evidence, ``abort-storm`` with abort counts;
+* ``context/events.jsonl`` -- ``storage-warning`` with ``kind`` ``storage-leak`` / ``storage-exhaustion``
+  (stress and watch; stress before the shared vocabulary used the kind as the event name) with their evidence, ``abort-storm`` with abort counts;
 * ``context/detection.json`` -- a death whose log names a storage cause (``storage_cause``),
   and the client's completed/aborted counts;
 * ``context/scenario.json`` -- the client's timeout, retries and consume policy;

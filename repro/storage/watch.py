@@ -101,9 +101,10 @@ class StorageWatch:
                  "used_bytes_per_s": proj.used_bytes_per_s}))
         return out
 
-    def accounting(self, sample: int = 50) -> dict[str, Any]:
+    def accounting(self, sample: int = 50, curve: bool = True) -> dict[str, Any]:
         """For a bundle (``storage_accounting``): the last scan's figures, rates and projection, a sample of
-        orphans and the growth curve -- what ``repro issue`` words and the timeline plot draws."""
+        orphans and the growth curve -- what ``repro issue`` words and the timeline plot draws. The one
+        accounting of a store: stress (:mod:`repro.load.store`) and watch both build on it."""
         c = self.census
         out: dict[str, Any] = {"path": str(c.path), "grace_s": c.grace, "horizon_s": self.horizon}
         if self.last is not None:
@@ -115,7 +116,8 @@ class StorageWatch:
                                                        "window_s")}
             out["projected_seconds_to_full"], out["projected_seconds_to_no_inodes"] = p.seconds_to_full, p.seconds_to_no_inodes
         out["orphan_sample"] = [{"name": n, "bytes": b, "age_s": round(a, 3)} for n, b, a in c.orphans(limit=sample)]
-        out["growth_curve"] = [{k: getattr(s, k) for k in _CURVE} for s in c.history]
+        if curve:
+            out["growth_curve"] = [{k: round(s.t, 3) if k == "t" else getattr(s, k) for k in _CURVE} for s in c.history]
         return out
 
 

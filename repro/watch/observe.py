@@ -1,10 +1,9 @@
 """One poll of a watched server -> the shared detector's :class:`Observation`.
 
-``repro stress`` builds its observations inside its asyncio load runner; the watchdog
-has no load and no event loop, so it polls synchronously: /metrics (parsed by
-:func:`repro.monitor.metrics.parse_metrics`), the new lines of the server log (stats lines
-and fatal markers, parsed by :mod:`repro.monitor.logs`), whether the server process is
-alive, and the optional probe. The stall decision itself is the detector's.
+The watchdog has no load and no event loop, so it reads synchronously: /metrics, the new
+lines of the server log, whether the server process is alive, and the optional probe; the
+Observation is built from them by :func:`repro.monitor.observe.build_observation`, the same
+function ``repro stress`` uses. The stall decision itself is the detector's.
 
 The probe (``--probe``) is the watchdog's only traffic: one tiny request every
 ``--probe-interval`` in a thread, never part of any workload. It is presented to the
@@ -29,8 +28,8 @@ from typing import Protocol
 
 from repro.load.workloads import FileChecker, read_response
 from repro.monitor.detector import REFUSED, ClientSnapshot, Observation
-from repro.monitor.logs import fatal_marker, parse_stats_line
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
+from repro.monitor.observe import PARSE_ERROR, LogWarning, build_observation
 
 PROBE_PROMPT = [10, 11]
 
@@ -45,8 +44,8 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def scrape(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[MetricsSample | None, str | None]:
-    """GET /metrics -> (sample, None) or (None, error) with the detector's error names."""
+def fetch_metrics(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[str | None, str | None]:
+    """GET /metrics -> (text, None) or (None, error) with the detector's error names."""
     req = urllib.request.Request(url + "/metrics", headers=_headers(api_key))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -66,10 +65,18 @@ def scrape(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[
         return None, "timeout"
     except OSError:
         return None, "connect"
+    return text, None
+
+
+def scrape(url: str, timeout: float = 5.0, api_key: str | None = None) -> tuple[MetricsSample | None, str | None]:
+    """GET /metrics -> (sample, None) or (None, error) with the detector's error names."""
+    text, err = fetch_metrics(url, timeout, api_key)
+    if text is None:
+        return None, err
     try:
         return parse_metrics(text), None
     except MetricsParseError:
-        return None, "parse"
+        return None, PARSE_ERROR
 
 
 class Prober:
@@ -142,28 +149,32 @@ class Prober:
 
 
 class Observer:
-    """Builds one Observation per call from /metrics, the log, the process and the probe."""
+    """Builds one Observation per call from /metrics, the log, the process and the probe.
+
+    Warning markers in the log (:func:`repro.monitor.logs.warning_marker`) are kept in ``warnings``
+    (each once) and handed to ``on_warning`` (marker, line) the first time they appear."""
 
     def __init__(self, url: str, log: LineSource | None = None, alive: Callable[[], bool | None] | None = None,
                  prober: Prober | None = None, clock: Callable[[], float] = time.monotonic,
-                 timeout: float = 5.0, api_key: str | None = None) -> None:
+                 timeout: float = 5.0, api_key: str | None = None,
+                 on_warning: Callable[[LogWarning], None] | None = None) -> None:
         self.url, self.log, self.alive, self.prober = url, log, alive, prober
         self.clock, self.timeout, self.api_key = clock, timeout, api_key
+        self.on_warning = on_warning
         self.warnings: list[str] = []
 
     def observe(self) -> Observation:
-        metrics, err = scrape(self.url, self.timeout, self.api_key)
-        stats, fatal = [], None
-        for line in (self.log.read_lines() if self.log is not None else []):
-            s = parse_stats_line(line)
-            if s is not None:
-                stats.append(s)
-            else:
-                fatal = fatal or fatal_marker(line)
+        text, err = fetch_metrics(self.url, self.timeout, self.api_key)
+        lines = self.log.read_lines() if self.log is not None else []
         client, probe, probe_tokens = (self.prober.take() if self.prober is not None else (None, None, 0))
         alive = self.alive() if self.alive is not None else None
-        return Observation(self.clock(), metrics, err, alive, tuple(stats), fatal, client,
-                           probe=probe, probe_tokens=probe_tokens)
+        seen = build_observation(self.clock(), text, err, lines, alive, client, probe, probe_tokens)
+        for w in seen.warnings:
+            if w.marker not in self.warnings:
+                self.warnings.append(w.marker)
+                if self.on_warning is not None:
+                    self.on_warning(w)
+        return seen.observation
 
     def close(self) -> None:
         if self.prober is not None:

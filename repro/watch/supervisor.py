@@ -30,6 +30,7 @@ from typing import Any
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import EXIT_OK, EXIT_STALL, ReproError, ServerStartError, UsageError
 from repro.monitor.detector import HEALTHY, STALLED, Assessment, Detector, Observation
+from repro.monitor.observe import LogWarning
 from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
 from repro.watch.bounded import Hook, run_bounded
 from repro.watch.events import EventLog
@@ -164,7 +165,13 @@ class Supervisor:
             prober = Prober(target.url, target.model, self.s.probe_interval, self.s.detect.probe_timeout,
                             self.s.api_key, self.clock)
             prober.start()
-        return Observer(target.url, target.log_source(), target.alive, prober, self.clock, api_key=self.s.api_key)
+        return Observer(target.url, target.log_source(), target.alive, prober, self.clock, api_key=self.s.api_key,
+                        on_warning=self._log_warning)
+
+    def _log_warning(self, w: LogWarning) -> None:
+        """A warning marker in the server's log (the first of its kind per server): an event, as in stress."""
+        self.events.write("log-warning", message=w.marker, line=w.line)
+        self.say(f"warning: the server's log says: {w.marker}")
 
     def _begin_watch(self) -> None:
         if self.observer is not None:
@@ -199,7 +206,7 @@ class Supervisor:
         out_dir = self.run_dir / f"bundle-{n:03d}"
         fields = self.target.capture_fields()
         req = CaptureRequest(out_dir=out_dir, settings=self.s.capture, root_pid=self.target.root_pid(),
-                             storage_accounting=self.storage.storage.accounting() if self.storage else None,
+                             storage_accounting=self.storage.accounting() if self.storage else None,
                              url=self.target.url, api_key=self.s.api_key, events=list(self.events.recent),
                              detection=self._detection(a), scenario=self.scenario, server_record=self.server_record,
                              reason="watchdog",

@@ -113,8 +113,11 @@ def summary(run_dir: Path) -> dict[str, Any]:
 
 
 def events(path: Path) -> list[dict[str, Any]]:
+    """The records of an events.jsonl or injected.jsonl, with ``t`` in epoch seconds (whatever the file's version)."""
+    from repro.monitor.events import epoch_of
+
     try:
-        return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+        return epoch_of([json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()])
     except OSError:
         return []
 

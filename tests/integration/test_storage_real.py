@@ -108,7 +108,7 @@ def test_a_filling_store_warns_storage_exhaustion_before_the_engine_dies_of_enos
         assert cause is not None and cause["kind"] == "no-space" and cause["in_hidden_state_write"] == "yes", cause
         assert s["stall"]["evidence"]["storage_cause"]["kind"] == "no-space"
         evs = events(run)
-        warned = [e for e in evs if e["event"] == "storage-exhaustion"]
+        warned = [e for e in evs if e["event"] == "storage-warning" and e.get("kind") == "storage-exhaustion"]
         stall = next(e for e in evs if e["event"] == "stall")
         assert warned and warned[0]["t"] < stall["since"], (warned[:1], stall["since"])
         assert warned[0]["evidence"]["seconds_to_full"] < 1800

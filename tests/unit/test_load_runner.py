@@ -91,3 +91,19 @@ def test_own_stall_sets_the_shared_event_for_the_siblings(endpoint_factory, tmp_
     res = run_stress(sc, tmp_path / "run", group_stop=group)
     assert res.exit_code == 1 and res.stall is not None
     assert group.is_set()
+
+
+def test_the_events_file_says_t_is_seconds_since_the_load_start(endpoint_factory, tmp_path: Path) -> None:
+    """events.jsonl opens with the repro.events line (t: seconds since the load start, origin in epoch
+    seconds); the run's events follow, numbered, with the start event at t ~ 0."""
+    from repro.monitor.events import read_events
+
+    ep = endpoint_factory(latency=0.005)
+    run = tmp_path / "run"
+    run_stress(scenario(ep.url, requests=20), run)
+    head = json.loads((run / "events.jsonl").read_text().splitlines()[0])
+    assert (head["schema"], head["version"], head["event"]) == ("repro.events", 2, "events")
+    assert "the load start" in head["t_is"] and head["origin"] > 1e9
+    events = read_events(run / "events.jsonl")
+    assert events[0]["event"] == "start" and events[0]["seq"] == 1 and 0.0 <= events[0]["t"] < 1.0
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

@@ -164,8 +164,8 @@ def test_bundle_storage_section_carries_the_runs_orphan_census(tmp_path: Path) -
     w = StorageWatch.open(store, grace=1.0)
     w.poll(force=True)
 
-    from repro.load.runner import _Run
-    acc = _Run.storage_accounting(_make_run_stub(w))  # type: ignore[arg-type]
+    from repro.load.store import StoreAccounting
+    acc = StoreAccounting(w, lambda *a, **k: None, lambda msg: None, lambda t: t).accounting()
     bw = BundleWriter(tmp_path / "bundle", Redactor())
     _write_storage(bw, CaptureRequest(out_dir=tmp_path / "bundle", storage_path=str(store), storage_accounting=acc))
     info = json.loads((tmp_path / "bundle" / "context" / "storage.json").read_text())
@@ -175,14 +175,6 @@ def test_bundle_storage_section_carries_the_runs_orphan_census(tmp_path: Path) -
     assert {o["name"] for o in a["orphan_sample"]} == leaked and a["oldest_orphan_age_s"] >= 119
     assert a["growth_curve"] and a["growth_curve"][-1]["orphan_files"] == 3
     assert "fs_free_bytes" in a and "projected_seconds_to_full" in a
-
-
-def _make_run_stub(w: object) -> object:
-    from repro.load.runner import _Run
-
-    stub = object.__new__(_Run)
-    stub.storage, stub.storage_warnings, stub.claims_made, stub._scans_total = w, {}, 0, 1  # type: ignore[attr-defined]
-    return stub
 
 
 def test_issue_title_names_a_storage_death_not_a_hang(tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ def test_the_watchdogs_own_counters_count_stalls_restarts_and_captures(tmp_path)
     assert 'repro_watch_stalls_total{class="engine-stall"} 1.0' in text
     assert "repro_watch_restarts_total 1.0" in text
     assert 'repro_watch_captures_total{status="done"} 1.0' in text
-    detect = next(e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "detect")
+    detect = next(e for e in read_events(tmp_path / "events.jsonl", epoch=True) if e["event"] == "detect")
     last = next(float(line.split()[-1]) for line in text.splitlines()
                 if line.startswith("repro_watch_last_stall_timestamp_seconds "))
     assert last == pytest.approx(detect["t"], abs=0.01)
@@ -214,7 +214,7 @@ def test_events_are_numbered_in_order_and_flushed_as_they_happen(tmp_path):
     log.close()
     ev = read_events(tmp_path / "e.jsonl")
     assert [e["seq"] for e in ev] == [1, 2]
-    assert ev[0]["time"].endswith("Z") and ev[0]["x"] == 1
+    assert ev[0]["wall"].endswith("Z") and ev[0]["x"] == 1
 
 
 def test_an_event_after_close_is_kept_in_memory_and_does_not_raise(tmp_path):
