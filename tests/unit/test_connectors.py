@@ -22,6 +22,7 @@ import pytest
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
 from repro.target import connectors, launcher
+from tests.conftest import import_vllm
 from tests.helpers_cli import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,7 +126,7 @@ def test_a_class_that_is_not_a_connector_is_refused(tmp_path: Path, model_dir: P
 
 def test_a_real_vllm_connector_given_as_module_class_passes_the_probe() -> None:
     """The positive case imports vLLM (slow): the MRO check must accept a real connector class."""
-    pytest.importorskip("vllm")
+    import_vllm()
     mod = "vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector"
     res = connectors.probe(connectors.resolve(f"{mod}:ExampleHiddenStatesConnector", False), sys.executable)
     assert res is not None and res.ok, res

@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 
 from repro.capture.envpolicy import ENV_ALLOW_VAR, EnvPolicy, split_allow
+from tests.conftest import import_vllm
 
 
 @pytest.mark.parametrize("name", ["VLLM_LOGGING_LEVEL", "VLLM_CPU_OMP_THREADS_BIND", "CUDA_VISIBLE_DEVICES",
@@ -46,8 +47,8 @@ def test_apply_splits_kept_and_withheld_and_strips_proxy_credentials() -> None:
 def test_everything_vllm_collect_env_prints_is_on_the_allow_list() -> None:
     """GIVEN the installed vLLM's collect_env WHEN it lists the environment THEN every variable it prints is on
     the default allow-list (the allow-list is at least what vLLM's own bug template asks for)."""
-    collect_env = pytest.importorskip("vllm.collect_env")
-    envs = pytest.importorskip("vllm.envs")
+    collect_env = import_vllm("vllm.collect_env")
+    envs = import_vllm("vllm.envs")
     names = list(envs.environment_variables) + [p + "SOMETHING" for p in (
         "TORCH", "NCCL", "PYTORCH", "CUDA", "CUBLAS", "CUDNN", "OMP_", "MKL_", "NVIDIA", "ZE_", "ONEAPI_", "SYCL_",
         "NEOReadDebugKeys", "IGC_", "CCL_", "I_MPI_", "UNRELATED_")]

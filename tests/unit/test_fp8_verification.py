@@ -23,6 +23,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from repro.load.workloads import FileChecker  # noqa: E402
 from repro.target import connectors  # noqa: E402
+from tests.conftest import import_vllm
 
 TOKENS = [11, 12, 13, 14, 15, 16]
 FP8 = connectors.resolve("fp8", False).output
@@ -121,7 +122,7 @@ def test_the_stock_format_must_not_be_fp8_and_must_be_the_model_dtype(tmp_path: 
 
 def test_a_file_from_the_connectors_own_write_step_passes(tmp_path: Path) -> None:
     """FP8HiddenStatesConnector._write_tensors itself (a static method: CPU tensors, an event that is done)."""
-    pytest.importorskip("vllm")
+    import_vllm()
     from hs_connectors.fp8_hidden_states_connector import FP8HiddenStatesConnector
 
     class Done:
