@@ -201,14 +201,19 @@ def write_control(server: dict[str, Any], text: str) -> None:
     Path(server["control"]).write_text(text + "\n")
 
 
-def died_of_56841(server: dict[str, Any]) -> bool:
-    """Whether the server's log shows EngineCore killed by the stock connector's KeyError in request_finished
+def log_shows_56841(log_path: str | Path) -> bool:
+    """Whether a server log shows EngineCore killed by the stock connector's KeyError in request_finished
     (upstream #56841: a request aborted before it was scheduled, vLLM 0.24-0.26)."""
     try:
-        log = open(server["log"], errors="replace").read()[-4_000_000:]
+        log = open(log_path, errors="replace").read()[-4_000_000:]
     except OSError:
         return False
-    return "KeyError" in log and "request_finished" in log and "EngineCore" in log
+    return "KeyError" in log and "request_finished" in log
+
+
+def died_of_56841(server: dict[str, Any]) -> bool:
+    """:func:`log_shows_56841` of a registered server's log."""
+    return log_shows_56841(server["log"])
 
 
 def wait_serving(server: dict[str, Any], timeout: float) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.gpu.harness import profile_from_env, wait_marker
-from tests.gpu.helpers import run_repro, stress_args, summary
+from tests.gpu.helpers import log_shows_56841, run_repro, stress_args, summary
 
 pytestmark = [pytest.mark.gpu]
 SLOW = 1 if profile_from_env().gpu else 3
@@ -30,7 +30,7 @@ def test_aborts_before_scheduling_kill_the_engine_and_repro_says_server_dead(ctx
         log = open(srv["log"], errors="replace").read()[-4_000_000:]
     except OSError:
         log = ""
-    keyerror = "KeyError" in log and "request_finished" in log
+    keyerror = log_shows_56841(srv["log"])
     step.put(exit=ran.rc, stall_class=st.get("class"), detected_s=st.get("detected_s"), keyerror_in_log=keyerror,
              storage_cause=(s.get("storage_cause") or {}).get("kind"), capture=(s.get("capture") or {}).get("status"))
     tail = out.parent / "engine-death-server.log.tail"
