@@ -13,7 +13,6 @@ One watch, two server starts (a start costs 40-90 s here, so the phases share th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
