@@ -37,7 +37,8 @@ import psutil
 
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, gpu as gpu_mod, procfs, pyspy
-from repro.capture.bundle import MANIFEST, BundleWriter
+from repro.bundle.manifest import MANIFEST
+from repro.bundle.writer import BundleWriter
 from repro.capture.envpolicy import EnvPolicy
 from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
 from repro.capture.secretscan import Scanner
@@ -45,6 +46,7 @@ from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import ReproError, UsageError
 from repro.target import procs as procs_mod
 from repro.target.attached import output_file, url_is_local
+from repro.target.procs import port_owner
 
 
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
@@ -100,20 +102,6 @@ def _discover(req: CaptureRequest, w: BundleWriter,
         w.error("processes", "no vLLM process found on this machine (by title VLLM::*)",
                 "Pass the server's pid with --pid, or its container with --docker.")
     return found, None
-
-
-def port_owner(url: str) -> int | None:
-    """The pid listening on the URL's port on this machine, if any."""
-    from urllib.parse import urlparse
-
-    try:
-        port = urlparse(url).port or (443 if url.startswith("https") else 80)
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-                return c.pid
-    except (psutil.AccessDenied, ValueError, OSError):
-        return None
-    return None
 
 
 class _Sampler:

@@ -156,7 +156,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     pid = pid or info.get("pid")
     root = _resolve_pid(pid) if pid is not None else None
     if root is None and not docker and url:
-        from repro.capture.run import port_owner
+        from repro.target.procs import port_owner
 
         owner = port_owner(url)
         if owner is None:

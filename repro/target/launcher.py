@@ -167,7 +167,7 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
     env.update(s.env)
     conn = server_connector(s)
     if conn is not None:  # the connector's module must import in vLLM's Python: one line and exit 2 if not
-        from repro.capture.context import server_python
+        from repro.target.procs import server_python
 
         connectors.require(conn, server_python(None, cmd), env.get("PYTHONPATH", ""))
     return cmd, env

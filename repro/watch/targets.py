@@ -534,7 +534,7 @@ class ExternalTarget(_AttachedTarget):
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         info = super().wait_ready(timeout)
         if self.local:
-            from repro.capture.run import port_owner
+            from repro.target.procs import port_owner
 
             owner = port_owner(self.url)
             self.pid = procs.find_server_root(owner) if owner else None

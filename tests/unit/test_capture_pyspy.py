@@ -196,7 +196,7 @@ def test_slow_native_dumps_are_skipped_to_keep_samples_on_schedule(tmp_path: Pat
     on schedule, the middle rounds skip --native, the last round takes one, and the manifest counts the skips."""
     import subprocess
 
-    from repro.capture.bundle import BundleWriter
+    from repro.bundle.writer import BundleWriter
     from repro.capture.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _Sampler

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from repro.capture.bundle import unpack
+from repro.bundle.reader import unpack
 from tests.helpers_docker import GB10_CPU, ROOT, VllmContainer, complete, events
 from tests.integration.docker.conftest import SECRET_ENV
 

@@ -30,23 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from repro import __version__
+from repro.bundle.manifest import BUNDLE_SCHEMA_VERSION, KIND, MANIFEST, sha256_file
 from repro.capture import lastcheck
 from repro.capture.redact import Redactor
-
-BUNDLE_SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 
 # Trimmed in this order when over budget; stacks/ never.
 TRIM_ORDER = ("context/server.log.tail", "context/pip-freeze.txt", "context/collect-env.txt",
               "context/metrics-before.txt", "context/metrics-after.txt", "context/nvidia-smi.txt")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def vllm_version() -> str | None:
@@ -202,7 +192,7 @@ class BundleWriter:
         self._append_summary()
         self.manifest = {
             "schema_version": BUNDLE_SCHEMA_VERSION,
-            "kind": "repro-bundle",
+            "kind": KIND,
             "name": self.dir.name,
             "repro_version": __version__,
             "vllm_version": vllm_version(),
@@ -346,25 +336,4 @@ class BundleWriter:
             return f"{tar.name}: cannot read the packed archive back ({exc})"
         missing = sorted(set(self._files()) - seen)
         return f"{missing[0]}: not in the archive" if missing else None
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    return json.loads((Path(bundle) / MANIFEST).read_text())
-
-
-def unpack(tar_path: Path, dest: Path) -> Path:
-    """Unpack a bundle tarball safely (no absolute paths or ..); return the bundle directory."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path, "r:gz") as tf:
-        members = []
-        for m in tf.getmembers():
-            if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
-                continue
-            members.append(m)
-        tf.extractall(dest, members=members)  # noqa: S202 - filtered above
-        tops = {Path(m.name).parts[0] for m in members}
-    if len(tops) != 1:
-        raise ValueError(f"{tar_path}: not a single-directory bundle")
-    return dest / tops.pop()
-
 
