@@ -25,8 +25,18 @@ from repro.errors import UsageError
 
 
 class Backend(Protocol):
+    """Where a search's trials run: :class:`repro.executors.local.StressBackend` (this machine),
+    :class:`repro.executors.ray_backend.RayBackend` (a Ray cluster) or :class:`repro.bisect.sim.SimBackend`
+    (the simulator), chosen by :func:`repro.executors.factory.backend_for`."""
+
     # fresh=True (passed only when set): no server that served another configuration may run it
     def run_step(self, step: int, cfg: Config, cap: float, hooks: "Hooks") -> Outcome: ...
+
+    def stop_all(self) -> None:
+        """Interrupted: stop every trial running now (servers by process group)."""
+
+    def close(self) -> None:
+        """The search is over: release what is kept between steps (idle servers, actors, the cluster)."""
 
 
 class Hooks:
