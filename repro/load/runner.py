@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import json
 import os
 import random
@@ -53,7 +54,9 @@ from repro.load.fidelity import Breakdown, instant as fidelity_instant
 from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
-from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
+from repro.hsfiles.checker import FileChecker
+from repro.hsfiles.response import read_response
+from repro.load.workloads import HIDDEN_STATES, SPECULATORS, PreparedRequest, Workload
 from repro.monitor.detector import (ABORT_STORM, CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
                                     ClientSnapshot, Detector, Observation)
 from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, parse_stats_line, warning_marker
@@ -406,7 +409,8 @@ class _Run:
         # The check runs in the pool; the concurrency slot is already free when it starts.
         st.in_check += 1
         loop = asyncio.get_running_loop()
-        check = self.checker.check_after_lock if prep.kind == SPECULATORS else self.checker.check
+        check = functools.partial(speculators.check_after_lock, self.checker) if prep.kind == SPECULATORS \
+            else self.checker.check
         fut = loop.run_in_executor(self.pool, check, info.hs_path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS))
 
         def done(f: "asyncio.Future[Any]") -> None:

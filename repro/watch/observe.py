@@ -27,7 +27,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Protocol
 
-from repro.load.workloads import FileChecker, read_response
+from repro.hsfiles.checker import FileChecker
+from repro.hsfiles.response import read_response
 from repro.monitor.detector import REFUSED, ClientSnapshot, Observation
 from repro.monitor.logs import fatal_marker, parse_stats_line
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
