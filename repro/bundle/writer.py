@@ -1,8 +1,8 @@
 """The bundle on disk: a directory, a manifest, and `<name>.tar.gz` beside it.
 
-Every text goes through the bundle's :class:`~repro.capture.redact.Redactor`
+Every text goes through the bundle's :class:`~repro.secrets.redact.Redactor`
 before it is written: no code path writes an unredacted file. Then the last
-check (:mod:`repro.capture.lastcheck`) reads every file back, masks anything
+check (:mod:`repro.secrets.lastcheck`) reads every file back, masks anything
 found (counted in the manifest by rule, never the value; the summary says so),
 and the tarball is packed only when every file could be read and the archive's
 members are exactly the checked files; otherwise it is not packed and
@@ -31,8 +31,8 @@ from typing import Any
 
 from repro import __version__
 from repro.bundle.manifest import BUNDLE_SCHEMA_VERSION, KIND, MANIFEST, sha256_file
-from repro.capture import lastcheck
-from repro.capture.redact import Redactor
+from repro.secrets import lastcheck
+from repro.secrets.redact import Redactor
 
 # Trimmed in this order when over budget; stacks/ never.
 TRIM_ORDER = ("context/server.log.tail", "context/pip-freeze.txt", "context/collect-env.txt",

@@ -39,9 +39,9 @@ from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, gpu as gpu_mod, procfs, pyspy
 from repro.bundle.manifest import MANIFEST
 from repro.bundle.writer import BundleWriter
-from repro.capture.envpolicy import EnvPolicy
-from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
-from repro.capture.secretscan import Scanner
+from repro.secrets.envpolicy import EnvPolicy
+from repro.secrets.redact import WITHHELD, Redactor, argv_secrets, secret_name
+from repro.secrets.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import ReproError, UsageError
 from repro.target import procs as procs_mod

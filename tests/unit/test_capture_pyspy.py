@@ -197,7 +197,7 @@ def test_slow_native_dumps_are_skipped_to_keep_samples_on_schedule(tmp_path: Pat
     import subprocess
 
     from repro.bundle.writer import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _Sampler
     from repro.scenario import CaptureSettings

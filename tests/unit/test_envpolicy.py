@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from repro.capture.envpolicy import ENV_ALLOW_VAR, EnvPolicy, split_allow
+from repro.secrets.envpolicy import ENV_ALLOW_VAR, EnvPolicy, split_allow
 
 
 @pytest.mark.parametrize("name", ["VLLM_LOGGING_LEVEL", "VLLM_CPU_OMP_THREADS_BIND", "CUDA_VISIBLE_DEVICES",

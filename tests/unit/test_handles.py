@@ -132,7 +132,7 @@ def test_stress_cli_says_there_is_no_census(handle_server, tmp_path: Path) -> No
 
 def test_a_bundle_of_a_mooncake_run_has_no_census(tmp_path: Path) -> None:
     from repro.bundle.writer import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_storage
     from repro.target import connectors

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from repro.bundle.reader import unpack
 from repro.bundle.writer import BundleWriter
-from repro.capture.lastcheck import Member, check
-from repro.capture.redact import Redactor
+from repro.secrets.lastcheck import Member, check
+from repro.secrets.redact import Redactor
 from tests.helpers_secrets import FORMATS
 
 SLACK = FORMATS["SlackDetector"][0]
