@@ -35,7 +35,7 @@ class ServerSettings:
     extract: bool = True  # hidden-state extraction on
     storage: str = "/dev/shm/repro-hs"  # the connector's shared_storage_path
     layers: list[int] | None = None  # None: speculators' default clipped to the model
-    connector: str = "auto"  # auto | stock | cpu | fp8 | cpu-fp8 | mooncake | module:Class (repro.target.connectors)
+    connector: str = "auto"  # auto | stock | cpu | fp8 | cpu-fp8 | mooncake | module:Class (repro.server.connectors)
     async_scheduling: bool | None = None  # None: vLLM's default
     chunked_prefill: bool | None = None
     prefix_caching: bool | None = None

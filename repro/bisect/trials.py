@@ -17,8 +17,8 @@ from typing import Any
 
 from repro.bisect.space import Config, SearchSpace, apply
 from repro.scenario import Scenario
-from repro.target import tinymodel
-from repro.target.launcher import has_gpu
+from repro.server import tinymodel
+from repro.server.launcher import has_gpu
 
 
 def cpu_slices(n: int) -> list[str]:

@@ -44,9 +44,9 @@ from repro.secrets.redact import WITHHELD, Redactor, argv_secrets, secret_name
 from repro.secrets.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import ReproError, UsageError
-from repro.target import procs as procs_mod
-from repro.target.attached import output_file, url_is_local
-from repro.target.procs import port_owner
+from repro.server import procs as procs_mod
+from repro.server.attached import output_file, url_is_local
+from repro.server.procs import port_owner
 
 
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:

@@ -18,7 +18,7 @@ from repro.errors import EXIT_OK, UsageError
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario
-from repro.target.launcher import check_storage
+from repro.server.launcher import check_storage
 from repro.units import parse_duration
 from repro.watch.events import EventLog
 from repro.watch.health import StateFile
@@ -38,7 +38,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def _connector_record(settings: Any, known: bool) -> dict[str, Any]:
     """Which hidden-states connector the watched server runs (launched, or said with --connector), for bundles."""
-    from repro.target.launcher import server_connector
+    from repro.server.launcher import server_connector
 
     conn = server_connector(settings) if known else None
     if conn is None:

@@ -40,7 +40,7 @@ from repro.bisect.space import Config, SearchSpace
 from repro.bisect.trials import exposure_so_far, reusable_injection, server_key, trial_scenario
 from repro.errors import EXIT_INTERRUPTED, EXIT_STALL, EXIT_TARGET, ReproError, TargetError
 from repro.scenario import Scenario
-from repro.target.launcher import VllmServer, port_free
+from repro.server.launcher import VllmServer, port_free
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from repro.errors import UsageError
 from repro.load import expect, hsfile
 
 if TYPE_CHECKING:
-    from repro.target.connectors import Output
+    from repro.server.connectors import Output
 
 # File errors where the file was read and found wrong; every other file error means it could not be verified.
 FAILED_CHECK = frozenset({"bad-tokens", "bad-shape", "bad-values", "bad-scales", "bad-dtype", "bad-layout"})

@@ -64,9 +64,9 @@ from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metric
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWarning, StorageWatch
-from repro.target.attached import LocalServer, find_local_server
-from repro.target import connectors
-from repro.target.launcher import VllmServer
+from repro.server.attached import LocalServer, find_local_server
+from repro.server import connectors
+from repro.server.launcher import VllmServer
 
 SUMMARY_SCHEMA = "repro.stress.summary"
 SUMMARY_VERSION = 1
@@ -268,7 +268,7 @@ class _Run:
         if self.L.vocab_size:
             return self.L.vocab_size
         if self.server is not None:
-            from repro.target.launcher import resolve_model
+            from repro.server.launcher import resolve_model
 
             try:
                 model_dir = resolve_model(self.server.settings.model)[0]

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from repro.errors import EXIT_STALL
-from repro.target.launcher import port_free
+from repro.server.launcher import port_free
 from repro.watch.events import read_events
 from tests.conftest import free_port
 from tests.integration.conftest import complete, require_vllm

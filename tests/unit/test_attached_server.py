@@ -12,7 +12,7 @@ from typing import IO, Iterator
 import pytest
 
 from repro import invocation
-from repro.target.attached import find_local_server, remote_note, url_is_local
+from repro.server.attached import find_local_server, remote_note, url_is_local
 from tests.conftest import free_port
 
 

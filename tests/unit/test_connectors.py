@@ -21,7 +21,7 @@ import pytest
 
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
-from repro.target import connectors, launcher
+from repro.server import connectors, launcher
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ fp8_utils = pytest.importorskip("hs_connectors.fp8_utils")
 from safetensors.torch import save_file  # noqa: E402
 
 from repro.hsfiles.checker import FileChecker  # noqa: E402
-from repro.target import connectors  # noqa: E402
+from repro.server import connectors  # noqa: E402
 
 TOKENS = [11, 12, 13, 14, 15, 16]
 FP8 = connectors.resolve("fp8", False).output

@@ -135,7 +135,7 @@ def test_a_bundle_of_a_mooncake_run_has_no_census(tmp_path: Path) -> None:
     from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_storage
-    from repro.target import connectors
+    from repro.server import connectors
 
     scn = {"server": {"extract": True, "storage": str(tmp_path)},
            "connector": connectors.resolve("mooncake", False).to_dict()}

@@ -27,7 +27,7 @@ from typing import Iterator
 import pytest
 
 from repro.errors import EXIT_STALL
-from repro.target import tinymodel
+from repro.server import tinymodel
 from tests.conftest import free_port
 from tests.helpers_docker import GB10_CPU, PREFIX, docker, inspect, logs, remove
 
