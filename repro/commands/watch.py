@@ -27,7 +27,7 @@ from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
 from repro.watch.timeline import WatchTimeline
-from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
+from repro.watch.servers import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

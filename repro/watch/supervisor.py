@@ -41,7 +41,7 @@ from repro.watch.storage import StorageDuty
 from repro.watch.timeline import WatchTimeline
 from repro.storage.causes import storage_cause
 from repro.storage.watch import StorageWatch
-from repro.watch.targets import Target
+from repro.watch.servers import Target
 
 
 @dataclass

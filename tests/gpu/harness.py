@@ -194,7 +194,7 @@ def stop_group(pgid: int, grace: float = 15.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `grace`, wait until it is gone; unlink its /dev/shm
     queues. Never signals a process outside the group."""
     from repro.server import shm
-    from repro.watch.targets import group_pids
+    from repro.watch.servers import group_pids
 
     members = group_pids(pgid)
     if not members:
@@ -634,7 +634,7 @@ class StartedServer:
     log_path: Path
 
     def alive(self) -> bool:
-        from repro.watch.targets import group_pids
+        from repro.watch.servers import group_pids
 
         return bool(group_pids(self.pgid))
 

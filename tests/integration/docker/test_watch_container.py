@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from repro.errors import EXIT_OK, EXIT_STALL
-from repro.watch.targets import DockerTarget
+from repro.watch.servers import DockerTarget
 from tests.helpers_docker import (GB10_CPU, PREFIX, ROOT, Load, VllmContainer, complete, docker, events, inspect,
                                   remove, titles_below, wait_for_event)
 from tests.helpers_fake_vllm import FakeVllm
