@@ -63,7 +63,7 @@ from repro.monitor.logs import DockerLogFollower, LogFollower, fatal_marker, par
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
-from repro.storage.watch import StorageWarning, StorageWatch
+from repro.storage.alerts import StorageWarning, StorageWatch
 from repro.server.attached import LocalServer, find_local_server
 from repro.server import connectors
 from repro.server.launcher import VllmServer

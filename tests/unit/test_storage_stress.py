@@ -160,7 +160,7 @@ def test_bundle_storage_section_carries_the_runs_orphan_census(tmp_path: Path) -
     from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_storage
-    from repro.storage.watch import StorageWatch
+    from repro.storage.alerts import StorageWatch
 
     store = tmp_path / "store"
     store.mkdir()
