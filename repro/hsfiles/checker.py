@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from repro.errors import UsageError
-from repro.load import expect, hsfile
+from repro.hsfiles import expect, hsfile
 
 if TYPE_CHECKING:
     from repro.server.connectors import Output

@@ -359,7 +359,7 @@ class _Run:
         cmd = self.server.command if self.server is not None else []
         if "--dtype" not in cmd[:-1]:
             return None
-        from repro.load.expect import dtype_code
+        from repro.hsfiles.expect import dtype_code
 
         last = len(cmd) - 1 - cmd[::-1].index("--dtype")  # vLLM takes the last one (passthrough may repeat it)
         return dtype_code(cmd[last + 1]) if last + 1 < len(cmd) else None

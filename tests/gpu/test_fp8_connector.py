@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.load import hsfile
+from repro.hsfiles import hsfile
 from repro.load.runner import run_stress
 from repro.scenario import DetectSettings, LoadSettings, Scenario, ServerSettings
 from repro.server.launcher import VllmServer, has_gpu

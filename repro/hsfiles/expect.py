@@ -1,6 +1,6 @@
 """What a hidden-state file must hold for the connector that wrote it (the checker's per-connector expectations).
 
-:func:`repro.load.hsfile.check_layout` says whether a file is a well-formed hidden-state file of any
+:func:`repro.hsfiles.hsfile.check_layout` says whether a file is a well-formed hidden-state file of any
 dtype. When the connector is known (:class:`repro.server.connectors.Output`), :func:`check` also
 holds the file to that connector's format:
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from repro.load import hsfile
+from repro.hsfiles import hsfile
 from repro.server.connectors import PER_TOKEN_AMAX, Output
 
 FP8_E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
