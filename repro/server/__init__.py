@@ -1,1 +1,1 @@
-"""The vLLM target: build a model, launch or attach a server, find its processes."""
+"""The vLLM server under test: build a tiny model, launch or attach a server, find its processes."""
