@@ -77,8 +77,8 @@ class Hooks:
         return self._next
 
 
-class JournaledExecutor:
-    """The search's executor: replay recorded steps, then run new ones through the backend."""
+class JournaledRunner:
+    """The search's step runner: replay recorded steps, then run new ones through the backend."""
 
     def __init__(self, journal: Journal, backend: Backend, recorded: list[StepRecord],
                  on_step: Callable[[str], None] | None = None) -> None:
@@ -189,7 +189,7 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
 
 def run_search(journal: Journal, spec: SearchSpec, recorded: list[StepRecord], backend: Backend,
                report: Callable[[Decision], None], on_step: Callable[[str], None] | None = None) -> Result:
-    ex = JournaledExecutor(journal, backend, recorded, on_step)
+    ex = JournaledRunner(journal, backend, recorded, on_step)
 
     def rep(d: Decision) -> None:
         if not ex.replaying:
