@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from repro.capture.pyspy import run_with_timeout
-from repro.server.procs import proc_cmdline, proc_exe, server_python  # noqa: F401 - the server's process facts
 
 STATS_MARK = "Avg prompt throughput"
 

@@ -52,7 +52,7 @@ from repro.server.procs import port_owner
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
     """Exact secret values to scrub everywhere: the API key, secret-named env values, secret flag values."""
     vals = [req.api_key or ""]
-    for argv in (req.server_command, context.proc_cmdline(root) if root else None):
+    for argv in (req.server_command, procs_mod.proc_cmdline(root) if root else None):
         vals += argv_secrets(argv or [])
     for e in (env or {}, req.server_env or {}):
         vals += [v for k, v in e.items() if secret_name(k) and len(v) >= 8 and not v.startswith("/")]
@@ -229,7 +229,7 @@ def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] 
     if not s.collect_env:
         return {"skipped": True}
     wrap = _container_wrap(root)
-    python = context.server_python(root, req.server_command, fs_root=f"/proc/{root}/root" if wrap else "")
+    python = procs_mod.server_python(root, req.server_command, fs_root=f"/proc/{root}/root" if wrap else "")
     res: dict[str, Any] = {"python": python}
     if python:
         # A container's Python runs inside the container (its files are not this host's); its output is not
@@ -413,7 +413,7 @@ def _write_processes(w: BundleWriter, processes: list[procs_mod.VllmProcess]) ->
 
 def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: dict[str, str] | None,
                   env_err: str | None) -> list[str] | None:
-    cmd = req.server_command or (context.proc_cmdline(root) if root else None)
+    cmd = req.server_command or (procs_mod.proc_cmdline(root) if root else None)
     if cmd:
         w.write_text("context/server-command.txt", " ".join(w.redactor.argv(cmd)) + "\n")
         w.record("server command", command=None, exit_code=0, duration=0.0, output="context/server-command.txt",
