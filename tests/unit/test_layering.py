@@ -25,10 +25,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("capture",),  # takes the evidence a front end asks for, then has it analysed
     ("analyze",),  # reads a bundle; never the live process
     ("bundle",),  # the bundle format capture writes and analyze reads
-    ("hsfiles", "monitor", "storage"),  # what every run observes: files, /metrics and logs, the store
+    ("monitor",),  # observing a server: /metrics and logs into observations, the stall detector
+    ("hsfiles", "storage"),  # what a run's requests leave behind: hidden-state files, the store
     ("server", "invocation"),  # the vLLM server; the recorded command line
     ("secrets", "vllm_plugins"),  # what never leaves the machine; what runs inside vLLM's processes
-    ("scenario", "formats", "rundir", "units"),
+    ("scenario",),  # the settings of a run, typed, that travel through every stage
+    ("formats", "rundir", "units"),  # file versions, run directories, human units
     ("errors",),
 )
 DATA_DIRS = {"known", "templates", "__pycache__"}  # package data, not code
