@@ -28,7 +28,7 @@ from pathlib import Path
 from repro.capture.request import CaptureRequest
 from repro.capture.run import capture
 from repro.scenario import CaptureSettings, ServerSettings
-from repro.target.launcher import VllmServer
+from repro.server.launcher import VllmServer
 
 
 def _free_port() -> int:

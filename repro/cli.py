@@ -7,6 +7,8 @@ import sys
 import click
 
 from repro import __version__
+from repro.commands import (analyze, bisect, capture, health, issue, known, report, scrub, serve, stress, trial,
+                            watch)
 from repro.errors import EXIT_INTERRUPTED, ReproError
 
 
@@ -35,14 +37,11 @@ def cli() -> None:
     """
 
 
-def _add_commands() -> None:
-    import importlib
-
-    for name in ["serve", "stress", "capture", "watch", "bisect", "trial", "analyze", "issue", "known", "report", "scrub", "health"]:
-        cli.add_command(importlib.import_module(f"repro.commands.{name}").command, name)
-
-
-_add_commands()
+# In the order of the pipeline (and of the help text above).
+for _module, _name in ((serve, "serve"), (stress, "stress"), (capture, "capture"), (watch, "watch"),
+                       (bisect, "bisect"), (trial, "trial"), (analyze, "analyze"), (issue, "issue"), (known, "known"),
+                       (report, "report"), (scrub, "scrub"), (health, "health")):
+    cli.add_command(_module.command, _name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from repro.capture.redact import Redactor
+from repro.secrets.redact import Redactor
 
 _ARGS: list[str] | None = None
 

@@ -7,7 +7,7 @@ builds the 97 M-parameter bf16 sibling used on GPUs.
 """
 import sys
 
-from repro.target import tinymodel
+from repro.server import tinymodel
 
 if __name__ == "__main__":
     if len(sys.argv) > 2:

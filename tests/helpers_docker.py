@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from repro.scenario import ServerSettings
-from repro.target.launcher import build_launch
+from repro.server.launcher import build_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SCRIPT = ROOT / "scripts" / "docker_test_image.sh"

@@ -14,7 +14,7 @@ from repro.watch.events import EventLog
 from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
 from repro.watch.supervisor import Supervisor, WatchSettings
-from repro.watch.targets import Target
+from repro.watch.servers import Target
 
 
 class Clock:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze import gpu as gpu_state
-from repro.analyze.load import bundle_processes
+from repro.bundle.reader import bundle_processes
 from repro.analyze.native import load_dumps
 from repro.monitor.logs import parse_stats_line
 

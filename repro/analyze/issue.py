@@ -34,7 +34,7 @@ from typing import Any
 
 from repro.analyze import death as death_mod
 from repro.analyze import reproducer
-from repro.analyze.load import bundle_processes
+from repro.bundle.reader import bundle_processes
 from repro.analyze.report import time_to_stall
 from repro.analyze.sources import ReportSource, read_text
 from repro.analyze import known

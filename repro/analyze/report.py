@@ -7,10 +7,21 @@ import io
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from repro.analyze.known import summary_lines as known_summary_lines
-from repro.capture.request import CaptureRequest
+
+
+class StallRecord(Protocol):
+    """What the reporters read of a stall: the fields of :class:`repro.capture.request.CaptureRequest` they use
+    (capture hands its request; ``repro report`` builds one from a bundle's files). A protocol, so analysis never
+    imports the capture stage that calls it."""
+
+    reason: str
+    detection: dict[str, Any] | None
+    events: list[dict[str, Any]]
+    timeline_csv: Path | None
+    storage_accounting: dict[str, Any] | None
 
 
 def _fmt_t(t: float | None) -> str:
@@ -31,7 +42,7 @@ def _epoch(v: Any) -> float | None:
     return None
 
 
-def stall_since(req: CaptureRequest) -> float | None:
+def stall_since(req: StallRecord) -> float | None:
     """When the stall began (wall time): the detector's verdict, else the first injected/detected stall event."""
     det = req.detection or {}
     for k in ("since_wall", "since", "stalled_since", "injected_wall"):
@@ -56,7 +67,7 @@ def time_to_stall(detection: dict[str, Any] | None) -> float | None:
     return None
 
 
-def summary_md(name: str, req: CaptureRequest, analysis: dict[str, Any], stacks: dict[str, Any],
+def summary_md(name: str, req: StallRecord, analysis: dict[str, Any], stacks: dict[str, Any],
                stats_lines: list[str], metrics: list[dict[str, Any]], storage: dict[str, Any] | None,
                errors: list[dict[str, str]]) -> str:
     det = req.detection or {}
@@ -134,7 +145,7 @@ def _rates(t: list[float], totals: list[float]) -> list[float]:
     return out
 
 
-def timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+def timeline_series(req: StallRecord, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Series for the plot: from the run's timeline CSV when given, else from the /metrics samples taken.
 
     Stress's timeline.csv has `wall` (epoch s), `server_running`, `server_waiting`, `prompt_tokens_total`,
@@ -185,7 +196,7 @@ def series_from_timeline_csv(path: Path) -> dict[str, Any] | None:
     return out
 
 
-def _timeline_series(req: CaptureRequest, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+def _timeline_series(req: StallRecord, metrics: list[dict[str, Any]]) -> dict[str, Any]:
     nan = float("nan")
     if req.timeline_csv and Path(req.timeline_csv).exists():
         series = series_from_timeline_csv(Path(req.timeline_csv))
@@ -302,7 +313,7 @@ def render_timeline_png(series: dict[str, Any], stall_t: float | None, title: st
     return figure_png(fig)
 
 
-def write_timeline(w: Any, req: CaptureRequest, metrics: list[dict[str, Any]], analysis: dict[str, Any]) -> bool:
+def write_timeline(w: Any, req: StallRecord, metrics: list[dict[str, Any]], analysis: dict[str, Any]) -> bool:
     t0 = time.monotonic()
     try:
         series = timeline_series(req, metrics)

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from repro.analyze.sources import ReportSource, read_text
-from repro.target.attached import remote_note
+from repro.server.attached import remote_note
 
 _LOG_VERSION = (re.compile(r"Initializing a V1 LLM engine \(v([^)\s]+)\)"), re.compile(r"\bversion (\d+\.\d+\.\d+\S*)"))
 _WHO = {

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repro.analyze.load import open_bundle
-from repro.capture.bundle import MANIFEST
+from repro.bundle.reader import open_bundle
+from repro.bundle.manifest import MANIFEST
 from repro.errors import UsageError
 from repro.formats import (BUNDLE_FORMAT, DETECTION_FORMAT, SCENARIO_FORMAT, STRESS_SUMMARY_FORMAT, check,
                            read_optional)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.analyze import gpu as gpu_state
-from repro.analyze.load import bundle_processes
+from repro.bundle.reader import bundle_processes
 from repro.analyze.native import cuda_wait_frame, driver_frame, is_torch_sync, load_dumps
 
 CPU_BLOCKED_FRACTION = 0.05  # of one core, over the sampling window

@@ -27,8 +27,18 @@ from repro.scenario import Scenario
 
 
 class Backend(Protocol):
+    """Where a search's trials run: :class:`repro.executors.local.StressBackend` (this machine),
+    :class:`repro.executors.ray_backend.RayBackend` (a Ray cluster) or :class:`repro.bisect.sim.SimBackend`
+    (the simulator), chosen by :func:`repro.executors.factory.backend_for`."""
+
     # fresh=True (passed only when set): no server that served another configuration may run it
     def run_step(self, step: int, cfg: Config, cap: float, hooks: "Hooks") -> Outcome: ...
+
+    def stop_all(self) -> None:
+        """Interrupted: stop every trial running now (servers by process group)."""
+
+    def close(self) -> None:
+        """The search is over: release what is kept between steps (idle servers, actors, the cluster)."""
 
 
 class Hooks:
@@ -69,8 +79,8 @@ class Hooks:
         return self._next
 
 
-class JournaledExecutor:
-    """The search's executor: replay recorded steps, then run new ones through the backend."""
+class JournaledRunner:
+    """The search's step runner: replay recorded steps, then run new ones through the backend."""
 
     def __init__(self, journal: Journal, backend: Backend, recorded: list[StepRecord],
                  on_step: Callable[[str], None] | None = None) -> None:
@@ -184,7 +194,7 @@ def start_or_resume(run_dir: Path, spec: SearchSpec | None, resume: bool) -> tup
 
 def run_search(journal: Journal, spec: SearchSpec, recorded: list[StepRecord], backend: Backend,
                report: Callable[[Decision], None], on_step: Callable[[str], None] | None = None) -> Result:
-    ex = JournaledExecutor(journal, backend, recorded, on_step)
+    ex = JournaledRunner(journal, backend, recorded, on_step)
 
     def rep(d: Decision) -> None:
         if not ex.replaying:

@@ -41,7 +41,7 @@ def server_command(base: Scenario | None, space: SearchSpace, cfg: Config, run_d
     if base is None:
         return None
     from repro.bisect.trials import trial_scenario
-    from repro.target.launcher import build_launch
+    from repro.server.launcher import build_launch
 
     scn = trial_scenario(base, space, cfg, 3600.0, base.server.port, 0, 1, run_dir)
     argv, _env = build_launch(scn.server, run_dir)

@@ -44,7 +44,7 @@ uptime (``rate_ratio`` becomes a server aging that much slower), and a verdict m
 hold under both: the clean-test sizes are the larger, P(threshold <= c) the larger,
 the answer's mass the smaller. k = 1 alone is exactly the memoryless search.
 
-Trials are requested from an executor (real stress runs, or draws from a known
+Trials are requested from a step runner (real stress runs, or draws from a known
 hazard in virtual time). Errors in this search are one-sided: a hang is never
 wrong, so a wrong answer is always "not minimal" (a change kept or a
 concurrency too high).
@@ -77,7 +77,7 @@ class Outcome:
     runs: list[Run] | None = None
 
 
-class Executor(Protocol):
+class StepRunner(Protocol):
     def run(self, config: Config, cap: float) -> Outcome: ...  # with fresh=True: no server of another config
 
 
@@ -181,11 +181,11 @@ def recheck_budget(alpha_dd: float, rnd: int) -> float:
 
 
 class Search:
-    def __init__(self, space: SearchSpace, settings: Settings, executor: Executor,
+    def __init__(self, space: SearchSpace, settings: Settings, runner: StepRunner,
                  report: Report | None = None) -> None:
         self.space = space
         self.s = settings
-        self.ex = executor
+        self.ex = runner
         self.report = report or (lambda d: None)
         self.evidence: dict[Config, list[float]] = {}  # config -> [hangs, exposure]
         self.decisions: list[Decision] = []

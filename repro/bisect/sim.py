@@ -361,6 +361,12 @@ class SimBackend:
         return Outcome(hung, exposure=n * run, wall=ov + run, trial_time=n * (ov + run),
                        detail={"simulated": True, "rate_per_hour": lam * 3600}, runs=runs)
 
+    def stop_all(self) -> None:
+        """Nothing runs outside this process."""
+
+    def close(self) -> None:
+        """Nothing is kept between steps but the virtual servers."""
+
     def _realtime(self, ids: list[int], run: float, hooks: Any) -> None:
         """Let virtual time pass at `speed`, with heartbeats (for crash/resume tests)."""
         speed, hb = self.m.speed, self.m.heartbeat

@@ -294,7 +294,7 @@ def apply(base: Scenario, space: SearchSpace, config: Config, num_layers: int | 
 
 def layers_for(n_extract: int, num_layers: int) -> list[int]:
     """N layers spread like speculators' choice: the default set, trimmed or padded from the top."""
-    from repro.target.launcher import default_layers
+    from repro.server.launcher import default_layers
 
     base = default_layers(num_layers)
     if n_extract <= len(base):

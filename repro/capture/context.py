@@ -112,14 +112,6 @@ def tail_and_stats(text: str, max_bytes: int, stats_lines: int = 20,
     return "\n".join(tail) + "\n", stats, {"lines_kept": len(tail), "truncated": partial or len(tail) < len(lines)}
 
 
-def proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-
-
 def proc_environ(pid: int) -> tuple[dict[str, str] | None, str | None]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
@@ -131,47 +123,6 @@ def proc_environ(pid: int) -> tuple[dict[str, str] | None, str | None]:
             k, _, v = item.decode("utf-8", "replace").partition("=")
             env[k] = v
     return env, None
-
-
-def proc_exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def server_python(root_pid: int | None, server_command: list[str] | None, fs_root: str = "") -> str | None:
-    """The Python interpreter the server runs on.
-
-    argv[0] first (a venv's `bin/python` keeps the venv; /proc/PID/exe resolves the symlink to the base
-    interpreter and loses it), then the shebang of a script in argv[0] (`vllm serve`), then /proc/PID/exe.
-    ``fs_root``: the server's filesystem as seen from here (``/proc/PID/root`` for a container's process): paths
-    are checked below it and returned as the server sees them.
-    """
-    def runnable(path: str) -> bool:
-        # Below fs_root an absolute symlink (a venv's python -> /usr/bin/python3) would resolve on this host's
-        # filesystem: the link itself is what tells that the path is there.
-        return os.path.lexists(fs_root + path) if fs_root else os.access(path, os.X_OK)
-
-    cmd = server_command or (proc_cmdline(root_pid) if root_pid else None) or []
-    if cmd:
-        first = cmd[0]
-        if "python" in Path(first).name and runnable(first):
-            return first
-        script = (shutil.which(first) if not fs_root else None) if os.sep not in first else first
-        try:
-            with open(fs_root + (script or "") if script else "", "rb") as f:
-                head = f.readline(256).decode("utf-8", "replace")
-            if head.startswith("#!") and "python" in head:
-                interp = head[2:].strip().split()[0]
-                if runnable(interp):
-                    return interp
-        except OSError:
-            pass
-    exe = proc_exe(root_pid) if root_pid else None
-    if exe and "python" in Path(exe).name and runnable(exe):
-        return exe
-    return None
 
 
 COLLECT_ENV_CACHE_TTL = 24 * 3600.0

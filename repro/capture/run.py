@@ -37,22 +37,24 @@ import psutil
 
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.capture import context, docker as docker_mod, gpu as gpu_mod, procfs, pyspy
-from repro.capture.bundle import MANIFEST, BundleWriter
-from repro.capture.envpolicy import EnvPolicy
-from repro.capture.redact import WITHHELD, Redactor, argv_secrets, secret_name
-from repro.capture.secretscan import Scanner
+from repro.bundle.manifest import MANIFEST
+from repro.bundle.writer import BundleWriter
+from repro.secrets.envpolicy import EnvPolicy
+from repro.secrets.redact import WITHHELD, Redactor, argv_secrets, secret_name
+from repro.secrets.secretscan import Scanner
 from repro.capture.request import Bundle, CaptureRequest
 from repro.errors import ReproError, UsageError
 from repro.formats import (ANALYSIS_FORMAT, DETECTION_FORMAT, PROCESSES_FORMAT, SERVER_ENV_FORMAT, STORAGE_FORMAT,
                            stamp)
-from repro.target import procs as procs_mod
-from repro.target.attached import output_file, url_is_local
+from repro.server import procs as procs_mod
+from repro.server.attached import output_file, url_is_local
+from repro.server.procs import port_owner
 
 
 def _known_secrets(req: CaptureRequest, env: dict[str, str] | None, root: int | None = None) -> list[str]:
     """Exact secret values to scrub everywhere: the API key, secret-named env values, secret flag values."""
     vals = [req.api_key or ""]
-    for argv in (req.server_command, context.proc_cmdline(root) if root else None):
+    for argv in (req.server_command, procs_mod.proc_cmdline(root) if root else None):
         vals += argv_secrets(argv or [])
     for e in (env or {}, req.server_env or {}):
         vals += [v for k, v in e.items() if secret_name(k) and len(v) >= 8 and not v.startswith("/")]
@@ -102,20 +104,6 @@ def _discover(req: CaptureRequest, w: BundleWriter,
         w.error("processes", "no vLLM process found on this machine (by title VLLM::*)",
                 "Pass the server's pid with --pid, or its container with --docker.")
     return found, None
-
-
-def port_owner(url: str) -> int | None:
-    """The pid listening on the URL's port on this machine, if any."""
-    from urllib.parse import urlparse
-
-    try:
-        port = urlparse(url).port or (443 if url.startswith("https") else 80)
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-                return c.pid
-    except (psutil.AccessDenied, ValueError, OSError):
-        return None
-    return None
 
 
 class _Sampler:
@@ -243,7 +231,7 @@ def _collect_env_job(req: CaptureRequest, root: int | None, env: dict[str, str] 
     if not s.collect_env:
         return {"skipped": True}
     wrap = _container_wrap(root)
-    python = context.server_python(root, req.server_command, fs_root=f"/proc/{root}/root" if wrap else "")
+    python = procs_mod.server_python(root, req.server_command, fs_root=f"/proc/{root}/root" if wrap else "")
     res: dict[str, Any] = {"python": python}
     if python:
         # A container's Python runs inside the container (its files are not this host's); its output is not
@@ -427,7 +415,7 @@ def _write_processes(w: BundleWriter, processes: list[procs_mod.VllmProcess]) ->
 
 def _write_server(w: BundleWriter, req: CaptureRequest, root: int | None, env: dict[str, str] | None,
                   env_err: str | None) -> list[str] | None:
-    cmd = req.server_command or (context.proc_cmdline(root) if root else None)
+    cmd = req.server_command or (procs_mod.proc_cmdline(root) if root else None)
     if cmd:
         w.write_text("context/server-command.txt", " ".join(w.redactor.argv(cmd)) + "\n")
         w.record("server command", command=None, exit_code=0, duration=0.0, output="context/server-command.txt",

@@ -1,1 +1,1 @@
-"""One module per `repro` subcommand; each exposes a click command named `command`."""
+"""One module per `repro` subcommand, each exposing a click command named `command`; the wiring of stages."""

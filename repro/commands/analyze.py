@@ -10,7 +10,7 @@ import click
 
 from repro.analyze import catalogue as cat
 from repro.analyze import known
-from repro.analyze.load import open_bundle
+from repro.bundle.reader import open_bundle
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.commands.known import catalogue_option
 

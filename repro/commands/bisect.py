@@ -18,6 +18,7 @@ from repro.bisect import driver, journal, output
 from repro.bisect.search import Decision, Settings
 from repro.bisect.space import DEFAULT_PLAIN_STORAGE, Change, SearchSpace, parse_range, space_from_toml
 from repro.commands.options import passthrough, server_options, server_settings
+from repro.executors.factory import backend_for
 from repro.executors.options import executor_settings, ray_options
 from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, UsageError
 from repro.options import option, options, values
@@ -267,46 +268,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     parallel = int(spec.extra.get("parallel", kw["parallel"]) or 1)
     if resume and kw["parallel"] != 1:
         parallel = kw["parallel"]
-    base_scn: Scenario | None = None
-    ray_session = None
-    ex = executor_settings(kw)
-    if ex.kind == "ray":
-        from repro.executors.cluster import connect
-        from repro.executors.ray_backend import RayBackend
-
-        ray_session = connect(ex.address, ex.ask, parallel)
-        if ray_session.note:
-            _say(f"ray: {ray_session.note}")
-        if spec.mode == "simulate":
-            from repro.bisect.sim import load_model
-
-            if not (sim_model or load_model(spec.extra["simulate"])).hazard.memoryless:
-                raise UsageError("--executor ray --simulate draws memoryless trials only: simulate an aging hazard "
-                                 "(shape = weibull/onset) with the local executor")
-            backend_ray: Any = RayBackend(ray_session, run_dir, mode="simulate", parallel=parallel,
-                                          heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask,
-                                          model=sim_model or load_model(spec.extra["simulate"]), say=_say)
-        else:
-            base_scn = _journaled_base(spec)
-            backend_ray = RayBackend(ray_session, run_dir, mode="real", parallel=parallel,
-                                     heartbeat=float(spec.extra.get("heartbeat", 5.0)), ask=ex.ask, base=base_scn,
-                                     space=spec.space, artifact_dir=ex.artifact_dir, say=_say)
-        _say(f"executor: ray ({ex.address or 'local instance'}, {len(ray_session.nodes)} node(s)), "
-             f"each trial asks {ex.ask.describe()}")
-    if ray_session is not None:
-        backend: Any = backend_ray
-    elif spec.mode == "simulate":
-        from repro.bisect.sim import SimBackend, load_model
-
-        model = sim_model or load_model(spec.extra["simulate"])
-        model.reuse = model.reuse and bool(spec.extra.get("reuse_server", True))
-        backend = SimBackend(model, parallel)
-    else:
-        from repro.bisect.trials import StressBackend
-
-        base_scn = _journaled_base(spec)
-        backend = StressBackend(base_scn, spec.space, run_dir, parallel, float(spec.extra.get("heartbeat", 5.0)), _say,
-                                reuse=bool(spec.extra.get("reuse_server", True)))
+    base_scn = _journaled_base(spec) if spec.mode != "simulate" else None
+    backend = backend_for(spec, run_dir, executor_settings(kw), parallel, _say, base=base_scn, model=sim_model)
 
     _say(f"bisect run directory: {run_dir} (journal {jr.path})")
     s = spec.settings
@@ -323,18 +286,13 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     try:
         result = driver.run_search(jr, spec, recorded, backend, _report, _say)
     except KeyboardInterrupt:
-        if hasattr(backend, "stop_all"):
-            backend.stop_all()
+        backend.stop_all()
         _say(f"interrupted: the journal is consistent; continue with  repro bisect --resume {run_dir}")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, old)
-        if ray_session is None and hasattr(backend, "stop_all"):
-            backend.stop_all()  # servers kept idle for reuse
+        backend.close()  # servers or actors kept idle for reuse, the cluster connection
         jr.close()
-        if ray_session is not None:
-            backend.close()
-            ray_session.close()
     paths = output.write_outputs(run_dir, result, spec.space, spec.settings, base_scn, spec.mode)
     for name, p in paths.items():
         _say(f"wrote {p}")

@@ -20,7 +20,7 @@ from repro.scenario import CaptureSettings, Scenario
 
 
 def _resolve_pid(pid: int) -> int:
-    from repro.target import procs
+    from repro.server import procs
 
     if not psutil.pid_exists(pid):
         raise TargetError(f"--pid {pid}: no such process")
@@ -143,7 +143,7 @@ def command(run_dir: Path | None, url: str | None, pid: int | None, docker: str 
     pid = pid or info.get("pid")
     root = _resolve_pid(pid) if pid is not None else None
     if root is None and not docker and url:
-        from repro.capture.run import port_owner
+        from repro.server.procs import port_owner
 
         owner = port_owner(url)
         if owner is None:

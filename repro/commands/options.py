@@ -49,7 +49,7 @@ def _check_inject(ctx: click.Context, param: click.Parameter, value: str | None)
 
 def _check_connector(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from repro.errors import UsageError
-    from repro.target import connectors
+    from repro.server import connectors
 
     try:
         connectors.resolve(value, gpu=False)

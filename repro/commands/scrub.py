@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from repro.capture import lastcheck
-from repro.capture.envpolicy import EnvPolicy
-from repro.capture.redact import WITHHELD, Redactor
+from repro.secrets import lastcheck
+from repro.secrets.envpolicy import EnvPolicy
+from repro.secrets.redact import WITHHELD, Redactor
 from repro.errors import UsageError
 
 EXIT_FOUND = 1

@@ -13,8 +13,8 @@ import click
 from repro.commands.options import INJECT_GRAMMAR, passthrough, server_options, server_settings
 from repro.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGET, ServerStartError
 from repro.rundir import new_run_dir
-from repro.target import tinymodel
-from repro.target.launcher import VllmServer, log_tail
+from repro.server import tinymodel
+from repro.server.launcher import VllmServer, log_tail
 
 
 class _Stop(Exception):

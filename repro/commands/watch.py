@@ -21,7 +21,7 @@ from repro.options import parse as parse_option
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
-from repro.target.launcher import check_storage
+from repro.server.launcher import check_storage
 from repro.units import parse_duration
 from repro.watch.events import EventLog
 from repro.watch.health import StateFile
@@ -30,7 +30,7 @@ from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import MinFree, RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
 from repro.watch.timeline import WatchTimeline
-from repro.watch.targets import DockerTarget, ExternalTarget, ServeTarget, Target
+from repro.watch.servers import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
 CAPTURE_OPTIONS = ("samples", "interval", "collect_env", "env_allow")
@@ -44,7 +44,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def _connector_record(settings: Any, known: bool) -> dict[str, Any]:
     """Which hidden-states connector the watched server runs (launched, or said with --connector), for bundles."""
-    from repro.target.launcher import server_connector
+    from repro.server.launcher import server_connector
 
     conn = server_connector(settings) if known else None
     if conn is None:

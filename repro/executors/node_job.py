@@ -7,7 +7,7 @@ partial results are written and the vLLM server's process group is stopped.
 
 Job kinds:
 
-``trial``   one bisect trial: :meth:`repro.bisect.trials.StressBackend.run_trial` (the local
+``trial``   one bisect trial: :meth:`repro.executors.local.StressBackend.run_trial` (the local
             executor's own code: launcher, stress run, outcome), with hooks that write each
             heartbeat and the outcome as JSON lines to the status file the actor follows.
 ``stress``  one soak replica: :func:`repro.load.runner.run_stress` (launches its own server).
@@ -68,7 +68,7 @@ class FileHooks:
 
 def run_trial(job: dict[str, Any], status: FileHooks) -> dict[str, Any]:
     from repro.bisect.space import Change, Config, SearchSpace
-    from repro.bisect.trials import StressBackend
+    from repro.executors.local import StressBackend
 
     sp = job["space"]
     space = SearchSpace(sp["concurrency"][0], sp["concurrency"][1], tuple(Change.parse(c) for c in sp["changes"]),

@@ -1,7 +1,7 @@
 """The bisect ``Backend`` on Ray: each trial a Ray actor, evidence into the driver's journal and run directory.
 
 :class:`RayBackend` implements ``run_step(step, cfg, cap, hooks) -> Outcome`` like the local
-:class:`repro.bisect.trials.StressBackend` and :class:`repro.bisect.sim.SimBackend`: a step is
+:class:`repro.executors.local.StressBackend` and :class:`repro.bisect.sim.SimBackend`: a step is
 `parallel` trials of one configuration, each with `cap / parallel` of clean exposure, and
 exposure adds across them. For each trial:
 
@@ -108,10 +108,11 @@ class RayBackend:
     def __init__(self, session: RaySession, run_dir: Path, *, mode: str, parallel: int = 1, heartbeat: float = 5.0,
                  ask: Ask | None = None, model: Any = None, base: Any = None, space: SearchSpace | None = None,
                  artifact_dir: str | None = None, budget: int = 64 << 20, schedule_timeout: float = 900.0,
-                 say: Any = None) -> None:
+                 say: Any = None, owns_session: bool = False) -> None:
         if mode not in ("simulate", "real"):
             raise UsageError(f"unknown bisect mode {mode!r}")
         self.session = session
+        self.owns_session = owns_session
         self.ray = session.ray
         self.run_dir = Path(run_dir)
         self.mode = mode
@@ -143,10 +144,17 @@ class RayBackend:
         except Exception:  # noqa: BLE001 - already gone
             pass
 
-    def close(self) -> None:
+    def release_idle(self) -> None:
         """Release the idle actors (and their CPUs/GPUs)."""
         while self._idle:
             self._kill(self._idle.pop())
+
+    def close(self) -> None:
+        """The search is over: release the idle actors, then disconnect from the cluster when this backend's
+        factory connected it (``owns_session``)."""
+        self.release_idle()
+        if self.owns_session:
+            self.session.close()
 
     # -- jobs ---------------------------------------------------------------------------
     def job(self, step: int, slot: int, cfg: Config, each: float, tid: int) -> dict[str, Any]:
@@ -319,4 +327,4 @@ class RayBackend:
                 pass
         for t in live:
             self._kill(t.actor)
-        self.close()
+        self.release_idle()

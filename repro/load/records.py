@@ -258,7 +258,7 @@ class RunStats:
         plus ``unverifiable`` (missing, unreadable, locked, no path in the response ...); ``bad`` and ``errors``
         leave out the files the stalled engine never wrote, which are ``not_written_engine_stalled`` (by check
         error in ``not_written_errors``)."""
-        from repro.load.workloads import FAILED_CHECK
+        from repro.hsfiles.checker import FAILED_CHECK
 
         failed = sum(n for k, n in self.file_errors.items() if k in FAILED_CHECK)
         return {"verified": self.files_ok, "bad": self.files_bad, "failed_check": failed,

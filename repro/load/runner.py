@@ -73,7 +73,9 @@ from repro.load.store import StoreAccounting
 from repro.load.storms import StormTracker
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
-from repro.load.workloads import HIDDEN_STATES, SPECULATORS, FileChecker, PreparedRequest, Workload, read_response
+from repro.hsfiles.checker import FileChecker
+from repro.hsfiles.response import read_response
+from repro.load.workloads import HIDDEN_STATES, SPECULATORS, PreparedRequest, Workload
 from repro.monitor.detector import (CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
                                     ClientSnapshot, Detector, Observation)
 from repro.monitor.events import EventLog
@@ -83,10 +85,10 @@ from repro.monitor.observe import build_observation
 from repro.formats import DETECTION_FORMAT, stamp
 from repro.scenario import Scenario
 from repro.storage.causes import storage_cause
-from repro.storage.watch import StorageWatch
-from repro.target.attached import find_local_server
-from repro.target import connectors
-from repro.target.launcher import VllmServer
+from repro.storage.alerts import StorageWatch
+from repro.server.attached import find_local_server
+from repro.server import connectors
+from repro.server.launcher import VllmServer
 
 BAD_FILES_DIR = "bad-files"  # failing hidden-state files kept for inspection (up to --keep-bad)
 
@@ -292,7 +294,8 @@ class _Run:
         # The check runs in the pool; the concurrency slot is already free when it starts.
         st.in_check += 1
         loop = asyncio.get_running_loop()
-        check = self.checker.check_after_lock if prep.kind == SPECULATORS else self.checker.check
+        check = functools.partial(speculators.check_after_lock, self.checker) if prep.kind == SPECULATORS \
+            else self.checker.check
         fut = loop.run_in_executor(self.pool, check, info.hs_path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS))
 
         def done(f: "asyncio.Future[Any]") -> None:

@@ -1,7 +1,7 @@
 """What a stress run knows about its server: where its log and store are, its command line, its model's needs.
 
 The server is launched by repro (its settings and command are known), attached on this machine
-(read from /proc while it is alive: :func:`repro.target.attached.find_local_server`), or remote
+(read from /proc while it is alive: :func:`repro.server.attached.find_local_server`), or remote
 (only the flags say anything: ``--log-file``, ``--server-command``, ``--storage-path``). Each
 answer says where it came from, so a report can name the flag that would have told more.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 from repro.errors import ReproError
 from repro.scenario import Scenario, ServerRecord
-from repro.target import connectors
-from repro.target.attached import LocalServer
-from repro.target.launcher import VllmServer
+from repro.server import connectors
+from repro.server.attached import LocalServer
+from repro.server.launcher import VllmServer
 
 DEFAULT_VOCAB = 500  # safe for any model (the tiny one has 512) when the vocabulary size is unknown
 
@@ -95,7 +95,7 @@ class ServerFacts:
         cmd = self.server.command if self.server is not None else []
         if "--dtype" not in cmd[:-1]:
             return None
-        from repro.load.expect import dtype_code
+        from repro.hsfiles.expect import dtype_code
 
         last = len(cmd) - 1 - cmd[::-1].index("--dtype")  # vLLM takes the last one (passthrough may repeat it)
         return dtype_code(cmd[last + 1]) if last + 1 < len(cmd) else None
@@ -105,7 +105,7 @@ class ServerFacts:
         if self.scn.load.vocab_size:
             return self.scn.load.vocab_size
         if self.server is not None:
-            from repro.target.launcher import resolve_model
+            from repro.server.launcher import resolve_model
 
             try:
                 model_dir = resolve_model(self.server.settings.model)[0]

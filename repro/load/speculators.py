@@ -35,9 +35,12 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repro.load.prompts import CHAT, Prompt
+
+if TYPE_CHECKING:
+    from repro.hsfiles.checker import CheckResult, FileChecker
 
 SPECULATORS = "speculators"
 SPECULATORS_VERSION = "0.9.0"  # the client reproduced here (vllm_client.py of that release)
@@ -178,3 +181,25 @@ def check_prompts(prompts: list[Prompt], path: str) -> None:
                          f"messages with their token ids), not text",
                          help='Give the line as {"prompt_token_ids": [...]} (what speculators\' prepare-data writes '
                               'as input_ids), or {"messages": [...], "prompt_token_ids": [...]}.')
+
+
+def check_after_lock(checker: "FileChecker", path: str, prompt_ids: tuple[int, ...] | list[int] | None,
+                     exact: bool = True) -> "CheckResult":
+    """speculators' order: if ``<path>.lock`` exists, take LOCK_EX (0.1 s polls, 10 s at most) and remove the
+    lock file, then verify and consume with ``checker``. A lock held past 10 s fails the sample and leaves both
+    files."""
+    from repro.hsfiles.checker import CheckResult
+
+    t0 = time.perf_counter()
+    lock_path = path + ".lock"
+    waited = wait_for_lock(lock_path, abandon=checker.abandon) if os.path.exists(lock_path) else None
+    if waited is not None and waited.timed_out:
+        return CheckResult(False, "lock-timeout", f"the writer held {lock_path} for over {LOCK_TIMEOUT:g} s: "
+                           "speculators skips the sample and leaves the file and its lock behind",
+                           seconds=time.perf_counter() - t0, lock_wait=waited.seconds)
+    if waited is not None and waited.error:
+        return CheckResult(False, "unreadable-lock", f"{lock_path}: {waited.error}", seconds=time.perf_counter() - t0)
+    res = checker.check(path, prompt_ids, exact)
+    res.lock_wait += waited.seconds if waited is not None else 0.0
+    res.seconds = time.perf_counter() - t0
+    return res

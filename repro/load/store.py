@@ -2,7 +2,7 @@
 
 With a known store path every hidden-state path a response returns is claimed (before its
 file check: the client owns it whatever the check finds); the store is censused in a
-thread at the rate :class:`~repro.storage.watch.StorageWatch` allows; warnings become
+thread at the rate :class:`~repro.storage.alerts.StorageWatch` allows; warnings become
 episodes (:class:`~repro.storage.episodes.WarningEpisodes`, the tracker ``repro watch``
 uses too, with the same ``storage-warning`` / ``storage-ok`` events). At the end of the run
 :meth:`StoreAccounting.settle` waits for late writes and takes the final census with no
@@ -19,7 +19,7 @@ from typing import Any
 
 from repro.storage.census import DATA_SUFFIX
 from repro.storage.episodes import BEGIN, END, WarningEpisodes
-from repro.storage.watch import StorageWatch
+from repro.storage.alerts import StorageWatch
 
 
 class StoreAccounting:

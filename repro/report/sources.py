@@ -78,7 +78,7 @@ def identify(path: str | Path, scratch: Path | None = None) -> RunDir:
     if given.is_file():
         if not tarfile.is_tarfile(given):
             raise UsageError(f"{path}: not a run directory or a bundle tarball", help=NOT_A_RUN_HELP)
-        from repro.analyze.load import open_bundle
+        from repro.bundle.reader import open_bundle
 
         return RunDir(BUNDLE, open_bundle(given, scratch), given, tarball=given)
     d = given

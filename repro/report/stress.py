@@ -3,7 +3,6 @@ events.jsonl, detection.json, bundle-NNN/)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from repro.analyze.report import render_timeline_png, series_from_timeline_csv

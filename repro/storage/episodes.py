@@ -1,6 +1,6 @@
 """Storage-warning episodes: one event when a warning begins, one when it clears, for stress and watch alike.
 
-A :class:`~repro.storage.watch.StorageWatch` scan returns the warnings that hold *now*;
+A :class:`~repro.storage.alerts.StorageWatch` scan returns the warnings that hold *now*;
 :class:`WarningEpisodes` turns that stream into episodes (a warning that holds on ten scans
 in a row is one episode, not ten) and keeps, per kind, when it was first and last seen, how
 many scans showed it and its last message and evidence (``summary.json``'s
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from repro.storage.watch import StorageWarning
+from repro.storage.alerts import StorageWarning
 
 BEGIN, END = "storage-warning", "storage-ok"  # the event names, in stress and watch
 

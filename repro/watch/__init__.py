@@ -6,7 +6,8 @@ The pieces, each with one job:
 ``events``      events.jsonl: every decision, in order
 ``promstats``   the watchdog's own Prometheus counters (--metrics-port)
 ``observe``     one poll of the target -> the shared detector's Observation (+ the optional probe)
-``targets``     what is watched and how it is stopped and started: --serve, --docker, --url/--pid
+``servers``     the watched server (a ``Target``) and how it is stopped and started: --serve, --docker, --url/--pid
+``storage_duty``  --storage: unclaimed files, storage warnings once per episode, optional reaping
 ``bounded``     capture under a time budget and the --stall-hook hook, neither ever blocks a restart
 ``supervisor``  the loop: detect -> capture -> stop -> port free -> start -> healthy
 

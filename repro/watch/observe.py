@@ -26,7 +26,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Protocol
 
-from repro.load.workloads import FileChecker, read_response
+from repro.hsfiles.checker import FileChecker
+from repro.hsfiles.response import read_response
 from repro.monitor.detector import REFUSED, ClientSnapshot, Observation
 from repro.monitor.metrics import MetricsParseError, MetricsSample, parse_metrics
 from repro.monitor.observe import PARSE_ERROR, LogWarning, build_observation

@@ -38,11 +38,11 @@ from repro.watch.observe import Observer, Prober
 from repro.watch.policy import PolicySettings, RestartPolicy
 from repro.watch.promstats import WatchMetrics
 from repro.watch.recovery import GIVE_UP, RESTART, FsReading, RecoverySettings, StorageRecovery, measured_rates
-from repro.watch.storage import StorageDuty
+from repro.watch.storage_duty import StorageDuty
 from repro.watch.timeline import WatchTimeline
 from repro.storage.causes import storage_cause
-from repro.storage.watch import StorageWatch
-from repro.watch.targets import Target
+from repro.storage.alerts import StorageWatch
+from repro.watch.servers import Target
 from repro.options import Flag, setting
 
 
@@ -63,7 +63,7 @@ class WatchSettings:
     startup_timeout: float = 600.0  # a (re)started server must answer within this
     release_timeout: float = 60.0  # port / GPU memory must be free this long after a stop
     api_key: str | None = field(default=None, repr=False)
-    storage_duty: bool = False  # watch the hidden-state store given with --storage (see repro.watch.storage)
+    storage_duty: bool = False  # watch the hidden-state store given with --storage (see repro.watch.storage_duty)
     storage_path: str | None = None
     storage_grace: float = 300.0
     storage_horizon: float = 1800.0

@@ -193,8 +193,8 @@ def child_env(ctx: Context | None = None) -> dict[str, str]:
 def stop_group(pgid: int, grace: float = 15.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `grace`, wait until it is gone; unlink its /dev/shm
     queues. Never signals a process outside the group."""
-    from repro.target import shm
-    from repro.watch.targets import group_pids
+    from repro.server import shm
+    from repro.watch.servers import group_pids
 
     members = group_pids(pgid)
     if not members:
@@ -268,7 +268,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _build_model(ctx: Context) -> str:
-    from repro.target import tinymodel
+    from repro.server import tinymodel
 
     p = ctx.profile
     if not p.gpu:
@@ -310,7 +310,7 @@ def _watch_argv(ctx: Context, name: str, settings: Any, flags: list[str], out: P
 
 
 def _launch(ctx: Context, name: str) -> dict[str, Any]:
-    from repro.target.launcher import VllmServer
+    from repro.server.launcher import VllmServer
     from tests.gpu.servers import spec
 
     sp = spec(name)
@@ -378,7 +378,7 @@ def cmd_start(label: str, cpu: bool) -> int:
     work.mkdir(parents=True)
     ctx = Context(label=label, gpu=not cpu, work=work, storage_root=_storage_root(label, work, not cpu),
                   started_at=_iso())
-    from repro.target.launcher import has_gpu
+    from repro.server.launcher import has_gpu
 
     if ctx.gpu and not has_gpu():
         say("no GPU visible here: use --cpu")
@@ -634,7 +634,7 @@ class StartedServer:
     log_path: Path
 
     def alive(self) -> bool:
-        from repro.watch.targets import group_pids
+        from repro.watch.servers import group_pids
 
         return bool(group_pids(self.pgid))
 

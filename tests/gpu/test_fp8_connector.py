@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from repro.load import hsfile
+from repro.hsfiles import hsfile
 from repro.load.runner import run_stress
 from repro.scenario import DetectSettings, LoadSettings, Scenario, ServerSettings
-from repro.target.launcher import VllmServer, has_gpu
+from repro.server.launcher import VllmServer, has_gpu
 from tests.conftest import free_port
 
 # Client timeout of the abort storm: long enough for the engine to take a request first, short enough to abort it

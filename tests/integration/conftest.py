@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from repro.scenario import ServerSettings
-from repro.target.launcher import VllmServer
+from repro.server.launcher import VllmServer
 from tests.conftest import free_port
 
 

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from repro.bisect.journal import Journal, read_steps
 from repro.bisect.output import write_outputs

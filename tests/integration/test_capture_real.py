@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from repro.capture.bundle import unpack
+from repro.bundle.reader import unpack
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture
 from repro.scenario import CaptureSettings, Scenario, ServerSettings

@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.request
 
-from repro.target.launcher import http_get
+from repro.server.launcher import http_get
 from tests.integration.conftest import complete
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repro.load import hsfile
+from repro.hsfiles import hsfile
 
 from tests.integration.conftest import complete
 

@@ -22,8 +22,8 @@ from typing import Iterator
 
 import pytest
 
-from repro.capture.bundle import unpack
-from repro.target.launcher import VllmServer
+from repro.bundle.reader import unpack
+from repro.server.launcher import VllmServer
 from tests.helpers_secrets import FORMATS
 from tests.integration.conftest import start_server
 

@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from repro.errors import EXIT_STALL
-from repro.target.launcher import port_free
-from repro.analyze.load import bundle_processes
+from repro.server.launcher import port_free
+from repro.bundle.reader import bundle_processes
 from tests.conftest import free_port
 from tests.helpers_watch_real import FAST, end_watch, events, wait_event
 from tests.integration.conftest import complete, require_vllm

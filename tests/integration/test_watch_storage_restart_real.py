@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from repro.analyze.issue import find_template, render_reports
-from repro.target.launcher import port_free
+from repro.server.launcher import port_free
 from tests.integration.conftest import complete, require_vllm
 from tests.helpers_watch_real import FAST, end_watch, events, wait_event
 

@@ -7,7 +7,6 @@ captures the EngineCore through --pid, and restarts with the command it was give
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 from repro.errors import EXIT_OK
-from repro.analyze.load import bundle_processes
+from repro.bundle.reader import bundle_processes
 from tests.integration.conftest import complete
 from tests.helpers_watch_real import events, wait_event
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.analyze.load import open_bundle
+from repro.bundle.reader import open_bundle
 from repro.analyze.stacks import analyze_bundle_dir
 from repro.cli import main
 

@@ -12,7 +12,7 @@ from typing import IO, Iterator
 import pytest
 
 from repro import invocation
-from repro.target.attached import find_local_server, remote_note, url_is_local
+from repro.server.attached import find_local_server, remote_note, url_is_local
 from tests.conftest import free_port
 
 
@@ -78,7 +78,7 @@ def test_the_recorded_command_line_masks_secret_flag_values() -> None:
 def test_watch_attached_without_log_file_follows_the_file_the_local_server_writes_to(tmp_path: Path, stop) -> None:  # type: ignore[no-untyped-def]
     """`repro watch --url` on this machine: the server's own output file is followed (the detector sees a fatal
     line, the capture gets the log), as if --log-file had named it."""
-    from repro.watch.targets import ExternalTarget
+    from repro.watch.servers import ExternalTarget
 
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "models").write_text('{"data": [{"id": "m"}]}')  # what check() asks of a vLLM server

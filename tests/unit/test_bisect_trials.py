@@ -9,6 +9,7 @@ import pytest
 
 from repro.bisect import trials
 from repro.bisect.space import Change, Config, SearchSpace, apply
+from repro.executors import local
 from repro.scenario import Scenario
 
 
@@ -84,7 +85,7 @@ def test_extract_n_turns_into_n_layer_ids(tmp_path: Path) -> None:
 
 def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sp = SearchSpace(1, 8)
-    backend = trials.StressBackend(Scenario(), sp, tmp_path, parallel=3)
+    backend = local.StressBackend(Scenario(), sp, tmp_path, parallel=3)
     seen: list[tuple[int, float]] = []
 
     groups = set()
@@ -95,7 +96,7 @@ def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, 
         return {"hung": slot == 1, "exposure": 10.0 * (slot + 1), "trial_time": 70.0, "skipped": False,
                 "dir": f"d{slot}"}
 
-    monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
+    monkeypatch.setattr(local.StressBackend, "run_trial", fake)
     out = backend.run_step(0, Config(8, frozenset()), 300.0, hooks=None)
     assert sorted(seen) == [(0, 100.0), (1, 100.0), (2, 100.0)]  # the cap is shared between the slots
     assert len(groups) == 1 and id(None) not in groups  # one shared stop event: a stall ends the siblings
@@ -103,13 +104,13 @@ def test_parallel_step_sums_exposure_and_hangs_if_any_slot_hung(tmp_path: Path, 
 
 
 def test_step_is_skipped_only_when_no_slot_could_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = trials.StressBackend(Scenario(), SearchSpace(1, 8), tmp_path, parallel=2)
+    backend = local.StressBackend(Scenario(), SearchSpace(1, 8), tmp_path, parallel=2)
 
     def fake(self, step, slot, cfg, duration, hooks, group_stop=None, fresh=False):  # type: ignore[no-untyped-def]
         return {"hung": False, "exposure": 0.0 if slot == 0 else 50.0, "trial_time": 60.0, "skipped": slot == 0,
                 "reason": "vLLM exited", "dir": "d"}
 
-    monkeypatch.setattr(trials.StressBackend, "run_trial", fake)
+    monkeypatch.setattr(local.StressBackend, "run_trial", fake)
     out = backend.run_step(0, Config(8, frozenset()), 100.0, hooks=None)
     assert not out.skipped and out.exposure == pytest.approx(50.0)
 
@@ -141,11 +142,11 @@ def _scn(space: SearchSpace, cfg: Config, tmp: Path, slot: int = 0) -> Scenario:
 def test_a_clean_servers_slot_reuses_it_for_the_same_settings_only(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Another concurrency on the same server settings reuses the idle server; another toggle, a dead
     server or stop_all replaces/stops it."""
-    monkeypatch.setattr(trials, "VllmServer", FakeServer)
-    monkeypatch.setattr(trials, "port_free", lambda host, port: True)
+    monkeypatch.setattr(local, "VllmServer", FakeServer)
+    monkeypatch.setattr(local, "port_free", lambda host, port: True)
     FakeServer.made = []
     sp = SearchSpace(1, 8, (Change.parse("prefix-caching=on"),))
-    be = trials.StressBackend(Scenario(), sp, tmp_path)
+    be = local.StressBackend(Scenario(), sp, tmp_path)
     c8, c3, c3t = Config(8, frozenset()), Config(3, frozenset()), Config(3, frozenset(sp.changes))
     first, life, reused = be._server_for(0, _scn(sp, c8, tmp_path), tmp_path / "t0", c8)
     assert not reused and life.ident == str(tmp_path / "t0") and life.uptime == 0.0
@@ -160,7 +161,7 @@ def test_a_clean_servers_slot_reuses_it_for_the_same_settings_only(tmp_path: Pat
     other.dead = True
     fresh, _, reused = be._server_for(0, _scn(sp, c3t, tmp_path), tmp_path / "t3", c3t)
     assert fresh is not other and not reused
-    be._idle[0] = (trials.server_key(fresh.settings), fresh, trials.ServerLife("t3"))
+    be._idle[0] = (trials.server_key(fresh.settings), fresh, local.ServerLife("t3"))
     be.stop_all()
     assert all(s.stopped for s in FakeServer.made) and not be._idle
 
@@ -170,11 +171,11 @@ def test_with_an_aging_hazard_a_kept_server_only_continues_its_own_configuration
     """GIVEN a clean server kept after a trial at concurrency 8 WHEN the search asks for fresh servers
     (the hazard ages) THEN a trial at concurrency 3 gets a new server (the old one's age would count
     for 3), while another trial at 8 continues the old one, its uptime carried on."""
-    monkeypatch.setattr(trials, "VllmServer", FakeServer)
-    monkeypatch.setattr(trials, "port_free", lambda host, port: True)
+    monkeypatch.setattr(local, "VllmServer", FakeServer)
+    monkeypatch.setattr(local, "port_free", lambda host, port: True)
     FakeServer.made = []
     sp = SearchSpace(1, 8)
-    be = trials.StressBackend(Scenario(), sp, tmp_path)
+    be = local.StressBackend(Scenario(), sp, tmp_path)
     c8, c3 = Config(8, frozenset()), Config(3, frozenset())
     srv, life, _ = be._server_for(0, _scn(sp, c8, tmp_path), tmp_path / "t0", c8)
     life.uptime, life.last = 3600.0, c8

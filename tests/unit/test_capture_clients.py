@@ -49,8 +49,8 @@ def test_a_handle_connector_has_no_store_to_look_at() -> None:
 
 
 def test_the_bundle_gets_the_view_from_its_own_log_tail(tmp_path: Path) -> None:
-    from repro.capture.bundle import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.bundle.writer import BundleWriter
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_clients
 

@@ -12,6 +12,7 @@ import pytest
 from repro.analyze import report
 from repro.capture import context, docker as docker_mod
 from repro.capture.request import CaptureRequest
+from repro.server import procs
 
 
 def fake_python(tmp: Path) -> tuple[Path, Path]:
@@ -52,8 +53,8 @@ def test_server_python_is_the_shebang_of_the_vllm_script(tmp_path: Path) -> None
     exe, _ = fake_python(tmp_path)
     script = tmp_path / "bin" / "vllm"
     script.write_text(f"#!{exe}\nimport sys\n")
-    assert context.server_python(None, [str(script), "serve", "m"]) == str(exe)
-    assert context.server_python(None, [str(exe), "-m", "vllm.entrypoints.openai.api_server"]) == str(exe)
+    assert procs.server_python(None, [str(script), "serve", "m"]) == str(exe)
+    assert procs.server_python(None, [str(exe), "-m", "vllm.entrypoints.openai.api_server"]) == str(exe)
 
 
 def test_log_tail_keeps_the_end_and_finds_stats_lines_beyond_it(tmp_path: Path) -> None:

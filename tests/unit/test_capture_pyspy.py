@@ -196,12 +196,12 @@ def test_slow_native_dumps_are_skipped_to_keep_samples_on_schedule(tmp_path: Pat
     on schedule, the middle rounds skip --native, the last round takes one, and the manifest counts the skips."""
     import subprocess
 
-    from repro.capture.bundle import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.bundle.writer import BundleWriter
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _Sampler
     from repro.scenario import CaptureSettings
-    from repro.target.procs import VllmProcess
+    from repro.server.procs import VllmProcess
 
     (tmp_path / "out.json").write_text(json.dumps(THREADS))
     exe = fake_pyspy(tmp_path, 'case "$*" in *--native*) sleep 1.2; echo native;; '

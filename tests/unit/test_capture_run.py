@@ -18,7 +18,8 @@ from typing import Iterator
 
 import pytest
 
-from repro.capture.bundle import sha256_file, unpack
+from repro.bundle.manifest import sha256_file
+from repro.bundle.reader import unpack
 from repro.capture.pyspy import find_pyspy
 from repro.capture.request import Bundle, CaptureRequest
 from repro.capture.run import capture

@@ -21,7 +21,7 @@ import pytest
 
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
-from repro.target import connectors, launcher
+from repro.server import connectors, launcher
 from tests.conftest import import_vllm
 from tests.helpers_cli import one_line_error
 

@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from repro.capture.envpolicy import ENV_ALLOW_VAR, EnvPolicy, split_allow
+from repro.secrets.envpolicy import ENV_ALLOW_VAR, EnvPolicy, split_allow
 from tests.conftest import import_vllm
 
 

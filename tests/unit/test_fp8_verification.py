@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch")
 fp8_utils = pytest.importorskip("hs_connectors.fp8_utils")
 from safetensors.torch import save_file  # noqa: E402
 
-from repro.load.workloads import FileChecker  # noqa: E402
-from repro.target import connectors  # noqa: E402
+from repro.hsfiles.checker import FileChecker  # noqa: E402
+from repro.server import connectors  # noqa: E402
 from tests.conftest import import_vllm
 
 TOKENS = [11, 12, 13, 14, 15, 16]

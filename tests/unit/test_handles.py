@@ -131,11 +131,11 @@ def test_stress_cli_says_there_is_no_census(handle_server, tmp_path: Path) -> No
 
 
 def test_a_bundle_of_a_mooncake_run_has_no_census(tmp_path: Path) -> None:
-    from repro.capture.bundle import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.bundle.writer import BundleWriter
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_storage
-    from repro.target import connectors
+    from repro.server import connectors
 
     scn = Scenario(server=ServerSettings(extract=True, storage=str(tmp_path)))
     rec = ServerRecord(connector=connectors.resolve("mooncake", False).to_dict())

@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")  # torch writes the files here as vLLM does; the reader does not need it
 from safetensors.torch import save_file  # noqa: E402
 
-from repro.load import hsfile  # noqa: E402
-from repro.load.workloads import FileChecker  # noqa: E402
+from repro.hsfiles import hsfile  # noqa: E402
+from repro.hsfiles.checker import FileChecker  # noqa: E402
 
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6]
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -125,8 +125,8 @@ def test_the_reader_works_where_torch_cannot_be_imported(tmp_path: Path) -> None
     p = write(tmp_path / "i.safetensors", sample(torch.bfloat16))
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from repro.load import hsfile\n"
-        "from repro.load.workloads import FileChecker\n"
+        "from repro.hsfiles import hsfile\n"
+        "from repro.hsfiles.checker import FileChecker\n"
         f"f = hsfile.read({p!r}); assert f.dtype == 'BF16', f.dtype\n"
         f"r = FileChecker('keep').check({p!r}, {tuple(TOKENS)!r}); assert r.ok, r.detail\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

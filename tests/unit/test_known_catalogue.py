@@ -351,7 +351,7 @@ def test_repro_analyze_takes_a_local_catalogue(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_fixture_tarball_of_a_trace_still_matches(tmp_path: Path, shipped: cat.Catalogue) -> None:
-    from repro.analyze.load import open_bundle
+    from repro.bundle.reader import open_bundle
 
     d = open_bundle(TRACES / "write-stall.tar.gz", tmp_path)
     assert matched_ids(d, shipped) == ["repro-injected-write-stall"]

@@ -8,9 +8,10 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from repro.capture.bundle import BundleWriter, unpack
-from repro.capture.lastcheck import Member, check
-from repro.capture.redact import Redactor
+from repro.bundle.reader import unpack
+from repro.bundle.writer import BundleWriter
+from repro.secrets.lastcheck import Member, check
+from repro.secrets.redact import Redactor
 from tests.helpers_secrets import FORMATS
 
 SLACK = FORMATS["SlackDetector"][0]

@@ -8,7 +8,7 @@ import pytest
 
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
-from repro.target import launcher
+from repro.server import launcher
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from repro.load.workloads import FileChecker
+from repro.hsfiles.checker import FileChecker
 
 
 def make(dirpath: Path, name: str, tokens: list[int], layers: int = 2, hidden: int = 8, lock: bool = True) -> str:

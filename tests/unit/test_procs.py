@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from repro.target import procs
+from repro.server import procs
 
 
 @pytest.mark.parametrize("title, role", [

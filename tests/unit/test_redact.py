@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from repro.capture.redact import MASK, WITHHELD, Redactor, argv_secrets, secret_name
+from repro.secrets.redact import MASK, WITHHELD, Redactor, argv_secrets, secret_name
 
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "VLLM_API_KEY", "PASSWORD",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from repro.capture.prefilter import Gate, Text, required
-from repro.capture.redact import MASK, WITHHELD, Redactor
-from repro.capture.secretscan import REPRO_RULES, Scanner, library_detectors, mask, resolve
+from repro.secrets.prefilter import Gate, Text, required
+from repro.secrets.redact import MASK, WITHHELD, Redactor
+from repro.secrets.secretscan import REPRO_RULES, Scanner, library_detectors, mask, resolve
 from tests.helpers_secrets import FORMATS, NOT_FORMATS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_a_random_credential_in_plain_text_is_found_by_the_entropy_detectors() -
 
 def _plain_find(scanner: Scanner, text: str) -> list[tuple[str, int, int]]:
     """What the scanner finds with every gate open (every detector on every line)."""
-    import repro.capture.prefilter as pf
+    import repro.secrets.prefilter as pf
 
     saved = pf.Gate.lines
     pf.Gate.lines = lambda self, t: None  # type: ignore[method-assign]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.target import shm
+from repro.server import shm
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir() or not Path("/proc/self/maps").exists(),
                                 reason="needs Linux /dev/shm and /proc")

@@ -132,7 +132,7 @@ def _snap(t, orphans, free, inodes=1000):
 
 def test_growing_orphans_are_a_storage_leak_and_a_steady_count_is_not(tmp_path):
     from repro.storage.projection import project
-    from repro.storage.watch import StorageWatch
+    from repro.storage.alerts import StorageWatch
 
     w = StorageWatch(StorageCensus.open(tmp_path), leak_window=60, min_orphans=10)
     growing = [_snap(t, 10 + t, 10**9) for t in range(0, 70, 10)]
@@ -144,7 +144,7 @@ def test_growing_orphans_are_a_storage_leak_and_a_steady_count_is_not(tmp_path):
 
 def test_a_store_projected_full_within_the_horizon_is_storage_exhaustion(tmp_path):
     from repro.storage.projection import project
-    from repro.storage.watch import StorageWatch
+    from repro.storage.alerts import StorageWatch
 
     w = StorageWatch(StorageCensus.open(tmp_path), horizon=1800)
     filling = [_snap(t, 0, 10**6 - 600 * t) for t in range(0, 70, 10)]  # 600 B/s: about 27 min left
@@ -156,7 +156,7 @@ def test_a_store_projected_full_within_the_horizon_is_storage_exhaustion(tmp_pat
 
 
 def test_scans_are_rate_limited(tmp_path):
-    from repro.storage.watch import StorageWatch
+    from repro.storage.alerts import StorageWatch
 
     w = StorageWatch(StorageCensus.open(tmp_path), min_interval=60)
     w.poll()

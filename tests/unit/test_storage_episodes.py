@@ -10,8 +10,8 @@ from typing import Any
 from repro.load.store import StoreAccounting
 from repro.storage.census import CensusSnapshot
 from repro.storage.episodes import BEGIN, END, WarningEpisodes
-from repro.storage.watch import StorageWarning, StorageWatch
-from repro.watch.storage import StorageDuty
+from repro.storage.alerts import StorageWarning, StorageWatch
+from repro.watch.storage_duty import StorageDuty
 
 LEAK = StorageWarning("storage-leak", "files pile up", {"orphan_files": 12})
 FULL = StorageWarning("storage-exhaustion", "runs out of space", {"seconds_to_full": 90.0})

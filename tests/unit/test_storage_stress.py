@@ -152,11 +152,11 @@ def test_server_dead_names_the_storage_cause_only_when_the_log_shows_one(
 
 def test_bundle_storage_section_carries_the_runs_orphan_census(tmp_path: Path) -> None:
     """What only the client knows (which files no response named) goes into context/storage.json beside the walk."""
-    from repro.capture.bundle import BundleWriter
-    from repro.capture.redact import Redactor
+    from repro.bundle.writer import BundleWriter
+    from repro.secrets.redact import Redactor
     from repro.capture.request import CaptureRequest
     from repro.capture.run import _write_storage
-    from repro.storage.watch import StorageWatch
+    from repro.storage.alerts import StorageWatch
 
     store = tmp_path / "store"
     store.mkdir()

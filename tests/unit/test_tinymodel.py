@@ -16,8 +16,8 @@ import pytest
 
 from repro.errors import UsageError
 from repro.scenario import ServerSettings
-from repro.target import tinymodel
-from repro.target.launcher import build_launch
+from repro.server import tinymodel
+from repro.server.launcher import build_launch
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None or
                                  importlib.util.find_spec("transformers") is None,

@@ -15,8 +15,8 @@ import pytest
 
 from repro.errors import TargetError
 from repro.scenario import ServerSettings
-from repro.target.launcher import VllmServer
-from repro.watch.targets import ServeTarget, wait_gpu_released
+from repro.server.launcher import VllmServer
+from repro.watch.servers import ServeTarget, wait_gpu_released
 from tests.helpers_gpu import smi_on_path  # noqa: F401  (fixture)
 from tests.unit.capture_targets.harness import start_fake
 

@@ -4,8 +4,8 @@ import os
 import time
 
 from repro.storage.census import CensusSnapshot
-from repro.storage.watch import StorageWatch
-from repro.watch.storage import StorageDuty
+from repro.storage.alerts import StorageWatch
+from repro.watch.storage_duty import StorageDuty
 
 
 def old_file(d, name, age):

@@ -21,8 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from repro.capture.bundle import unpack
-from repro.analyze.load import bundle_processes
+from repro.bundle.reader import bundle_processes, unpack
 from tests.helpers_docker import GB10_CPU, ROOT, VllmContainer, complete, events
 from tests.integration.docker.conftest import SECRET_ENV
 

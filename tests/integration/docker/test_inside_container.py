@@ -27,8 +27,8 @@ from typing import Iterator
 import pytest
 
 from repro.errors import EXIT_STALL
-from repro.target import tinymodel
-from repro.analyze.load import bundle_processes
+from repro.server import tinymodel
+from repro.bundle.reader import bundle_processes
 from tests.conftest import free_port
 from tests.helpers_docker import GB10_CPU, PREFIX, docker, inspect, logs, remove
 

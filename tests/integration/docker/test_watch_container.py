@@ -7,7 +7,6 @@ were given, never a process found by its title.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from typing import Any, Iterator
 import pytest
 
 from repro.errors import EXIT_OK, EXIT_STALL
-from repro.watch.targets import DockerTarget
-from repro.analyze.load import bundle_processes
+from repro.watch.servers import DockerTarget
+from repro.bundle.reader import bundle_processes
 from tests.helpers_docker import (GB10_CPU, PREFIX, ROOT, Load, VllmContainer, complete, docker, events, inspect,
                                   remove, titles_below, wait_for_event)
 from tests.helpers_fake_vllm import FakeVllm

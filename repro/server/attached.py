@@ -68,9 +68,7 @@ def output_file(pid: int) -> tuple[str | None, str]:
 
 def find_local_server(url: str) -> LocalServer | None:
     """The vLLM server behind `url` on this machine, or None when nothing here listens on its port."""
-    from repro.capture.context import proc_cmdline
-    from repro.capture.run import port_owner
-    from repro.target.procs import find_server_root
+    from repro.server.procs import find_server_root, port_owner, proc_cmdline
 
     if not url_is_local(url):
         return None

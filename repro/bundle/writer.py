@@ -1,8 +1,8 @@
 """The bundle on disk: a directory, a manifest, and `<name>.tar.gz` beside it.
 
-Every text goes through the bundle's :class:`~repro.capture.redact.Redactor`
+Every text goes through the bundle's :class:`~repro.secrets.redact.Redactor`
 before it is written: no code path writes an unredacted file. Then the last
-check (:mod:`repro.capture.lastcheck`) reads every file back, masks anything
+check (:mod:`repro.secrets.lastcheck`) reads every file back, masks anything
 found (counted in the manifest by rule, never the value; the summary says so),
 and the tarball is packed only when every file could be read and the archive's
 members are exactly the checked files; otherwise it is not packed and
@@ -30,24 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from repro import __version__
-from repro.capture import lastcheck
-from repro.capture.redact import Redactor
-from repro.formats import BUNDLE_FORMAT, read_json, stamp
-
-BUNDLE_SCHEMA_VERSION = BUNDLE_FORMAT.version  # manifest.json: "schema": "repro.bundle" (FORMATS.md)
-MANIFEST = "manifest.json"
+from repro.bundle.manifest import KIND, MANIFEST, sha256_file
+from repro.formats import BUNDLE_FORMAT, stamp
+from repro.secrets import lastcheck
+from repro.secrets.redact import Redactor
 
 # Trimmed in this order when over budget; stacks/ never.
 TRIM_ORDER = ("context/server.log.tail", "context/pip-freeze.txt", "context/collect-env.txt",
               "context/metrics-before.txt", "context/metrics-after.txt", "context/nvidia-smi.txt")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def vllm_version() -> str | None:
@@ -202,7 +192,7 @@ class BundleWriter:
         self.notes.append(self._check_note(report))
         self._append_summary()
         self.manifest = stamp(BUNDLE_FORMAT, {
-            "kind": "repro-bundle",
+            "kind": KIND,
             "name": self.dir.name,
             "repro_version": __version__,
             "vllm_version": vllm_version(),
@@ -346,26 +336,4 @@ class BundleWriter:
             return f"{tar.name}: cannot read the packed archive back ({exc})"
         missing = sorted(set(self._files()) - seen)
         return f"{missing[0]}: not in the archive" if missing else None
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    """manifest.json, its schema and version checked (an earlier repro's ``schema_version`` reads as 1)."""
-    return read_json(BUNDLE_FORMAT, Path(bundle) / MANIFEST)
-
-
-def unpack(tar_path: Path, dest: Path) -> Path:
-    """Unpack a bundle tarball safely (no absolute paths or ..); return the bundle directory."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path, "r:gz") as tf:
-        members = []
-        for m in tf.getmembers():
-            if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
-                continue
-            members.append(m)
-        tf.extractall(dest, members=members)  # noqa: S202 - filtered above
-        tops = {Path(m.name).parts[0] for m in members}
-    if len(tops) != 1:
-        raise ValueError(f"{tar_path}: not a single-directory bundle")
-    return dest / tops.pop()
-
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from repro.capture.secretscan import WITHHELD, secret_name
+from repro.secrets.secretscan import WITHHELD, secret_name
 
 ALLOW_PREFIXES = ("VLLM_", "CUDA", "NCCL", "TORCH", "PYTORCH", "OMP_", "HF_", "REPRO_",
                   # the rest of what vLLM's collect_env.get_env_vars() reports

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from repro.capture.bundle import MANIFEST, unpack
+from repro.bundle.manifest import KIND, MANIFEST
 from repro.errors import UsageError
 from repro.formats import BUNDLE_FORMAT, PROCESSES_FORMAT, check, read_json
 
@@ -36,7 +36,7 @@ def open_bundle(path: str | Path, scratch: Path | None = None) -> Path:
         data = json.loads(manifest.read_text())
     except ValueError:
         raise UsageError(f"{path}: not a repro bundle ({MANIFEST} is not JSON)") from None
-    if not isinstance(data, dict) or data.get("kind") != "repro-bundle":
+    if not isinstance(data, dict) or data.get("kind") != KIND:
         raise UsageError(f"{path}: not a repro bundle ({MANIFEST} was not written by repro)")
     check(BUNDLE_FORMAT, data, f"{path}/{MANIFEST}")  # a bundle of a newer repro: one line, upgrade
     return p
@@ -55,3 +55,18 @@ def bundle_processes(bundle_dir: Path) -> list[dict[str, Any]]:
     if isinstance(doc, list):  # version 1 (before the file carried schema and version)
         return [r for r in doc if isinstance(r, dict)]
     return [r for r in check(PROCESSES_FORMAT, doc, str(p)).get("processes") or [] if isinstance(r, dict)]
+
+def unpack(tar_path: Path, dest: Path) -> Path:
+    """Unpack a bundle tarball safely (no absolute paths or ..); return the bundle directory."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path, "r:gz") as tf:
+        members = []
+        for m in tf.getmembers():
+            if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+                continue
+            members.append(m)
+        tf.extractall(dest, members=members)  # noqa: S202 - filtered above
+        tops = {Path(m.name).parts[0] for m in members}
+    if len(tops) != 1:
+        raise ValueError(f"{tar_path}: not a single-directory bundle")
+    return dest / tops.pop()

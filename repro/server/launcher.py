@@ -27,7 +27,7 @@ import psutil
 
 from repro.errors import ServerStartError, TargetError, UsageError
 from repro.scenario import ServerSettings
-from repro.target import connectors, procs, shm, tinymodel
+from repro.server import connectors, procs, shm, tinymodel
 from repro.vllm_plugins import faultspec
 
 TINY_SERVED_NAME = "repro-tiny"
@@ -167,7 +167,7 @@ def build_launch(s: ServerSettings, run_dir: Path) -> tuple[list[str], dict[str,
     env.update(s.env)
     conn = server_connector(s)
     if conn is not None:  # the connector's module must import in vLLM's Python: one line and exit 2 if not
-        from repro.capture.context import server_python
+        from repro.server.procs import server_python
 
         connectors.require(conn, server_python(None, cmd), env.get("PYTHONPATH", ""))
     return cmd, env

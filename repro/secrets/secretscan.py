@@ -2,7 +2,7 @@
 
 :class:`Scanner` answers one question for a text (a log, an env dump, a command line, a JSON file):
 where are the secrets? It returns :class:`Finding` spans with the rule that found each; masking,
-counting and propagation are the caller's (:mod:`repro.capture.redact`, :mod:`repro.capture.lastcheck`).
+counting and propagation are the caller's (:mod:`repro.secrets.redact`, :mod:`repro.secrets.lastcheck`).
 
 Three sources, in this order (a span found by an earlier one is attributed to it):
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
-from repro.capture.prefilter import Gate, Text
+from repro.secrets.prefilter import Gate, Text
 
 MASK = "[REDACTED]"
 PROPAGATE_MIN = 8  # a found value this long is specific enough to be masked wherever it appears
@@ -212,7 +212,7 @@ class Scanner:
     """Finds secrets in text. One instance can be shared (the detectors keep no state between calls).
 
     Every detector runs on the lines of the text that hold the literals its patterns require
-    (:mod:`repro.capture.prefilter`): the same findings as on every line, at a fraction of the cost.
+    (:mod:`repro.secrets.prefilter`): the same findings as on every line, at a fraction of the cost.
     """
 
     def __init__(self, library: bool = True) -> None:

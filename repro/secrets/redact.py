@@ -1,14 +1,14 @@
 """Redaction: secrets never reach a bundle file.
 
 Every text the bundle writer puts on disk passes through one :class:`Redactor` first. It masks
-(``[REDACTED]``) what the :class:`~repro.capture.secretscan.Scanner` finds — detect-secrets' detectors
+(``[REDACTED]``) what the :class:`~repro.secrets.secretscan.Scanner` finds — detect-secrets' detectors
 for the major services' token formats, private keys, basic-auth URLs, secret keywords and
 high-entropy strings, plus repro's own rules (secret flags such as ``--api-key`` and vLLM's echo of
 them, ``NAME=VALUE`` where the name says secret, bearer values, URL passwords) — and, wherever they
 appear, the exact values it already knows: the API key repro was given, secret-named or flagged
 values of the server's environment and command line, and every value found so far (a secret seen once
 is masked in every file of the bundle). The server's environment goes through
-:class:`~repro.capture.envpolicy.EnvPolicy`: variables off the allow-list are listed by name only.
+:class:`~repro.secrets.envpolicy.EnvPolicy`: variables off the allow-list are listed by name only.
 
 With ``hosts=True`` hostnames and IP addresses are replaced by stable aliases
 (``host-1``, ``ip-1``: the same input gives the same alias in every file of
@@ -25,8 +25,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from repro.capture.envpolicy import EnvPolicy
-from repro.capture.secretscan import (MASK, PROPAGATE_MIN, WITHHELD, Finding, Scanner, mask, plain_value, resolve,
+from repro.secrets.envpolicy import EnvPolicy
+from repro.secrets.secretscan import (MASK, PROPAGATE_MIN, WITHHELD, Finding, Scanner, mask, plain_value, resolve,
                                      secret_name)
 
 __all__ = ["MASK", "WITHHELD", "Redactor", "argv_secrets", "secret_name"]

@@ -1,7 +1,7 @@
 """What a hidden-state file must hold for the connector that wrote it (the checker's per-connector expectations).
 
-:func:`repro.load.hsfile.check_layout` says whether a file is a well-formed hidden-state file of any
-dtype. When the connector is known (:class:`repro.target.connectors.Output`), :func:`check` also
+:func:`repro.hsfiles.hsfile.check_layout` says whether a file is a well-formed hidden-state file of any
+dtype. When the connector is known (:class:`repro.server.connectors.Output`), :func:`check` also
 holds the file to that connector's format:
 
 * the exact set of tensors (``hidden_states`` + ``token_ids``; FP8 adds ``hidden_states_scales``);
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from repro.load import hsfile
-from repro.target.connectors import PER_TOKEN_AMAX, Output
+from repro.hsfiles import hsfile
+from repro.server.connectors import PER_TOKEN_AMAX, Output
 
 FP8_E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 SCALE_FLOOR = 1e-12  # quantize_tensor_to_fp8 clamps scales at this

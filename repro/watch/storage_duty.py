@@ -4,7 +4,7 @@ watch sends no load of its own, so it cannot know which files a client was
 given: a file that stays in the store longer than ``--orphan-grace`` (default
 5 min; a consumer normally takes its file within seconds) counts as unclaimed.
 Each poll may scan the store (rate-limited by
-:class:`~repro.storage.watch.StorageWatch`); a warning that appears is written
+:class:`~repro.storage.alerts.StorageWatch`); a warning that appears is written
 to events.jsonl once per episode (``storage-warning``, and ``storage-ok`` when
 it clears; :class:`~repro.storage.episodes.WarningEpisodes`, the tracker ``repro stress``
 uses too), counted in the watchdog's Prometheus metrics, and handed to the
@@ -22,7 +22,7 @@ from typing import Any
 
 from repro.storage.episodes import BEGIN, END, WarningEpisodes
 from repro.storage.reaper import reap_orphans
-from repro.storage.watch import StorageWatch
+from repro.storage.alerts import StorageWatch
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Used twice: by the bundle writer after the bundle is written and before the ``.tar.gz`` is packed
 (``BundleWriter.finish``), and by ``repro scrub`` on any bundle, directory or tarball. The same
-:class:`~repro.capture.redact.Redactor` rules run as when the bundle was written, plus every value
+:class:`~repro.secrets.redact.Redactor` rules run as when the bundle was written, plus every value
 the writer already knew; a value found in one file is then looked for in every file (a secret seen
 once is masked everywhere). A file that cannot be read completely — not UTF-8 text, a binary other
 than a PNG whose text chunks can be read, a read error — is reported with the reason: the caller must
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from repro.capture.redact import PROPAGATE_MIN, Redactor
-from repro.capture.secretscan import MASK, Finding, LineIndex, mask, resolve
+from repro.secrets.redact import PROPAGATE_MIN, Redactor
+from repro.secrets.secretscan import MASK, Finding, LineIndex, mask, resolve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,7 +3,7 @@
 Three kinds, one interface (:class:`Target`):
 
 ``ServeTarget``     ``--serve``: repro launches vLLM in its own process group
-                    (:class:`~repro.target.launcher.VllmServer`) and stops that group only.
+                    (:class:`~repro.server.launcher.VllmServer`) and stops that group only.
 ``DockerTarget``    ``--docker NAME``: follows ``docker logs``; stops with ``docker stop NAME`` and
                     starts with ``docker start NAME`` (a ``docker restart`` split in two, so
                     that the port can be confirmed free in between), or runs ``--restart-cmd``.
@@ -32,8 +32,8 @@ from repro.capture import gpu as gpu_memory
 from repro.errors import ServerStartError, TargetError, UsageError
 from repro.monitor.logs import DockerLogFollower, LogFollower
 from repro.scenario import ServerSettings
-from repro.target import procs
-from repro.target.launcher import VllmServer, build_launch, http_get, port_free
+from repro.server import procs
+from repro.server.launcher import VllmServer, build_launch, http_get, port_free
 from repro.watch.observe import LineSource
 
 RELEASE_POLL = 0.5
@@ -514,7 +514,7 @@ class ExternalTarget(_AttachedTarget):
         holds the traceback of a death, which /proc cannot give once the server is gone)."""
         if (self.log_file and not getattr(self, "_log_found", False)) or not self.local:
             return
-        from repro.target.attached import find_local_server
+        from repro.server.attached import find_local_server
 
         found = find_local_server(self.url)
         if found is not None and found.log_path:
@@ -534,7 +534,7 @@ class ExternalTarget(_AttachedTarget):
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         info = super().wait_ready(timeout)
         if self.local:
-            from repro.capture.run import port_owner
+            from repro.server.procs import port_owner
 
             owner = port_owner(self.url)
             self.pid = procs.find_server_root(owner) if owner else None

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from repro.errors import TargetError, UsageError
-from repro.watch.targets import ExternalTarget, check_restart_cmd, run_restart_cmd, url_host_port
+from repro.watch.servers import ExternalTarget, check_restart_cmd, run_restart_cmd, url_host_port
 from tests.helpers_fake_vllm import FakeVllm
 
 
