@@ -201,9 +201,9 @@ def test_capture_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 @pytest.fixture
 def watch_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
-    from repro.watch import targets
+    from repro.watch import servers
 
-    for cls in (targets.ServeTarget, targets.DockerTarget, targets.ExternalTarget):
+    for cls in (servers.ServeTarget, servers.DockerTarget, servers.ExternalTarget):
         monkeypatch.setattr(cls, "check", lambda self: None)
     recorder(monkeypatch, "repro.commands.watch.Supervisor")
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
