@@ -8,6 +8,10 @@
 # `py-spy dump` of EngineCore and the Workers (evidence for upstream), and restarts the
 # server with `docker restart NAME` or a restart command.
 #
+# What it cannot see: a stall that strikes on the step right after one that finished every
+# request leaves the gauge frozen at running=0, which /metrics cannot tell from an idle server.
+# `repro watch --probe` tells them apart with a 1-token request that is never answered.
+#
 # Usage:
 #   watchdog.sh --url http://127.0.0.1:8000 --container vllm [--pyspy --dump-dir DIR]
 #   watchdog.sh --url http://127.0.0.1:8000 --pid 1234 --restart-cmd 'systemctl restart vllm' --pyspy

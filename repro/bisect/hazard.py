@@ -335,12 +335,17 @@ class Onset:
 
     def to_dict(self) -> dict[str, object]:
         return {"hangs": self.hangs, "first_hang_uptime_s": round(self.first, 1), "estimate_s": round(self.estimate, 1),
-                "lower95_s": round(self.lower, 1), "upper_s": round(self.first, 1),
+                # the interval's ends rounded outward: a bound rounded toward the estimate is no bound
+                "lower95_s": math.floor(self.lower * 10) / 10, "upper_s": math.ceil(self.first * 10) / 10,
                 "mean_after_onset_s": round(self.mean_after, 1)}
 
 
-def onset_of(uptimes: Sequence[float], conf: float = 0.95) -> Onset | None:
-    """The onset from the uptimes at which servers of one configuration hung."""
+def onset_of(uptimes: Sequence[float], conf: float = 0.95, resolution: float = 0.0) -> Onset | None:
+    """The onset from the uptimes at which servers of one configuration hung.
+
+    ``resolution``: how far after its stall a hang's uptime may lie (the detector's poll interval: the
+    uptime is that of the last observation before the stall was seen); the lower bound is widened by it.
+    """
     ts = sorted(float(t) for t in uptimes)
     if not ts:
         return None
@@ -349,7 +354,8 @@ def onset_of(uptimes: Sequence[float], conf: float = 0.95) -> Onset | None:
         return Onset(1, t1, t1, 0.0, t1)
     s = sum(t - t1 for t in ts[1:])
     fq = (n - 1) * ((1.0 - conf) ** (-1.0 / (n - 1)) - 1.0)  # F(2, 2n-2) quantile at conf, closed form
-    return Onset(n, t1, max(0.0, t1 - s / (n * (n - 1))), max(0.0, t1 - fq * s / (n * (n - 1))), s / (n - 1))
+    return Onset(n, t1, max(0.0, t1 - s / (n * (n - 1))), max(0.0, t1 - fq * s / (n * (n - 1)) - resolution),
+                 s / (n - 1))
 
 
 # -- the models the search counts evidence under ---------------------------------------------------------

@@ -116,6 +116,9 @@ class Settings:
     # the memoryless model allows. auto uses the aging model there unless the hangs exclude aging (the
     # shape's interval below AGING_EXCLUDED).
     split_runs: bool = False
+    # Seconds a hang's uptime may lie after its stall (the detector's poll interval): widens the onset's
+    # lower bound, which is otherwise that much too late on hangs that strike at the onset.
+    uptime_resolution: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prior_uptimes:
@@ -302,7 +305,7 @@ class Search:
             self._tests += 1
             level = recheck_budget(self.s.model_level, self._tests)
         test = memorylessness(strata, level)
-        onset = onset_of(self.onset_sample())
+        onset = onset_of(self.onset_sample(), resolution=self.s.uptime_resolution)
         hung = [u for c in self.runs for u in self.hang_uptimes(c)] + list(self.s.prior_uptimes or ())
         scale = sum(hung) / len(hung) if hung else 3600.0
         before, mode = self.model, self.s.hazard_model
@@ -406,7 +409,7 @@ class Search:
                         f"{fmt_interval(post) if post and post.proper else 'n/a'}{needs}")
         hazard = self.model.to_dict()
         if final is not None:
-            own = onset_of(self.hang_uptimes(final))
+            own = onset_of(self.hang_uptimes(final), resolution=self.s.uptime_resolution)
             hazard["minimal_onset"] = own.to_dict() if own else None
         hazard["text"] = self.model_text()
         return Result(status, final if status == "minimal" else None,

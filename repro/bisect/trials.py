@@ -66,7 +66,7 @@ def exposure_so_far(trial_dir: Path, duration: float, now: float | None = None) 
     """Exposure of a running stress run from its events.jsonl, never more than it will be credited.
 
     Time since the `start` event, capped at the duration (the drain after it is not load), at the
-    onset of a suspected stall (`since` of a suspect/stalled detector event), and frozen once the
+    onset of a suspected stall (`began` of a suspect/stalled detector event, `since` in older runs), and frozen once the
     run has stopped. None before the load has started.
     """
     now = time.time() if now is None else now
@@ -84,8 +84,9 @@ def exposure_so_far(trial_dir: Path, duration: float, now: float | None = None) 
                 if kind == "start" and ev.get("wall") and started is None:
                     started = _parse_wall(ev["wall"])
                 elif kind == "detector":
-                    if ev.get("state") in ("suspect", "stalled") and ev.get("since") is not None:
-                        cap = min(duration, float(ev["since"]))
+                    onset = ev.get("began", ev.get("since"))
+                    if ev.get("state") in ("suspect", "stalled") and onset is not None:
+                        cap = min(duration, float(onset))
                     else:
                         cap = duration
                 elif kind in ("stop", "stall") and stopped_at is None and ev.get("t") is not None:

@@ -239,7 +239,8 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                                 kw["fresh_server"] or kw.get("executor") == "ray"))),
                             rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
                             probe_minimum=kw["probe_minimum"],
-                            max_trial=space.max_trial, min_trial=min_trial, budget=space.budget)
+                            max_trial=space.max_trial, min_trial=min_trial, budget=space.budget,
+                            uptime_resolution=detect.poll_interval)
         if sim_model is not None and sim_model.space.identity() != space.identity():
             raise UsageError(f"--simulate {kw['simulate']}: the model's space differs from the one given; "
                              "put the space in the model file only")

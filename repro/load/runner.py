@@ -492,12 +492,14 @@ class _Run:
             if a.changed:
                 self.event("detector", state=a.state, **{"class": a.stall_class},
                            since=None if a.since is None else round(self.rel(a.since), 3),
+                           began=None if a.began is None else round(self.rel(a.began), 3),
                            evidence=a.evidence)
             if a.state == STALLED and self.stall is None:
                 self.stall = a
-                self.stats.stall_began(round(self.rel(a.since or a.t), 3))  # files it never wrote are not bad
+                began = round(self.rel(a.began or a.since or a.t), 3)
+                self.stats.stall_began(began)  # files it never wrote are not bad
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
-                           detected=round(self.rel(a.t), 3), evidence=a.evidence)
+                           began=began, detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
                 if self.group_stop is not None:
                     self.group_stop.set()
@@ -866,8 +868,9 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     t0, t1 = run.load_t0, run.load_t1 or time.monotonic()
     result.load_s = 0.0 if t0 is None else t1 - t0
     result.exposure_s = result.load_s
-    if run.stall is not None and t0 is not None and run.stall.since is not None:
-        result.exposure_s = max(0.0, run.stall.since - t0)
+    onset = None if run.stall is None else (run.stall.began or run.stall.since)
+    if onset is not None and t0 is not None:  # load before the stall began: the last observation that was not bad
+        result.exposure_s = max(0.0, onset - t0)
     result.stall = run.stall
     result.counts = run.stats.counts()
     result.files = run.stats.files()

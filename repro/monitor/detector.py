@@ -116,10 +116,14 @@ class Assessment:
     progress: bool  # this observation showed progress
     evidence: dict[str, Any] = field(default_factory=dict)
     warning: str | None = None  # abort-storm while it holds (the engine works; the client throws its work away)
+    # While bad: the bad condition began after this -- the last observation before it that was not bad
+    # (for a stall, the last one that saw progress), or ``since`` when there was none. ``since`` is
+    # one poll late for a stall (its first flat observation); this is at most one poll early.
+    began: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "class": self.stall_class, "since": self.since, "t": self.t,
-                "evidence": self.evidence, "warning": self.warning}
+        return {"state": self.state, "class": self.stall_class, "since": self.since, "began": self.began,
+                "t": self.t, "evidence": self.evidence, "warning": self.warning}
 
 
 class Detector:
@@ -135,6 +139,7 @@ class Detector:
         self.refused_count = 0
         self.fatal: str | None = None
         self.last_progress_t: float | None = None
+        self.last_good_t: float | None = None  # the last observation that was not bad
         self.last_t: float | None = None
         self._prev_tokens: float | None = None
         self._prev_success: float | None = None
@@ -364,6 +369,7 @@ class Detector:
         if bad is None:
             self.state, self.stall_class, self.since, self.bad_count = HEALTHY, None, None, 0
             self.probe_failed = False
+            self.last_good_t = t
         else:
             self.bad_count += 1
             if self.state == HEALTHY or self.since is None:
@@ -385,5 +391,8 @@ class Detector:
             ev["consecutive_bad"] = self.bad_count
         ev["reasons"] = reasons
         changed = (self.state, self.stall_class) != (prev_state, prev_class)
+        began = None
+        if self.since is not None:
+            began = self.since if self.last_good_t is None else min(self.since, self.last_good_t)
         return Assessment(self.state, self.stall_class, self.since, t, changed, progress, ev,
-                          ABORT_STORM if storm is not None else None)
+                          ABORT_STORM if storm is not None else None, began)

@@ -74,7 +74,11 @@ def test_shell_watchdog_detects_the_injected_stall_from_metrics_dumps_engine_cor
     try:
         while len(done) < 5:
             time.sleep(0.1)
-        vllm_server.inject("stall-after=0")
+        # The stall strikes only on a step that starts with >= 2 requests running, so the published
+        # gauge reads running >= 2 when it does. (stall-after=0 may strike on the step after one that
+        # finished all three requests at once: the gauge then freezes at running=0, which the shell
+        # watchdog cannot tell from an idle server; its header says so.)
+        vllm_server.inject("hazard=360000,min_running=2")
         t0 = time.monotonic()
         r = _watchdog("--url", vllm_server.url, "--interval", "0.5", "--window", "4",
                       "--pid", str(vllm_server.server.pid), "--pyspy", "--pyspy-cmd", PYSPY,

@@ -74,6 +74,19 @@ def test_onset_lower_bound_covers_the_true_onset_95_percent_of_the_time() -> Non
     assert covered / 2000 >= 0.94
 
 
+def test_hang_uptimes_a_poll_late_still_have_an_onset_bound_below_the_onset() -> None:
+    """GIVEN servers whose onsets lie 0-1.2 s apart and whose hangs strike at once but are recorded up to
+    one 1 s poll late THEN with that resolution the lower bound is below every onset (without it, it
+    is above the earliest one)."""
+    onsets = [5.18, 5.26, 6.08, 6.25, 6.34]
+    ups = [u + 0.98 for u in onsets]
+    plain, widened = onset_of(ups), onset_of(ups, resolution=1.0)
+    assert plain is not None and widened is not None
+    assert plain.lower > min(onsets)
+    assert widened.lower <= min(onsets) and widened.lower == pytest.approx(plain.lower - 1.0)
+    assert widened.first == plain.first and widened.estimate == plain.estimate
+
+
 def test_shape_is_recovered_from_censored_and_left_truncated_runs() -> None:
     """GIVEN runs of reused servers (starting at an uptime > 0) and clean runs cut at a cap, from a Weibull
     k = 2.5 hazard THEN the fit finds k near 2.5: truncation and censoring are accounted for."""

@@ -40,6 +40,11 @@ def test_heartbeat_exposure_stops_at_the_onset_of_a_suspected_stall(tmp_path: Pa
     assert trials.exposure_so_far(d, 600.0, now=T0 + 50.0) == pytest.approx(50.0)  # a false alarm: counts again
 
 
+def test_heartbeat_exposure_stops_where_the_suspected_stall_began_when_the_event_says(tmp_path: Path) -> None:
+    d = events(tmp_path, START, {"t": 12.0, "event": "detector", "state": "suspect", "since": 10.0, "began": 9.0})
+    assert trials.exposure_so_far(d, 600.0, now=T0 + 50.0) == pytest.approx(9.0)
+
+
 def test_heartbeat_exposure_is_none_before_the_load_starts(tmp_path: Path) -> None:
     assert trials.exposure_so_far(tmp_path, 60.0) is None
     assert trials.exposure_so_far(events(tmp_path), 60.0) is None

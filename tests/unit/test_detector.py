@@ -65,6 +65,17 @@ def test_engine_stall_declared_after_window_and_not_before() -> None:
     assert any("running=31" in r for r in st.evidence["reasons"])
 
 
+def test_a_stall_began_at_the_last_observation_that_saw_progress_one_poll_before_it_was_first_seen() -> None:
+    """GIVEN progress up to t=9, flat counters from t=10 THEN the stall's `since` is its first flat
+    observation (10) and `began` the last one with progress (9): the load time before the stall (a
+    bisect trial's exposure, a hang's uptime) is never a poll late."""
+    bad = [Observation(10 + i, m(31, 0, 10_000.0, kv=0.04), client=ClientSnapshot(32, 90)) for i in range(30)]
+    a = feed(Detector(settings()), healthy_then(10, bad))
+    st = first_stalled(a)
+    assert st is not None and st.since == 10 and st.began == 9
+    assert a[5].began is None  # healthy: nothing began
+
+
 def test_queue_stall_when_waiting_and_nothing_admitted() -> None:
     """waiting > 0, running = 0, flat counters for the window -> queue-stall."""
     bad = [Observation(10 + i, m(0, 12, 10_000.0), client=ClientSnapshot(12, 90)) for i in range(25)]
