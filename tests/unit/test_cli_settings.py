@@ -317,7 +317,8 @@ def test_bisect_flags_land_in_space_settings_and_base_scenario(monkeypatch: pyte
                                      plain_storage="/tmp/plain", max_trial=7200.0, budget=48 * 3600.0, step=2)
     assert spec.settings == Settings(alpha=0.1, baseline_hangs=2, hazard_model="exponential", rate_ratio=0.25,
                                      confirm_hangs=2, probe_minimum=0.1, max_trial=7200.0, min_trial=120.0,
-                                     budget=48 * 3600.0, split_runs=True)
+                                     budget=48 * 3600.0, split_runs=True,
+                                     uptime_resolution=0.5)  # a hang's uptime is known to the poll interval
     extra = dict(spec.extra)
     base = spec.base
     assert extra == {"simulate": None, "parallel": 2, "heartbeat": 3.0, "reuse_server": False}
@@ -342,7 +343,7 @@ def test_bisect_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     recorder(monkeypatch, "repro.bisect.driver.start_or_resume")
     spec = call_recorded("bisect", "-c", "1-8", "-o", str(tmp_path / "run")).args_[1]
     assert spec.space == SearchSpace(1, 8)
-    assert spec.settings == Settings()
+    assert spec.settings == Settings(uptime_resolution=1.0)  # the default poll interval
     assert spec.base == Scenario(load=LoadSettings(prompt_len=(128, 1024)))
 
 
