@@ -201,9 +201,9 @@ def test_capture_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 @pytest.fixture
 def watch_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
-    from repro.watch import targets
+    from repro.watch import servers
 
-    for cls in (targets.ServeTarget, targets.DockerTarget, targets.ExternalTarget):
+    for cls in (servers.ServeTarget, servers.DockerTarget, servers.ExternalTarget):
         monkeypatch.setattr(cls, "check", lambda self: None)
     recorder(monkeypatch, "repro.commands.watch.Supervisor")
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
@@ -293,6 +293,22 @@ def test_watch_no_capture_means_no_capture_settings(watch_recorder: None, tmp_pa
     """--no-capture: WatchSettings.capture is None (no bundle before a restart)."""
     ws = call_recorded("watch", "--serve", "--no-capture", "-o", str(tmp_path / "run")).args_[1]
     assert ws.capture is None
+
+
+def test_watch_backoff_above_backoff_max_raises_the_longest_back_off(watch_recorder: None, tmp_path: Path) -> None:
+    """--backoff 10m with the default --backoff-max 5m: the back-off starts at 10 min and never exceeds it."""
+    ws = call_recorded("watch", "--serve", "--backoff", "10m", "-o", str(tmp_path / "run")).args_[1]
+    assert ws.policy == PolicySettings(backoff_initial=600.0, backoff_max=600.0)
+
+
+def test_watch_restart_min_free_takes_a_size_or_a_share(watch_recorder: None, tmp_path: Path) -> None:
+    """--restart-min-free 2GB is a size, 12.5% a share of the filesystem; the default is 5%."""
+    def min_free(*args: str) -> MinFree:
+        return call_recorded("watch", "--serve", *args, "-o", str(tmp_path / "run")).args_[1].recovery.min_free
+
+    assert min_free("--restart-min-free", "2GB") == MinFree(bytes=2_000_000_000)
+    assert min_free("--restart-min-free", "12.5%") == MinFree(fraction=0.125)
+    assert min_free() == MinFree(fraction=0.05)
 
 
 # --- bisect --------------------------------------------------------------------------------------------------
