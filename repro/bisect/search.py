@@ -162,8 +162,8 @@ class Settings:
             raise UsageError("--prior: give positive uptimes, e.g. 6h,5h,14h (one per hang, each on a server that "
                              "ran without restart until it hung)")
         if self.prior is not None and (self.prior[0] < 1 or self.prior[1] <= 0):
-            raise UsageError(f"--prior {self.prior[0]}/{format_duration(self.prior[1])}: needs at least one hang in a "
-                             "positive duration")
+            raise UsageError(f"--prior needs at least one hang in a positive duration, got {self.prior[0]} in "
+                             f"{format_duration(self.prior[1])}")
         for name, value in (("--max-trial", self.max_trial), ("--budget", self.budget)):
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive")

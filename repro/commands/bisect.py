@@ -43,9 +43,7 @@ def parse_budget(text: str | None) -> float | None:
         hours = float(t)
     except ValueError:
         return parse_duration(t, "--budget")
-    if hours <= 0:
-        raise UsageError(f"--budget {text}: must be positive")
-    return hours * 3600.0
+    return hours * 3600.0  # its range: Settings.validate()
 
 
 def build_space(space_file: str | None, concurrency: str | None, step: int | None, changes: tuple[str, ...],
@@ -69,9 +67,7 @@ def build_space(space_file: str | None, concurrency: str | None, step: int | Non
         sp = SearchSpace(lo, hi, tuple(Change.parse(c) for c in changes),
                          plain_storage=plain_storage or DEFAULT_PLAIN_STORAGE, step=step or 1)
     if max_trial is not None:
-        sp.max_trial = parse_duration(max_trial, "--max-trial")
-        if sp.max_trial <= 0:
-            raise UsageError("--max-trial must be positive")
+        sp.max_trial = parse_duration(max_trial, "--max-trial")  # its range: Settings.validate()
     if budget is not None:
         sp.budget = parse_budget(budget)
     return sp
@@ -162,6 +158,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     detect = DetectSettings(**values(DetectSettings, kw, ("window", "poll_interval", "min_bad_evaluations",
                                                           "startup_grace")))
     detect.validate()
+    ex = executor_settings(kw)
     resume = kw["resume"]
     given_space = kw["space_file"] or kw["concurrency"] is not None or kw["changes"] or kw["simulate"]
     sim_model = None
@@ -187,7 +184,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
                             # a verdict's exposure is cut into runs of restarted servers (side by side, or
                             # capped runs that cannot continue one server): only the memoryless model allows that
                             split_runs=bool(kw["parallel"] > 1 or (space.max_trial is not None and (
-                                kw["fresh_server"] or kw.get("executor") == "ray"))),
+                                kw["fresh_server"] or ex.kind == "ray"))),
                             max_trial=space.max_trial, budget=space.budget)
         settings.validate()
         min_trial = settings.min_trial
@@ -220,7 +217,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if resume and kw["parallel"] != 1:
         parallel = kw["parallel"]
     base_scn = _journaled_base(spec) if spec.mode != "simulate" else None
-    backend = backend_for(spec, run_dir, executor_settings(kw), parallel, _say, base=base_scn, model=sim_model)
+    backend = backend_for(spec, run_dir, ex, parallel, _say, base=base_scn, model=sim_model)
 
     _say(f"bisect run directory: {run_dir} (journal {jr.path})")
     s = spec.settings
