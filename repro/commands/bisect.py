@@ -28,8 +28,9 @@ from repro.units import format_duration, parse_duration
 TOGGLE_OPTIONS = {"extract": "extract=N", "storage": "storage=PATH", "layers": "extract=N",
                   "async_scheduling": "async-scheduling=on|off", "chunked_prefill": "chunked-prefill=on|off",
                   "prefix_caching": "prefix-caching=on|off", "max_num_seqs": "max-num-seqs=N"}
-SEARCH_OPTIONS = ("alpha", "baseline_hangs", "hazard_model", "reuse_when_aging", "rate_ratio", "confirm_hangs",
-                  "probe_minimum", "min_trial")  # the Settings fields given as flags (--prior: parse_prior)
+# the Settings fields given as flags; --prior's text fills prior or prior_uptimes (search.parse_prior)
+SEARCH_OPTIONS = ("alpha", "baseline_hangs", "prior", "hazard_model", "reuse_when_aging", "rate_ratio",
+                  "confirm_hangs", "probe_minimum", "min_trial")
 LOAD_OPTIONS = ("prompt_len", "max_tokens", "seed")  # the load of every trial (its concurrency is searched)
 SERVER_START = 60.0  # a vLLM start on the tiny model takes 35-60 s: part of every real trial
 
@@ -98,8 +99,7 @@ def _report(d: Decision) -> None:
               help=f"Storage of the plain configuration (default {DEFAULT_PLAIN_STORAGE}).")
 @click.option("--max-trial", default=None, metavar="DUR", help="Longest single trial (e.g. 2h).")
 @click.option("--budget", default=None, metavar="HOURS", help="Total wall-clock budget (hours, or 90m / 2h).")
-@options(Settings, ("alpha", "baseline_hangs", "prior", "hazard_model", "reuse_when_aging", "rate_ratio",
-                    "confirm_hangs", "probe_minimum", "min_trial"))
+@options(Settings, SEARCH_OPTIONS)
 @click.option("--parallel", type=click.IntRange(min=1), default=1,
               help="Trials side by side, each with its own server, port and CPU/GPU slice.")
 @click.option("--simulate", default=None, metavar="MODEL.toml",
@@ -177,10 +177,11 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         else:
             space = build_space(kw["space_file"], kw["concurrency"], kw["step"], kw["changes"], kw["plain_storage"],
                                 kw["max_trial"], kw["budget"])
-        search = values(Settings, kw, SEARCH_OPTIONS)
+        prior = parse_prior(kw.pop("prior"))
+        search = values(Settings, kw, SEARCH_OPTIONS)  # the others
         if kw["fresh_server"] and search["reuse_when_aging"]:
             raise UsageError("--fresh-server and --reuse-server contradict each other: give one")
-        settings = Settings(**search, **parse_prior(kw.pop("prior")),
+        settings = Settings(**search, **prior,
                             # a verdict's exposure is cut into runs of restarted servers (side by side, or
                             # capped runs that cannot continue one server): only the memoryless model allows that
                             split_runs=bool(kw["parallel"] > 1 or (space.max_trial is not None and (
