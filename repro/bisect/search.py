@@ -53,14 +53,19 @@ concurrency too high).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import click
+
 from repro.bisect.hazard import EXPONENTIAL, HazardModel, ModelTest, Run, aging_model, memorylessness, onset_of
 from repro.bisect.space import Change, Config, SearchSpace
 from repro.bisect.stats import RatePosterior, binomial_split_pvalue, fmt_interval, rate_upper_bound
-from repro.units import format_duration
+from repro.errors import UsageError
+from repro.options import Flag, check_ranges, setting
+from repro.units import format_duration, parse_duration
 
 
 @dataclass
@@ -77,18 +82,29 @@ class Outcome:
     runs: list[Run] | None = None
 
 
+HAZARD_MODELS = ("auto", "exponential", "aging")  # --hazard-model
+
+
 class StepRunner(Protocol):
     def run(self, config: Config, cap: float) -> Outcome: ...  # with fresh=True: no server of another config
 
 
 @dataclass
 class Settings:
-    alpha: float = 0.05
-    baseline_hangs: int = 3
-    prior: tuple[int, float] | None = None  # (hangs, exposure seconds) instead of reproducing the baseline
+    alpha: float = setting(0.05, flag=Flag(
+        "--alpha", "Overall error level: the chance that the answer is not minimal.", type=float, positive=True,
+        maximum=0.5))
+    baseline_hangs: int = setting(3, flag=Flag(
+        "--baseline-hangs", "Reproduce the baseline this many times before shrinking.", type=int, minimum=1))
+    # (hangs, exposure seconds) instead of reproducing the baseline; --prior's text is read by parse_prior()
+    prior: tuple[int, float] | None = setting(None, flag=Flag(
+        "--prior", "Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h), or each "
+        "hang's server uptime (e.g. 6h,5h,14h: also tested for aging).", metavar="K/DUR|UP,..."))
     # ... or the baseline's servers' uptimes at each of its hangs (times to hang; prior = their count and sum)
     prior_uptimes: tuple[float, ...] | None = None
-    rate_ratio: float = 0.5  # "still hangs" means a rate at least this fraction of the baseline's
+    rate_ratio: float = setting(0.5, flag=Flag(  # "still hangs": a rate at least this fraction of the baseline's
+        "--rate-ratio", "A configuration 'still hangs' if it hangs at least this fraction as often as the baseline.",
+        type=float, positive=True, maximum=1.0))
     # Concurrency tests go where P(threshold <= c) is nearest this (0.5: the posterior median). Above
     # 0.5 the search leans to where a hang (cheap: it ends the trial) is likely; calibration showed
     # 0.7-0.8 cheaper on a threshold shape and dearer when nothing is needed, so the median stays.
@@ -100,17 +116,30 @@ class Settings:
     step_target: float = 0.5
     lowest_prior: float = 0.3  # prior P(no concurrency dependence): the low end gets this, the rest share
     ddmin_alpha: float = 0.1  # level of ddmin's screening tests (the final re-checks use the strict budget)
-    confirm_hangs: int = 1  # the minimal configuration must have hung this often (a hang is definitive)
-    probe_minimum: float = 0.05  # probe the smallest configuration first, missing a baseline-like hang this often (0: off)
+    confirm_hangs: int = setting(1, flag=Flag(  # the minimal configuration must have hung this often
+        "--confirm-hangs", "Hangs the final configuration must show (1: the hang that found it is enough; 3 narrows "
+        "the rate interval in minimal.json at about 2 more mean times to hang).", type=int, minimum=1))
+    # probe the smallest configuration first, missing a baseline-like hang this often (0: off); below 1 (validate)
+    probe_minimum: float = setting(0.05, flag=Flag(
+        "--probe-minimum", "After the baseline, run the smallest configuration (lowest concurrency, plain server) "
+        "long enough that a hang like the baseline's would be missed with probability P: if it hangs, nothing "
+        "smaller needs searching. 0: skip the probe.", type=float, metavar="P", minimum=0))
     max_trial: float | None = None  # cap on one step's clean exposure (None: posterior only)
-    min_trial: float = 60.0  # never ask for less clean exposure than this in one step
+    min_trial: float = setting(60.0, flag=Flag(  # never ask for less clean exposure than this in one step
+        "--min-trial", "Shortest clean exposure asked of one step.", parse="duration", minimum=0))
     budget: float | None = None  # wall seconds for the whole search
     max_skips: int = 3  # consecutive "could not test" before giving up
     # exponential: memoryless (exposure adds across trials and restarts); aging: clean runs count by
     # continuous uptime; auto: exponential until the hangs' times to hang reject memorylessness
-    hazard_model: str = "auto"
+    hazard_model: str = setting("auto", flag=Flag(
+        "--hazard-model", "exponential: hangs are memoryless, clean exposure adds across trials and restarts. aging: "
+        "the server must age (clean runs count by continuous uptime; trials run past the onset on one server; no "
+        "server reused across configurations). auto: exponential until the hangs' uptimes reject memorylessness "
+        "(a test whose power at 3 hangs is low: it says so).", type=click.Choice(HAZARD_MODELS)))
     model_level: float = 0.05  # level of that test over the whole search (80% at the baseline, then 10%, 5%, ...)
-    reuse_when_aging: bool = False  # let a clean server serve other configurations even when the hazard ages
+    reuse_when_aging: bool = setting(False, flag=Flag(  # a clean server serves other configurations though it ages
+        "--reuse-server", "Keep letting a clean server serve other configurations even when the hazard ages (its "
+        "age then counts for the next configuration).", parse="flag"))
     # A verdict's exposure is cut into runs of restarted servers (--parallel, or --max-trial with
     # --fresh-server / Ray, where a capped run cannot go on on its server): adding those up is what only
     # the memoryless model allows. auto uses the aging model there unless the hangs exclude aging (the
@@ -125,6 +154,32 @@ class Settings:
             self.prior_uptimes = tuple(float(u) for u in self.prior_uptimes)
             self.prior = (len(self.prior_uptimes), sum(self.prior_uptimes))
 
+    def validate(self) -> None:
+        """Every check of the search settings (the command makes none of its own): one UsageError naming the flag."""
+        check_ranges(self)
+        if self.probe_minimum >= 1:
+            raise UsageError(f"--probe-minimum must be below 1, got {self.probe_minimum:g}")
+        if self.hazard_model not in HAZARD_MODELS:
+            raise UsageError(f"unknown --hazard-model {self.hazard_model!r}: use {', '.join(HAZARD_MODELS)}")
+        if self.prior_uptimes is not None and (not self.prior_uptimes or min(self.prior_uptimes) <= 0):
+            raise UsageError("--prior: give positive uptimes, e.g. 6h,5h,14h (one per hang, each on a server that "
+                             "ran without restart until it hung)")
+        if self.prior is not None and (self.prior[0] < 1 or self.prior[1] <= 0):
+            raise UsageError(f"--prior needs at least one hang in a positive duration, got {self.prior[0]} in "
+                             f"{format_duration(self.prior[1])}")
+        for name, value in (("--max-trial", self.max_trial), ("--budget", self.budget)):
+            if value is not None and value <= 0:
+                raise UsageError(f"{name} must be positive")
+        for name, share in (("split_quantile", self.split_quantile), ("step_target", self.step_target),
+                            ("lowest_prior", self.lowest_prior), ("ddmin_alpha", self.ddmin_alpha),
+                            ("model_level", self.model_level)):
+            if not 0 < share < 1:
+                raise UsageError(f"the search setting {name} must be between 0 and 1, got {share:g}")
+        if self.max_skips < 0:
+            raise UsageError(f"the search setting max_skips must not be negative, got {self.max_skips}")
+        if self.uptime_resolution < 0:
+            raise UsageError(f"the search setting uptime_resolution must not be negative, got {self.uptime_resolution:g}")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "prior": list(self.prior) if self.prior else None,
                 "prior_uptimes": list(self.prior_uptimes) if self.prior_uptimes else None}
@@ -137,6 +192,20 @@ class Settings:
         if d.get("prior_uptimes"):
             d["prior_uptimes"] = tuple(float(u) for u in d["prior_uptimes"])
         return cls(**d)
+
+
+def parse_prior(text: str | None) -> dict[str, Any]:
+    """--prior: ``K/DUR`` (K hangs seen in DUR of load on the baseline, e.g. 3/15h) fills ``prior``; ``UP1,UP2,...``
+    (the baseline servers' continuous uptimes at each hang seen) fills ``prior_uptimes``. Ranges: validate()."""
+    if not text:
+        return {}
+    if "/" in text:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text)
+        if not m:
+            raise UsageError(f"--prior {text!r}: write HANGS/DURATION, e.g. 3/15h (3 hangs in 15 hours of load), "
+                             "or the uptimes at each hang, e.g. 6h,5h,14h")
+        return {"prior": (int(m.group(1)), parse_duration(m.group(2), "--prior duration"))}
+    return {"prior_uptimes": tuple(parse_duration(p.strip(), "--prior uptime") for p in text.split(",") if p.strip())}
 
 
 @dataclass

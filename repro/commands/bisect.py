@@ -6,7 +6,6 @@ Only parses flags into a search space, settings and a base scenario, then calls
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import click
 
 from repro.bisect import driver, journal, output
-from repro.bisect.search import Decision, Settings
+from repro.bisect.search import Decision, Settings, parse_prior
 from repro.bisect.space import DEFAULT_PLAIN_STORAGE, Change, SearchSpace, parse_range, space_from_toml
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.executors.factory import backend_for
@@ -29,6 +28,9 @@ from repro.units import format_duration, parse_duration
 TOGGLE_OPTIONS = {"extract": "extract=N", "storage": "storage=PATH", "layers": "extract=N",
                   "async_scheduling": "async-scheduling=on|off", "chunked_prefill": "chunked-prefill=on|off",
                   "prefix_caching": "prefix-caching=on|off", "max_num_seqs": "max-num-seqs=N"}
+# the Settings fields given as flags; --prior's text fills prior or prior_uptimes (search.parse_prior)
+SEARCH_OPTIONS = ("alpha", "baseline_hangs", "prior", "hazard_model", "reuse_when_aging", "rate_ratio",
+                  "confirm_hangs", "probe_minimum", "min_trial")
 LOAD_OPTIONS = ("prompt_len", "max_tokens", "seed")  # the load of every trial (its concurrency is searched)
 SERVER_START = 60.0  # a vLLM start on the tiny model takes 35-60 s: part of every real trial
 
@@ -42,34 +44,7 @@ def parse_budget(text: str | None) -> float | None:
         hours = float(t)
     except ValueError:
         return parse_duration(t, "--budget")
-    if hours <= 0:
-        raise UsageError(f"--budget {text}: must be positive")
-    return hours * 3600.0
-
-
-def parse_prior(text: str | None) -> tuple[int, float] | None:
-    """--prior K/DUR: K hangs seen in DUR of load on the baseline, e.g. 3/15h."""
-    if not text or "/" not in text:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", text)
-    if not m:
-        raise UsageError(f"--prior {text!r}: write HANGS/DURATION, e.g. 3/15h (3 hangs in 15 hours of load), "
-                         "or the uptimes at each hang, e.g. 6h,5h,14h")
-    k, e = int(m.group(1)), parse_duration(m.group(2), "--prior duration")
-    if k < 1 or e <= 0:
-        raise UsageError(f"--prior {text!r}: needs at least one hang in a positive duration")
-    return k, e
-
-
-def parse_prior_uptimes(text: str | None) -> tuple[float, ...] | None:
-    """--prior UP1,UP2,...: the baseline servers' continuous uptimes at each hang seen (times to hang)."""
-    if not text or "/" in text:
-        return None
-    ups = tuple(parse_duration(p.strip(), "--prior uptime") for p in text.split(",") if p.strip())
-    if not ups or any(u <= 0 for u in ups):
-        raise UsageError(f"--prior {text!r}: give positive uptimes, e.g. 6h,5h,14h (one per hang, each on a server "
-                         "that ran without restart until it hung)")
-    return ups
+    return hours * 3600.0  # its range: Settings.validate()
 
 
 def build_space(space_file: str | None, concurrency: str | None, step: int | None, changes: tuple[str, ...],
@@ -93,9 +68,7 @@ def build_space(space_file: str | None, concurrency: str | None, step: int | Non
         sp = SearchSpace(lo, hi, tuple(Change.parse(c) for c in changes),
                          plain_storage=plain_storage or DEFAULT_PLAIN_STORAGE, step=step or 1)
     if max_trial is not None:
-        sp.max_trial = parse_duration(max_trial, "--max-trial")
-        if sp.max_trial <= 0:
-            raise UsageError("--max-trial must be positive")
+        sp.max_trial = parse_duration(max_trial, "--max-trial")  # its range: Settings.validate()
     if budget is not None:
         sp.budget = parse_budget(budget)
     return sp
@@ -126,31 +99,7 @@ def _report(d: Decision) -> None:
               help=f"Storage of the plain configuration (default {DEFAULT_PLAIN_STORAGE}).")
 @click.option("--max-trial", default=None, metavar="DUR", help="Longest single trial (e.g. 2h).")
 @click.option("--budget", default=None, metavar="HOURS", help="Total wall-clock budget (hours, or 90m / 2h).")
-@click.option("--alpha", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.05,
-              help="Overall error level: the chance that the answer is not minimal.")
-@click.option("--baseline-hangs", type=click.IntRange(min=1), default=3,
-              help="Reproduce the baseline this many times before shrinking.")
-@click.option("--prior", default=None, metavar="K/DUR|UP,...",
-              help="Instead of reproducing the baseline: K hangs seen in DUR of baseline load (e.g. 3/15h), or "
-                   "each hang's server uptime (e.g. 6h,5h,14h: also tested for aging).")
-@click.option("--hazard-model", type=click.Choice(["auto", "exponential", "aging"]), default="auto",
-              help="exponential: hangs are memoryless, clean exposure adds across trials and restarts. aging: the "
-                   "server must age (clean runs count by continuous uptime; trials run past the onset on one "
-                   "server; no server reused across configurations). auto: exponential until the hangs' uptimes "
-                   "reject memorylessness (a test whose power at 3 hangs is low: it says so).")
-@click.option("--reuse-server", is_flag=True, default=False,
-              help="Keep letting a clean server serve other configurations even when the hazard ages "
-                   "(its age then counts for the next configuration).")
-@click.option("--rate-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
-              help="A configuration 'still hangs' if it hangs at least this fraction as often as the baseline.")
-@click.option("--confirm-hangs", type=click.IntRange(min=1), default=1,
-              help="Hangs the final configuration must show (1: the hang that found it is enough; 3 narrows the "
-                   "rate interval in minimal.json at about 2 more mean times to hang).")
-@click.option("--probe-minimum", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05, metavar="P",
-              help="After the baseline, run the smallest configuration (lowest concurrency, plain server) long "
-                   "enough that a hang like the baseline's would be missed with probability P: if it hangs, "
-                   "nothing smaller needs searching. 0: skip the probe.")
-@click.option("--min-trial", default="60", metavar="DUR", help="Shortest clean exposure asked of one step.")
+@options(Settings, SEARCH_OPTIONS)
 @click.option("--parallel", type=click.IntRange(min=1), default=1,
               help="Trials side by side, each with its own server, port and CPU/GPU slice.")
 @click.option("--simulate", default=None, metavar="MODEL.toml",
@@ -209,6 +158,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     detect = DetectSettings(**values(DetectSettings, kw, ("window", "poll_interval", "min_bad_evaluations",
                                                           "startup_grace")))
     detect.validate()
+    ex = executor_settings(kw)
     resume = kw["resume"]
     given_space = kw["space_file"] or kw["concurrency"] is not None or kw["changes"] or kw["simulate"]
     sim_model = None
@@ -227,20 +177,19 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
         else:
             space = build_space(kw["space_file"], kw["concurrency"], kw["step"], kw["changes"], kw["plain_storage"],
                                 kw["max_trial"], kw["budget"])
-        min_trial = parse_duration(kw["min_trial"], "--min-trial")
-        if kw["fresh_server"] and kw["reuse_server"]:
+        prior = parse_prior(kw.pop("prior"))
+        search = values(Settings, kw, SEARCH_OPTIONS)  # the others
+        if kw["fresh_server"] and search["reuse_when_aging"]:
             raise UsageError("--fresh-server and --reuse-server contradict each other: give one")
-        settings = Settings(alpha=kw["alpha"], baseline_hangs=kw["baseline_hangs"], prior=parse_prior(kw["prior"]),
-                            prior_uptimes=parse_prior_uptimes(kw["prior"]), hazard_model=kw["hazard_model"],
-                            reuse_when_aging=kw["reuse_server"],
+        settings = Settings(**search, **prior,
                             # a verdict's exposure is cut into runs of restarted servers (side by side, or
                             # capped runs that cannot continue one server): only the memoryless model allows that
                             split_runs=bool(kw["parallel"] > 1 or (space.max_trial is not None and (
-                                kw["fresh_server"] or kw.get("executor") == "ray"))),
-                            rate_ratio=kw["rate_ratio"], confirm_hangs=kw["confirm_hangs"],
-                            probe_minimum=kw["probe_minimum"],
-                            max_trial=space.max_trial, min_trial=min_trial, budget=space.budget,
+                                kw["fresh_server"] or ex.kind == "ray"))),
+                            max_trial=space.max_trial, budget=space.budget,
                             uptime_resolution=detect.poll_interval)
+        settings.validate()
+        min_trial = settings.min_trial
         if sim_model is not None and sim_model.space.identity() != space.identity():
             raise UsageError(f"--simulate {kw['simulate']}: the model's space differs from the one given; "
                              "put the space in the model file only")
@@ -270,7 +219,7 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
     if resume and kw["parallel"] != 1:
         parallel = kw["parallel"]
     base_scn = _journaled_base(spec) if spec.mode != "simulate" else None
-    backend = backend_for(spec, run_dir, executor_settings(kw), parallel, _say, base=base_scn, model=sim_model)
+    backend = backend_for(spec, run_dir, ex, parallel, _say, base=base_scn, model=sim_model)
 
     _say(f"bisect run directory: {run_dir} (journal {jr.path})")
     s = spec.settings

@@ -14,7 +14,7 @@ import click
 
 from repro import invocation
 from repro.commands.options import passthrough, server_options, server_settings
-from repro.executors.options import executor_settings, ray_options
+from repro.executors.options import ExecutorSettings, executor_settings, fleet_options, ray_options
 from repro.errors import EXIT_TARGET, UsageError
 from repro.options import options, values
 from repro.rundir import new_run_dir
@@ -67,10 +67,7 @@ def _duration(hours: float | None, minutes: float | None, duration: str | None) 
 @options(Scenario, ("on_stall",))
 @options(CaptureSettings, CAPTURE_OPTIONS)
 @click.option("-o", "--out", default=None, metavar="DIR", help="Run directory (default ./repro-runs/stress-<time>).")
-@click.option("--replicas", type=int, default=1,
-              help="With --executor ray: this many independent soaks, each with its own server on its node.")
-@click.option("--keep-going", is_flag=True, default=False,
-              help="With --replicas: at a stall stop only the stalled replica (default: stop them all).")
+@fleet_options
 @ray_options
 @passthrough
 def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
@@ -128,8 +125,6 @@ def command(vllm_args: tuple[str, ...], **kw: Any) -> int:
 
             check_prompts(prompts, load.prompts_file)  # before a run directory exists
     ex = executor_settings(kw)
-    if ex.kind != "ray" and (kw["replicas"] != 1 or kw["keep_going"]):
-        raise UsageError("--replicas and --keep-going need --executor ray")
     if ex.kind == "ray":
         return _fleet(scn, kw, ex)
     from repro.load.runner import run_stress
@@ -192,24 +187,22 @@ def _report_line(run_dir: Path, summary: dict[str, Any]) -> None:
     click.echo(final_line(summary, rep.html if rep is not None else None, run_dir), err=True)
 
 
-def _fleet(scn: Scenario, kw: dict[str, Any], ex: Any) -> int:
+def _fleet(scn: Scenario, kw: dict[str, Any], ex: ExecutorSettings) -> int:
     """--executor ray: N replicas on a Ray cluster (repro.executors.fleet)."""
     if scn.url:
         raise UsageError("--executor ray launches a server per replica: drop --url")
-    if kw["replicas"] < 1:
-        raise UsageError(f"--replicas must be at least 1, got {kw['replicas']}")
     from repro.executors.cluster import connect
     from repro.executors.fleet import run_fleet
 
-    session = connect(ex.address, ex.ask, kw["replicas"])
+    session = connect(ex.address, ex.ask, ex.replicas)
     try:
         if session.note:
             click.echo(f"ray: {session.note}", err=True)
         run_dir = new_run_dir("stress", kw["out"])
         scn.out_dir = str(run_dir)
-        click.echo(f"fleet of {kw['replicas']} on {ex.address or 'a local Ray instance'} "
+        click.echo(f"fleet of {ex.replicas} on {ex.address or 'a local Ray instance'} "
                    f"({len(session.nodes)} node(s)), each asks {ex.ask.describe()}; run directory {run_dir}", err=True)
-        res = run_fleet(scn, Path(run_dir), session, kw["replicas"], ex.ask, keep_going=kw["keep_going"],
+        res = run_fleet(scn, Path(run_dir), session, ex.replicas, ex.ask, keep_going=ex.keep_going,
                         artifact_dir=ex.artifact_dir)
     finally:
         session.close()

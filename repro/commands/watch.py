@@ -16,8 +16,7 @@ from repro import invocation
 from repro.commands.options import passthrough, server_options, server_settings
 from repro.errors import EXIT_OK, UsageError
 from repro.formats import WATCH_FORMAT, stamp
-from repro.options import option, options, values
-from repro.options import parse as parse_option
+from repro.options import options, values
 from repro.report import report_after_run
 from repro.rundir import new_run_dir
 from repro.scenario import CaptureSettings, DetectSettings, Scenario, ServerRecord
@@ -27,13 +26,14 @@ from repro.watch.events import EventLog
 from repro.watch.health import StateFile
 from repro.watch.policy import PolicySettings
 from repro.watch.promstats import WatchMetrics
-from repro.watch.recovery import MinFree, RecoverySettings
+from repro.watch.recovery import RecoverySettings
 from repro.watch.supervisor import Supervisor, WatchSettings, WatchStopped
 from repro.watch.timeline import WatchTimeline
 from repro.watch.servers import DockerTarget, ExternalTarget, ServeTarget, Target
 
 
 CAPTURE_OPTIONS = ("samples", "interval", "collect_env", "env_allow")
+STORAGE_OPTIONS = ("storage_grace", "storage_horizon", "on_storage", "reap_older_than", "reap_dry_run")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -74,64 +74,30 @@ def _say(msg: str) -> None:
 @options(Scenario, ("api_key",))
 @server_options
 @options(DetectSettings, ("window", "min_bad_evaluations", "poll_interval", "startup_grace"))
-@click.option("--probe/--no-probe", default=False,
-              help="Send one tiny request every --probe-interval (outside any workload), so that an idle "
-                   "server and a stuck one can be told apart.")
-@click.option("--probe-interval", default="30s", callback=_duration, help="Seconds between probes.")
+@options(WatchSettings, ("probe", "probe_interval"))
 @options(DetectSettings, ("probe_timeout",))
 @click.option("--capture/--no-capture", "do_capture", default=True, help="Capture a bundle before each restart.")
-@click.option("--capture-budget", default="120s", callback=_duration,
-              help="The restart waits this long for the capture at most (the capture never blocks it).")
+@options(WatchSettings, ("capture_budget",))
 @options(CaptureSettings, CAPTURE_OPTIONS)
-@click.option("--max-restarts", type=click.IntRange(min=0), default=5,
-              help="Give up (exit 1) when the server stalls again after this many restarts within an hour.")
-@click.option("--backoff", default="10s", callback=_duration,
-              help="Wait before the second restart; doubles for each further one.")
-@click.option("--backoff-max", default="5m", callback=_duration, help="The longest back-off.")
-@click.option("--reset-after", default="10m", callback=_duration,
-              help="Healthy time after which the back-off starts from --backoff again.")
-@options(WatchSettings, ("on_stall",))
-@click.option("--hook-timeout", default="5m", callback=_duration, help="The hook is killed after this long.")
+@options(PolicySettings)
+@options(WatchSettings, ("on_stall", "hook_timeout"))
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve the watchdog's own Prometheus counters on this port.")
 @click.option("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
 @click.option("-o", "--out", default=None, metavar="DIR",
               help="Run directory: events.jsonl, server logs, bundles (default ./repro-runs/watch-<time>).")
-@click.option("--duration", default=None, callback=_duration, help="Stop watching after this long (exit 0).")
+@options(WatchSettings, ("duration",))
 @click.option("--state-file", default=None, envvar="REPRO_WATCH_STATE_FILE", show_envvar=True, metavar="FILE",
               help="Keep repro's view of the engine here for `repro health` (a container HEALTHCHECK); default "
                    "state.json in the run directory.")
-@option(Scenario, "orphan_grace", default=300.0, dest="storage_grace",
-        help="With --storage: a file older than this that is still there counts as unclaimed, an orphan (watch "
-             "sends no load, so it cannot know which files a client was given).")
-@options(Scenario, ("storage_horizon",))
-@click.option("--on-storage", default=None, metavar="CMD",
-              help="Hook run on a new storage warning (REPRO_STORAGE_WARNING, _MESSAGE, _PATH in its environment).")
-@click.option("--reap-orphans-older-than", "reap_older_than", default=None, callback=_duration, metavar="DUR",
-              help="With --storage: delete hidden-state files (and their .lock) older than this; never outside the "
-                   "store, never a symlink; each deletion is an event. Off by default.")
-@click.option("--reap-dry-run", is_flag=True, default=False, help="List what --reap-orphans-older-than would delete.")
-@click.option("--restart-min-free", default="5%", metavar="SIZE|PCT",
-              help="After a death the server's log blames on the hidden-state store (ENOSPC), restart only once "
-                   "the store's filesystem has this much free (e.g. 2GB, or 5% of its size) -- and at least "
-                   "--restart-runway of the write rate measured before the death (known with --storage), capped at "
-                   "half the filesystem. A read-only or unwritable store must be writable again.")
-@click.option("--restart-runway", default="10m", callback=_duration,
-              help="After a storage death: the free space must last this long at the measured write rate.")
-@click.option("--storage-wait-max", default="10m", callback=_duration,
-              help="After a storage death: when the store has not enough space again within this, stop (exit 1) "
-                   "with one line saying why instead of restarting into a full store.")
+@options(WatchSettings, STORAGE_OPTIONS)
+@options(RecoverySettings)
 @passthrough
 @click.pass_context
 def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str | None, pid: int | None,
             restart_cmd: str | None, restart_timeout: float, log_file: str | None, api_key: str | None,
-            probe: bool, probe_interval: float, do_capture: bool, capture_budget: float,
-            max_restarts: int, backoff: float,
-            backoff_max: float, reset_after: float, on_stall: str | None, hook_timeout: float,
-            metrics_port: int | None, metrics_host: str, out: str | None, duration: float | None,
-            state_file: str | None,
-            on_storage: str | None, reap_older_than: float | None,
-            reap_dry_run: bool, restart_min_free: str, restart_runway: float, storage_wait_max: float, vllm_args: tuple[str, ...], **kwargs: Any) -> int:
+            do_capture: bool, metrics_port: int | None, metrics_host: str, out: str | None, state_file: str | None,
+            vllm_args: tuple[str, ...], **kwargs: Any) -> int:
     """Keep a vLLM server alive; before every restart, capture the bundle that lets upstream fix the stall.
 
     \b
@@ -159,8 +125,9 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
     if not modes:
         raise UsageError("say what to watch: --serve, --docker NAME, or --url URL --restart-cmd CMD")
     capture_kw = values(CaptureSettings, kwargs, CAPTURE_OPTIONS)  # capture settings, not server ones
-    storage_grace = parse_option(Scenario, "orphan_grace", kwargs.pop("storage_grace"))
-    storage_horizon = parse_option(Scenario, "storage_horizon", kwargs.pop("storage_horizon"))
+    watch_kw = values(WatchSettings, kwargs)
+    policy = PolicySettings.from_flags(**values(PolicySettings, kwargs))
+    recovery = RecoverySettings(**values(RecoverySettings, kwargs))
     detect = DetectSettings(**values(DetectSettings, kwargs, ("window", "min_bad_evaluations", "poll_interval",
                                                               "startup_grace", "probe_timeout")))
     explicit = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
@@ -179,21 +146,13 @@ def command(ctx: click.Context, serve: bool, docker_name: str | None, url: str |
         raise UsageError("--restart-cmd is for --url/--docker: with --serve repro restarts the server itself")
     if metrics_port is not None and metrics_port == settings.port and serve:
         raise UsageError(f"--metrics-port {metrics_port} is the server's --port")
-    policy = PolicySettings(backoff_initial=backoff, backoff_max=max(backoff_max, backoff), reset_after=reset_after,
-                            max_restarts=max_restarts)
     capture = CaptureSettings(**capture_kw) if do_capture else None
-    ws = WatchSettings(detect=detect, policy=policy, capture=capture, capture_budget=capture_budget,
-                       on_stall=on_stall, hook_timeout=hook_timeout, probe=probe, probe_interval=probe_interval,
-                       duration=duration, startup_timeout=settings.startup_timeout, api_key=api_key,
-                       recovery=RecoverySettings(min_free=MinFree.parse(restart_min_free), runway=restart_runway,
-                                                 max_wait=storage_wait_max))
-
-    ws.storage_grace, ws.storage_horizon, ws.on_storage = storage_grace, storage_horizon, on_storage
-    ws.reap_older_than, ws.reap_dry_run = reap_older_than, reap_dry_run
+    ws = WatchSettings(detect=detect, policy=policy, capture=capture, **watch_kw,
+                       startup_timeout=settings.startup_timeout, api_key=api_key, recovery=recovery)
     ws.validate()
 
     storage = settings.storage if "storage" in explicit else None
-    if (reap_older_than is not None or on_storage or reap_dry_run) and storage is None:
+    if (ws.reap_older_than is not None or ws.on_storage or ws.reap_dry_run) and storage is None:
         raise UsageError("--reap-orphans-older-than, --reap-dry-run and --on-storage need --storage PATH")
     if storage is not None:
         sp = Path(storage).expanduser()

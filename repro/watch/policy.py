@@ -16,23 +16,36 @@ from collections import deque
 from dataclasses import dataclass
 
 from repro.errors import UsageError
+from repro.options import Flag, check_ranges, setting
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    backoff_initial: float = 10.0
-    backoff_max: float = 300.0
-    reset_after: float = 600.0
-    max_restarts: int = 5
+    max_restarts: int = setting(5, flag=Flag(
+        "--max-restarts", "Give up (exit 1) when the server stalls again after this many restarts within an hour.",
+        type=int, minimum=0))
+    backoff_initial: float = setting(10.0, flag=Flag(
+        "--backoff", "Wait before the second restart; doubles for each further one.", parse="duration", minimum=0))
+    backoff_max: float = setting(300.0, flag=Flag("--backoff-max", "The longest back-off.", parse="duration",
+                                                  minimum=0))
+    reset_after: float = setting(600.0, flag=Flag(
+        "--reset-after", "Healthy time after which the back-off starts from --backoff again.", parse="duration",
+        positive=True))
     period: float = 3600.0
 
+    @classmethod
+    def from_flags(cls, **kw: float) -> "PolicySettings":
+        """The policy the flags ask for: a --backoff above --backoff-max raises the longest back-off to it."""
+        if "backoff_initial" in kw:
+            kw["backoff_max"] = max(kw.get("backoff_max", cls.backoff_max), kw["backoff_initial"])
+        return cls(**kw)  # type: ignore[arg-type]
+
     def validate(self) -> None:
-        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
-            raise UsageError("--backoff must be >= 0 and no larger than --backoff-max")
-        if self.max_restarts < 0:
-            raise UsageError("--max-restarts must not be negative")
-        if self.reset_after <= 0 or self.period <= 0:
-            raise UsageError("--reset-after must be positive")
+        check_ranges(self)
+        if self.backoff_max < self.backoff_initial:
+            raise UsageError("--backoff must be no larger than --backoff-max")
+        if self.period <= 0:
+            raise UsageError("the restart period must be positive")
 
 
 class RestartPolicy:

@@ -32,10 +32,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from repro.errors import UsageError
+from repro.options import Flag, check_ranges, setting, size_text
 from repro.storage.census import CensusSnapshot
 from repro.storage.projection import slope
 from repro.units import format_bytes as _mb
@@ -68,6 +69,10 @@ class MinFree:
             raise UsageError(f"{what} {text!r}: must be positive")
         return cls(bytes=n)
 
+    def __str__(self) -> str:
+        """The flag's spelling of it ('5%', '2GB'): how --help shows the default, and what parse() reads back."""
+        return size_text(self.bytes) if self.bytes is not None else f"{(self.fraction or 0.0) * 100:g}%"
+
     def of(self, total: int) -> int:
         return self.bytes if self.bytes is not None else int((self.fraction or 0.0) * total)
 
@@ -75,13 +80,35 @@ class MinFree:
         return _mb(self.bytes) if self.bytes is not None else f"{(self.fraction or 0) * 100:g}% of the filesystem"
 
 
+def _min_free(ctx: Any, param: Any, value: "str | MinFree | None") -> "MinFree | None":
+    """click callback of --restart-min-free: the text (or the default) as a MinFree; a bad one is one line."""
+    if value is None or isinstance(value, MinFree):
+        return value
+    return MinFree.parse(value)
+
+
 @dataclass(frozen=True)
 class RecoverySettings:
-    min_free: MinFree = field(default_factory=lambda: MinFree(fraction=0.05))
-    runway: float = 600.0  # seconds of the measured write rate that must fit in the free space
-    max_wait: float = 600.0  # give up when the store is not usable again within this
+    min_free: MinFree = setting(factory=lambda: MinFree(fraction=0.05), flag=Flag(
+        "--restart-min-free", "After a death the server's log blames on the hidden-state store (ENOSPC), restart "
+        "only once the store's filesystem has this much free (e.g. 2GB, or 5% of its size) -- and at least "
+        "--restart-runway of the write rate measured before the death (known with --storage), capped at half the "
+        "filesystem. A read-only or unwritable store must be writable again.", metavar="SIZE|PCT",
+        callback=_min_free))
+    runway: float = setting(600.0, flag=Flag(  # seconds of the measured write rate that must fit in the free space
+        "--restart-runway", "After a storage death: the free space must last this long at the measured write rate.",
+        parse="duration", minimum=0))
+    max_wait: float = setting(600.0, flag=Flag(  # give up when the store is not usable again within this
+        "--storage-wait-max", "After a storage death: when the store has not enough space again within this, stop "
+        "(exit 1) with one line saying why instead of restarting into a full store.", parse="duration",
+        positive=True))
     poll: float = 5.0
     report_every: float = 60.0  # a storage-wait event at most this often while waiting
+
+    def validate(self) -> None:
+        check_ranges(self)
+        if self.poll <= 0 or self.report_every <= 0:
+            raise UsageError("the storage-wait poll and report intervals must be positive")
 
 
 @dataclass(frozen=True)

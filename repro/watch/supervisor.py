@@ -20,6 +20,7 @@ reached, stopped or restarted (raised as TargetError).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -43,7 +44,14 @@ from repro.watch.timeline import WatchTimeline
 from repro.storage.causes import storage_cause
 from repro.storage.alerts import StorageWatch
 from repro.watch.servers import Target
-from repro.options import Flag, setting
+from repro.options import Flag, check_ranges, declared, setting
+
+
+def _storage_flag(name: str, help: str | None = None) -> Flag:
+    """Scenario's declaration of a storage knob (one flag, parser and range in every command); watch words its help
+    for what it can know without sending load."""
+    _, flag = declared(Scenario, name)
+    return flag if help is None else dataclasses.replace(flag, help=help)
 
 
 @dataclass
@@ -51,25 +59,40 @@ class WatchSettings:
     detect: DetectSettings = field(default_factory=DetectSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     capture: CaptureSettings | None = field(default_factory=CaptureSettings)  # None: no capture
-    capture_budget: float = 120.0  # seconds the restart waits for the capture at most
+    capture_budget: float = setting(120.0, flag=Flag(  # seconds the restart waits for the capture at most
+        "--capture-budget", "The restart waits this long for the capture at most (the capture never blocks it).",
+        parse="duration", positive=True))
     on_stall: str | None = setting(None, flag=Flag(  # hook command
         "--stall-hook", "Notification hook, run with `sh -c` after each capture; REPRO_BUNDLE (tarball or dir), "
         "REPRO_BUNDLE_DIR, REPRO_STALL_CLASS, REPRO_CAPTURE_STATUS, REPRO_WATCH_URL and REPRO_EVENTS are in its "
         "environment. It never delays the restart.", metavar="CMD", aliases=("--on-stall",)))
-    hook_timeout: float = 300.0
-    probe: bool = False
-    probe_interval: float = 30.0
-    duration: float | None = None  # stop watching after this long (exit 0)
+    hook_timeout: float = setting(300.0, flag=Flag(
+        "--hook-timeout", "The hook is killed after this long.", parse="duration", positive=True))
+    probe: bool = setting(False, flag=Flag(
+        "--probe", "Send one tiny request every --probe-interval (outside any workload), so that an idle server and "
+        "a stuck one can be told apart.", parse="flag", off="--no-probe"))
+    probe_interval: float = setting(30.0, flag=Flag(
+        "--probe-interval", "Seconds between probes.", parse="duration", positive=True))
+    duration: float | None = setting(None, flag=Flag(  # stop watching after this long (exit 0)
+        "--duration", "Stop watching after this long (exit 0).", parse="duration", positive=True))
     startup_timeout: float = 600.0  # a (re)started server must answer within this
     release_timeout: float = 60.0  # port / GPU memory must be free this long after a stop
     api_key: str | None = field(default=None, repr=False)
     storage_duty: bool = False  # watch the hidden-state store given with --storage (see repro.watch.storage_duty)
     storage_path: str | None = None
-    storage_grace: float = 300.0
-    storage_horizon: float = 1800.0
-    on_storage: str | None = None  # hook command for storage warnings
-    reap_older_than: float | None = None
-    reap_dry_run: bool = False
+    storage_grace: float = setting(300.0, flag=_storage_flag(
+        "orphan_grace", "With --storage: a file older than this that is still there counts as unclaimed, an orphan "
+        "(watch sends no load, so it cannot know which files a client was given)."))
+    storage_horizon: float = setting(1800.0, flag=_storage_flag("storage_horizon"))
+    on_storage: str | None = setting(None, flag=Flag(  # hook command for storage warnings
+        "--on-storage", "Hook run on a new storage warning (REPRO_STORAGE_WARNING, _MESSAGE, _PATH in its "
+        "environment).", metavar="CMD"))
+    reap_older_than: float | None = setting(None, flag=Flag(
+        "--reap-orphans-older-than", "With --storage: delete hidden-state files (and their .lock) older than this; "
+        "never outside the store, never a symlink; each deletion is an event. Off by default.", parse="duration",
+        metavar="DUR", minimum=0))
+    reap_dry_run: bool = setting(False, flag=Flag(
+        "--reap-dry-run", "List what --reap-orphans-older-than would delete.", parse="flag"))
     recovery: RecoverySettings = field(default_factory=RecoverySettings)  # after a storage-caused death
 
     def validate(self) -> None:
@@ -78,15 +101,11 @@ class WatchSettings:
         self.policy.validate()
         if self.capture is not None:
             self.capture.validate()
-        for name, value in (("--probe-interval", self.probe_interval), ("--capture-budget", self.capture_budget),
-                            ("--hook-timeout", self.hook_timeout), ("--storage-horizon", self.storage_horizon),
-                            ("--storage-wait-max", self.recovery.max_wait)):
+        self.recovery.validate()
+        check_ranges(self)
+        for name, value in (("startup timeout", self.startup_timeout), ("release timeout", self.release_timeout)):
             if value <= 0:
-                raise UsageError(f"{name} must be positive")
-        if self.duration is not None and self.duration <= 0:
-            raise UsageError("--duration must be positive")
-        if self.storage_grace < 0:
-            raise UsageError("--orphan-grace must not be negative")
+                raise UsageError(f"the {name} must be positive")
 
 
 def _writable(path: str) -> bool:

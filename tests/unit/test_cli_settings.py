@@ -16,6 +16,7 @@ import pytest
 from repro.bisect.search import Settings
 from repro.bisect.space import Change, SearchSpace
 from repro.capture.request import CaptureRequest
+from repro.executors.options import ExecutorSettings
 from repro.scenario import CaptureSettings, DetectSettings, LoadSettings, Scenario, ServerSettings
 from repro.watch.policy import PolicySettings
 from repro.watch.recovery import MinFree, RecoverySettings
@@ -295,6 +296,22 @@ def test_watch_no_capture_means_no_capture_settings(watch_recorder: None, tmp_pa
     assert ws.capture is None
 
 
+def test_watch_backoff_above_backoff_max_raises_the_longest_back_off(watch_recorder: None, tmp_path: Path) -> None:
+    """--backoff 10m with the default --backoff-max 5m: the back-off starts at 10 min and never exceeds it."""
+    ws = call_recorded("watch", "--serve", "--backoff", "10m", "-o", str(tmp_path / "run")).args_[1]
+    assert ws.policy == PolicySettings(backoff_initial=600.0, backoff_max=600.0)
+
+
+def test_watch_restart_min_free_takes_a_size_or_a_share(watch_recorder: None, tmp_path: Path) -> None:
+    """--restart-min-free 2GB is a size, 12.5% a share of the filesystem; the default is 5%."""
+    def min_free(*args: str) -> MinFree:
+        return call_recorded("watch", "--serve", *args, "-o", str(tmp_path / "run")).args_[1].recovery.min_free
+
+    assert min_free("--restart-min-free", "2GB") == MinFree(bytes=2_000_000_000)
+    assert min_free("--restart-min-free", "12.5%") == MinFree(fraction=0.125)
+    assert min_free() == MinFree(fraction=0.05)
+
+
 # --- bisect --------------------------------------------------------------------------------------------------
 
 
@@ -352,6 +369,40 @@ def test_bisect_resume_hands_the_directory_to_the_driver(monkeypatch: pytest.Mon
     recorder(monkeypatch, "repro.bisect.driver.start_or_resume")
     run_dir, spec, resume = call_recorded("bisect", "--resume", str(tmp_path)).args_
     assert (run_dir, spec, resume) == (tmp_path, None, True)
+
+
+def test_bisect_executor_flags_land_in_executor_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`bisect --executor ray --ray-*/--artifact-dir`: the backend gets those ExecutorSettings (the shared directory
+    created and made absolute), and a capped trial on Ray cuts its exposure into runs (split_runs)."""
+    recorder(monkeypatch, "repro.commands.bisect.backend_for")
+    rec = call_recorded("bisect", "-c", "1-8", "--max-trial", "1h", "--executor", "ray", "--ray-address", "head:6379",
+                        "--ray-cpus", "2", "--ray-gpus", "0.5", "--artifact-dir", str(tmp_path / "art"),
+                        "-o", str(tmp_path / "run"))
+    spec, _run_dir, ex = rec.args_[:3]
+    assert ex == ExecutorSettings(kind="ray", address="head:6379", cpus=2.0, gpus=0.5,
+                                  artifact_dir=str((tmp_path / "art").resolve()))
+    assert (tmp_path / "art").is_dir() and (ex.ask.cpus, ex.ask.gpus) == (2.0, 0.5)
+    assert spec.settings.split_runs
+
+
+def test_bisect_runs_trials_on_this_machine_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No executor flag: the ExecutorSettings defaults (local, one CPU, no GPU, nothing shared)."""
+    recorder(monkeypatch, "repro.commands.bisect.backend_for")
+    ex = call_recorded("bisect", "-c", "1-8", "-o", str(tmp_path / "run")).args_[2]
+    assert ex == ExecutorSettings() and ex.kind == "local"
+
+
+@pytest.mark.parametrize("args, text", [
+    (["stress", "--ray-cpus", "2"], "--ray-cpus needs --executor ray"),
+    (["stress", "--artifact-dir", "/tmp/x"], "--artifact-dir needs --executor ray"),
+    (["stress", "--keep-going"], "--replicas and --keep-going need --executor ray"),
+    (["bisect", "-c", "1-4", "--ray-gpus", "1"], "--ray-gpus needs --executor ray"),
+])
+def test_ray_only_flags_are_refused_without_the_ray_executor_in_one_line(args: list[str], text: str,
+                                                                         tmp_path: Path) -> None:
+    """ExecutorSettings.validate(): a Ray-only flag on the local executor is one line, exit 2, nothing started."""
+    one_line_error(repro_inprocess(*args, "-o", str(tmp_path / "run")), 2, text)
+    assert not (tmp_path / "run").exists()
 
 
 # --- analyze, issue, known, report, scrub, health ------------------------------------------------------------
@@ -491,6 +542,31 @@ def test_help_shows_the_unified_names_only(command: str, flags: list[str]) -> No
     (["capture", "--pid", "1", "--bundle-budget", "0"], "--bundle-budget must be positive"),
     (["stress", "--window", "0"], "--window must be positive"),
     (["watch", "--serve", "--window", "0"], "--window must be positive"),
+    (["watch", "--serve", "--max-restarts", "-1"], "--max-restarts must not be negative"),
+    (["watch", "--serve", "--reset-after", "0"], "--reset-after must be positive"),
+    (["watch", "--serve", "--probe-interval", "0"], "--probe-interval must be positive"),
+    (["watch", "--serve", "--capture-budget", "0"], "--capture-budget must be positive"),
+    (["watch", "--serve", "--hook-timeout", "0"], "--hook-timeout must be positive"),
+    (["watch", "--serve", "--duration", "0"], "--duration must be positive"),
+    (["watch", "--serve", "--storage-wait-max", "0"], "--storage-wait-max must be positive"),
+    (["watch", "--serve", "--restart-min-free", "0"], "--restart-min-free '0': must be positive"),
+    (["watch", "--serve", "--restart-min-free", "lots"], "cannot parse --restart-min-free 'lots'"),
+    (["watch", "--serve", "--backoff", "soon"], "cannot parse --backoff 'soon'"),
+    (["bisect", "-c", "1-4", "--alpha", "0.6"], "--alpha must be at most 0.5"),
+    (["bisect", "-c", "1-4", "--alpha", "0"], "--alpha must be positive"),
+    (["bisect", "-c", "1-4", "--baseline-hangs", "0"], "--baseline-hangs must be at least 1"),
+    (["bisect", "-c", "1-4", "--rate-ratio", "1.5"], "--rate-ratio must be at most 1"),
+    (["bisect", "-c", "1-4", "--confirm-hangs", "0"], "--confirm-hangs must be at least 1"),
+    (["bisect", "-c", "1-4", "--probe-minimum", "1"], "--probe-minimum must be below 1"),
+    (["bisect", "-c", "1-4", "--probe-minimum", "-0.1"], "--probe-minimum must not be negative"),
+    (["bisect", "-c", "1-4", "--min-trial", "soon"], "cannot parse --min-trial 'soon'"),
+    (["bisect", "-c", "1-4", "--max-trial", "0"], "--max-trial must be positive"),
+    (["bisect", "-c", "1-4", "--budget", "-2"], "--budget must be positive"),
+    (["bisect", "-c", "1-4", "--prior", "0/5h"], "--prior needs at least one hang"),
+    (["bisect", "-c", "1-4", "--prior", "6h,0"], "--prior: give positive uptimes"),
+    (["bisect", "-c", "1-4", "--executor", "ray", "--ray-cpus", "-1"], "--ray-cpus must not be negative"),
+    (["stress", "--executor", "ray", "--ray-gpus", "-1"], "--ray-gpus must not be negative"),
+    (["stress", "--executor", "ray", "--replicas", "0"], "--replicas must be at least 1"),
 ])
 def test_one_range_check_per_knob_in_every_command(args: list[str], text: str, tmp_path: Path) -> None:
     """A range is checked once, by the settings class's validate(): every command that offers the knob refuses
@@ -511,3 +587,30 @@ def test_bisect_takes_prompt_len_as_stress_does_and_its_old_spelling(monkeypatch
 
     assert base("--prompt-len", "16-64").load.prompt_len == (16, 64)
     assert base("--workload-prompt-len", "16-64") == base("--prompt-len", "16-64")
+
+
+@pytest.mark.parametrize("command, cls, names", [
+    ("watch", "repro.watch.policy.PolicySettings", None),
+    ("watch", "repro.watch.recovery.RecoverySettings", None),
+    ("watch", "repro.watch.supervisor.WatchSettings", None),
+    ("bisect", "repro.bisect.search.Settings", None),
+    ("bisect", "repro.executors.options.ExecutorSettings", ("kind", "address", "cpus", "gpus", "artifact_dir")),
+    ("stress", "repro.executors.options.ExecutorSettings", None),
+])
+def test_help_explains_every_flag_declared_on_a_settings_field(command: str, cls: str,
+                                                               names: tuple[str, ...] | None) -> None:
+    """Each flag declared beside its field is in the command's --help with that field's help text."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+    from repro.options import declared, flag_names
+
+    module, _, name = cls.rpartition(".")
+    settings_cls = getattr(importlib.import_module(module), name)
+    out = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+    for field_name in names or flag_names(settings_cls):
+        _, flag = declared(settings_cls, field_name)
+        assert f"{flag.name} " in out or f"{flag.name}/" in out, (flag.name, out)
+        assert " ".join(flag.help.split())[:60] in out, (flag.name, flag.help)
