@@ -2,9 +2,11 @@
 """Minimal load for a vLLM stall reproducer (written by `repro bisect`; needs only Python 3.9+ and aiohttp).
 
 Sends closed-loop /v1/completions requests at a fixed concurrency and watches
-/metrics: a stall is `vllm:num_requests_running` > 0 while both token counters
-(`vllm:prompt_tokens_total`, `vllm:generation_tokens_total`) stay flat for
---window seconds. /health is not used: it stays 200 while the engine is stuck.
+/metrics: a stall is requests held (`vllm:num_requests_running` > 0, or requests of
+this load waiting for an answer) while both token counters (`vllm:prompt_tokens_total`,
+`vllm:generation_tokens_total`) stay flat for --window seconds. The client's own count
+matters: a stall that strikes right after a step that finished every request leaves the
+gauge frozen at 0. /health is not used: it stays 200 while the engine is stuck.
 
 Exit codes: 0 no stall within --duration, 1 stall detected, 3 server unreachable.
 
@@ -60,6 +62,7 @@ class Load:
         self.rng = random.Random(a.seed)
         self.stop = asyncio.Event()
         self.sent = self.ok = self.failed = 0
+        self.waiting = 0  # requests sent and not yet answered (not those sleeping before a retry)
         self.model = a.model
 
     def prompt(self) -> list[int]:
@@ -73,19 +76,24 @@ class Load:
             body["return_token_ids"] = True
         for attempt in range(self.a.retries + 1):
             try:
-                async with session.post(self.a.url + "/v1/completions", json=body,
-                                        timeout=aiohttp.ClientTimeout(total=self.a.timeout)) as r:
-                    data = await r.json(content_type=None)
-                    if r.status == 200:
-                        self.ok += 1
-                        path = ((data or {}).get("kv_transfer_params") or {}).get("hidden_states_path")
-                        if path and self.a.consume == "delete":
-                            for p in (path, path + ".lock"):
-                                try:
-                                    os.remove(p)
-                                except OSError:
-                                    pass
-                        return
+                self.waiting += 1
+                try:
+                    async with session.post(self.a.url + "/v1/completions", json=body,
+                                            timeout=aiohttp.ClientTimeout(total=self.a.timeout)) as r:
+                        status = r.status
+                        data = await r.json(content_type=None)
+                finally:
+                    self.waiting -= 1
+                if status == 200:
+                    self.ok += 1
+                    path = ((data or {}).get("kv_transfer_params") or {}).get("hidden_states_path")
+                    if path and self.a.consume == "delete":
+                        for p in (path, path + ".lock"):
+                            try:
+                                os.remove(p)
+                            except OSError:
+                                pass
+                    return
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 pass
             if attempt < self.a.retries:
@@ -113,10 +121,12 @@ async def watch(a: argparse.Namespace, load: Load, session: aiohttp.ClientSessio
         running = metric(m, "vllm:num_requests_running") or 0.0
         tokens = (metric(m, "vllm:prompt_tokens") or 0.0) + (metric(m, "vllm:generation_tokens") or 0.0)
         now = time.monotonic()
-        if running > 0 and last_tokens is not None and tokens == last_tokens:
+        held = running > 0 or load.waiting > 0
+        if held and last_tokens is not None and tokens == last_tokens:
             flat_since = flat_since if flat_since is not None else now - a.poll
             if now - flat_since >= a.window:
-                print(f"STALL: {running:.0f} requests running and no token progress for {now - flat_since:.0f} s "
+                print(f"STALL: {running:.0f} requests running ({load.waiting} of this load unanswered) and no token "
+                      f"progress for {now - flat_since:.0f} s "
                       f"(after {now - t0:.0f} s of load; {load.ok} requests ok, {load.failed} failed)", flush=True)
                 return 1
         else:

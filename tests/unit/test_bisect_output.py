@@ -108,3 +108,29 @@ def test_an_aging_reproducer_states_the_onset_it_needs_and_runs_past_it_on_one_s
     doc = json.loads((out / "minimal.json").read_text())
     assert doc["hazard"]["model"] == "aging" and doc["hang_uptimes_s"][cfg.key()] == [round(u, 1) for u in ups]
     assert "- Hazard model: aging" in (out / "ISSUE_bisect.md").read_text()
+
+
+def _run_min(out: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-I", str(out / "repro_min.py"), "--url", url, "--concurrency", "2",
+                           "--window", "1.5", "--poll", "0.3", *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_repro_min_py_calls_a_stall_whose_gauge_froze_at_zero_from_its_own_unanswered_requests(
+        tmp_path: Path) -> None:
+    """GIVEN a server whose engine answers nothing, whose running gauge froze at 0 (the stall struck right
+    after a step that finished every request) and whose token counters are flat THEN repro_min.py calls it a
+    stall (exit 1) from the requests it is waiting on; while tokens advance it says no stall (exit 0)."""
+    from tests.helpers_fake_vllm import FakeVllm
+
+    out, _ = finished(tmp_path)
+    fake = FakeVllm()
+    try:
+        fake.running, fake.advance, fake.hang_completions = 0, 0.0, 8.0
+        r = _run_min(out, fake.url, "--duration", "20")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "STALL: 0 requests running (2 of this load unanswered)" in r.stdout
+        fake.advance, fake.hang_completions = 5.0, 0.0
+        r = _run_min(out, fake.url, "--duration", "3")
+        assert r.returncode == 0 and "no stall" in r.stdout, r.stdout + r.stderr
+    finally:
+        fake.close()
