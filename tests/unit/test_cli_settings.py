@@ -201,7 +201,7 @@ def test_capture_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 @pytest.fixture
 def watch_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
-    from repro.watch import targets
+    from repro.watch import servers as targets
 
     for cls in (targets.ServeTarget, targets.DockerTarget, targets.ExternalTarget):
         monkeypatch.setattr(cls, "check", lambda self: None)
