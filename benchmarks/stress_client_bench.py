@@ -266,8 +266,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="capacity: measure the clients this many times, interleaved (medians reported)")
     ap.add_argument("--concurrency", default="32,256,1024", help="fidelity concurrencies")
-    ap.add_argument("--vllm-bench-prompts", type=int, default=30000,
-                    help="prompts for vllm bench serve: more than it can send in --warm + --window")
+    ap.add_argument("--vllm-bench-prompts", type=int, default=60000,
+                    help="prompts for vllm bench serve: more than it can send in --warm + --window (30,000 ran "
+                         "out inside a 5 + 20 s window on a quiet 2-core VM)")
     ap.add_argument("--repro-args", default="", help="extra arguments for repro stress (one string, split on spaces)")
     args = ap.parse_args()
     REPRO_EXTRA[:] = args.repro_args.split()

@@ -138,9 +138,9 @@ class LoadSettings:
         "--model-name", "Model id to request. Default: the first of /v1/models."))
     vocab_size: int | None = setting(None, flag=Flag(  # synthetic token ids are drawn below this
         "--vocab-size", "Synthetic token ids stay below this. Default: the model's config, else 500.", type=int))
-    check_threads: int | None = setting(None, flag=Flag(  # None: concurrency/16 in 4..16
-        "--check-threads", "Threads verifying hidden-state files (default: concurrency/16 within 4..16; more for "
-        "slow storage).", type=int))
+    check_threads: int | None = setting(None, flag=Flag(  # None: load.checks.default_threads
+        "--check-threads", "Threads verifying hidden-state files (default: concurrency/16 within 4..16, and no "
+        "more than the CPU cores, 4 at least; more for slow storage).", type=int))
     max_consecutive_errors: int | None = setting(None, flag=Flag(  # --workload speculators gives up after this many
         "--max-consecutive-errors", "With --workload speculators: stop (exit 3, outcome client-gave-up) after this "
         "many failed samples in a row, as speculators does. Default: --concurrency, speculators' default.",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import yarl
 
 from repro.errors import TargetError
 from repro.load.records import RequestRecord, RunStats
@@ -56,28 +57,36 @@ class HttpClient:
         self.request_timeout, self.retries, self.backoff = request_timeout, retries, backoff
         self.retry_refusals = retry_refusals
         self.consecutive_refusals = 0  # refused requests in a row (reset by any 200)
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout)  # one for the run: every attempt's limit
+        self._urls: dict[str, yarl.URL] = {}  # request path -> its parsed URL (parsed once, not per request)
+
+    def _url(self, path: str) -> yarl.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = yarl.URL(self.url + path)
+        return url
 
     async def send(self, session: aiohttp.ClientSession, prep: PreparedRequest, rec: RequestRecord,
                    stop: asyncio.Event, stopping: Callable[[], bool],
                    on_refused: Callable[[int, str], None] | None = None) -> bytes | None:
         """Post ``prep`` until it is answered 200, refused, out of retries or the run stops; the last body."""
         st = self.stats
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        url = self._url(prep.path)
         body: bytes | None = None
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             rec.attempts = attempt + 1
-            err = detail = None
             status = None
+            exc: BaseException | None = None
             st.in_flight += 1
             t0 = time.perf_counter()
             try:
-                async with session.post(self.url + prep.path, data=prep.body, headers=self.headers,
-                                        timeout=timeout) as resp:
+                async with session.post(url, data=prep.body, headers=self.headers, timeout=self.timeout) as resp:
                     status = resp.status
                     body = await resp.read()
-            except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-                err, detail = transport_error(exc, self.request_timeout)
-                if err == "timeout":
+            except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+                exc = e
+                if isinstance(e, asyncio.TimeoutError):  # transport_error's "timeout"
                     st.attempt_timeouts += 1
             finally:
                 st.in_flight -= 1
@@ -89,8 +98,12 @@ class HttpClient:
                 st.last_completion = time.monotonic()
                 rec.status, rec.error, rec.detail = "ok", None, None
                 return body
+            # the error path: name the failure, then stop or back off and retry
             if status is not None:
                 err, detail = http_error(status, body)
+            else:
+                assert exc is not None
+                err, detail = transport_error(exc, self.request_timeout)
             rec.status = "timeout" if err == "timeout" else ("rejected" if status in REJECTED else "error")
             rec.error, rec.detail = err, detail
             if (status is not None and 400 <= status < 500 and status not in NOT_REFUSALS
@@ -104,7 +117,7 @@ class HttpClient:
             st.retries += 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.backoff(attempt))
-        return body
+            attempt += 1
 
     async def model_card(self, session: aiohttp.ClientSession, tries: int = 3) -> dict[str, object]:
         """The first model /v1/models lists (retried ``tries`` times); TargetError when there is none to be had."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from repro.load.codec import dumps_str
+
 
 class _Histogram:
     """Fixed bins, O(1) memory: exact count, mean, min and max; quantiles to the bin width."""
@@ -119,8 +121,9 @@ class RequestRecord:
     client_s: dict[str, float] = field(default_factory=dict)  # client-side work: prompt wait, file check
 
     def to_json(self) -> str:
-        d = {k: v for k, v in self.__dict__.items() if v is not None}
-        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+        """The record's line in requests.jsonl: every field that is not None, in field order, compact
+        (:func:`repro.load.codec.dumps_str`: msgspec when it is importable, else json; the same data)."""
+        return dumps_str({k: v for k, v in self.__dict__.items() if v is not None})
 
 
 NOT_WRITTEN_ERRORS = frozenset({"file-missing", "lock-timeout"})  # the file never appeared / its writer never finished

@@ -17,6 +17,8 @@ SIGINT/SIGTERM. Files in the run directory:
 The stages live in their own modules; this one wires them to one event loop:
 
 * :mod:`repro.load.client` -- one request with its retries; the /v1/models question
+* :mod:`repro.load.checks` -- the threads that run the file checks, results back in batches;
+  :mod:`repro.load.codec` -- the answers' and records' JSON (msgspec when importable)
 * :mod:`repro.load.arrivals` -- closed loop or Poisson arrivals
 * :mod:`repro.load.feed`, :mod:`repro.load.prompts`, :mod:`repro.load.workloads` -- what each request sends
 * :mod:`repro.monitor.observe` -- one poll's readings -> the detector's Observation (shared with watch)
@@ -60,7 +62,8 @@ from typing import IO, Any
 import aiohttp
 
 from repro.errors import EXIT_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_STALL, EXIT_TARGET, EXIT_USAGE, TargetError
-from repro.load import arrivals, limits, outputs, stall
+from repro.load import arrivals, codec, limits, outputs, stall
+from repro.load.checks import CheckPool, default_threads
 from repro.load import loop as event_loop
 from repro.load.client import HttpClient
 from repro.load.display import Progress
@@ -73,7 +76,7 @@ from repro.load.store import StoreAccounting
 from repro.load.storms import StormTracker
 from repro.load.records import LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
-from repro.hsfiles.checker import FileChecker
+from repro.hsfiles.checker import CheckResult, FileChecker
 from repro.hsfiles.response import read_response
 from repro.load.workloads import HIDDEN_STATES, SPECULATORS, PreparedRequest, Workload
 from repro.monitor.detector import (CLIENT_STALL, REFUSED, SERVER_DEAD, STALLED, SUSPECT, Assessment,
@@ -259,7 +262,7 @@ class _Run:
         """Count the response; submit its file check (True) or finish the record now (False)."""
         st = self.stats
         try:
-            data = json.loads(body)
+            data = codec.loads(body)
             info = read_response(data)
             if prep.kind == SPECULATORS:  # speculators rejects such an answer at once, without retrying it
                 speculators.validate(data, prep.prompt_tokens, prep.path.endswith("/chat/completions"))
@@ -293,43 +296,44 @@ class _Run:
             expected = tuple(info.prompt_ids) if info.prompt_ids is not None else None
         # The check runs in the pool; the concurrency slot is already free when it starts.
         st.in_check += 1
-        loop = asyncio.get_running_loop()
         check = functools.partial(speculators.check_after_lock, self.checker) if prep.kind == SPECULATORS \
             else self.checker.check
-        fut = loop.run_in_executor(self.pool, check, info.hs_path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS))
-
-        def done(f: "asyncio.Future[Any]") -> None:
-            st.in_check -= 1
-            self.check_slots.release()
-            if f.cancelled():
-                rec.file = {"ok": False, "error": "cancelled", "path": info.hs_path}
-            elif f.exception() is not None:
-                exc = f.exception()
-                rec.file = {"ok": False, "error": "check-crashed", "detail": f"{type(exc).__name__}: {exc}"}
-            else:
-                r = f.result()
-                prev_bad = rec.file
-                rec.file = {"ok": r.ok and prev_bad is None, "path": info.hs_path,
-                            "error": (prev_bad or {}).get("error") or r.error,
-                            "bytes": r.nbytes, "shape": list(r.shape) if r.shape else None,
-                            "dtype": r.dtype, "consumed": r.consumed, "seconds": round(r.seconds, 6),
-                            "lock_wait": round(r.lock_wait, 6)}
-                if r.detail or prev_bad:
-                    rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
-                rec.file = {k: v for k, v in rec.file.items() if v is not None}
-                if r.kept_at:
-                    rec.file["kept_at"] = r.kept_at
-                if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
-                    rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
-                if r.consumed in ("deleted", "moved"):
-                    self.store.claim(info.hs_path, forget=True)
-                rec.client_s["check"] = round(r.seconds, 6)
-            if rec.file is not None and not rec.file.get("ok"):
-                self.announce_bad_file(rec.file)
-            st.finish(rec, self.requests_f)
-
-        fut.add_done_callback(done)
+        path = info.hs_path
+        self.pool.submit(check, (path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS)),
+                         functools.partial(self.check_done, rec, path))
         return True
+
+    def check_done(self, rec: RequestRecord, path: str, r: CheckResult | None, error: BaseException | None) -> None:
+        """A file check ended (on the event loop, handed back by the pool): its result into the record, then the
+        record finished."""
+        st = self.stats
+        st.in_check -= 1
+        self.check_slots.release()
+        if isinstance(error, asyncio.CancelledError):
+            rec.file = {"ok": False, "error": "cancelled", "path": path}
+        elif error is not None:
+            rec.file = {"ok": False, "error": "check-crashed", "detail": f"{type(error).__name__}: {error}"}
+        else:
+            assert r is not None
+            prev_bad = rec.file
+            rec.file = {"ok": r.ok and prev_bad is None, "path": path,
+                        "error": (prev_bad or {}).get("error") or r.error,
+                        "bytes": r.nbytes, "shape": list(r.shape) if r.shape else None,
+                        "dtype": r.dtype, "consumed": r.consumed, "seconds": round(r.seconds, 6),
+                        "lock_wait": round(r.lock_wait, 6)}
+            if r.detail or prev_bad:
+                rec.file["detail"] = (prev_bad or {}).get("detail") or r.detail
+            rec.file = {k: v for k, v in rec.file.items() if v is not None}
+            if r.kept_at:
+                rec.file["kept_at"] = r.kept_at
+            if not rec.file["ok"] and self.load_t0 is not None:  # when the check gave up (stall accounting)
+                rec.file["t_end"] = round(time.monotonic() - self.load_t0, 3)
+            if r.consumed in ("deleted", "moved"):
+                self.store.claim(path, forget=True)
+            rec.client_s["check"] = round(r.seconds, 6)
+        if rec.file is not None and not rec.file.get("ok"):
+            self.announce_bad_file(rec.file)
+        st.finish(rec, self.requests_f)
 
     def announce_bad_file(self, f: dict[str, Any]) -> None:
         """The first file of each error kind that fails: one line on the display and an event, at once."""
@@ -459,7 +463,7 @@ class _Run:
                 result = ("ok", (info.prompt_tokens or 0) + (info.completion_tokens or 0))
                 if info.hs_path:  # the probe's own hidden-state file: remove it, count nothing
                     self.store.claim(info.hs_path)
-                    asyncio.get_running_loop().run_in_executor(self.pool, self.checker.discard, info.hs_path)
+                    self.pool.submit(self.checker.discard, (info.hs_path,))
         except asyncio.TimeoutError:
             result = ("timeout", 0)
         except (aiohttp.ClientError, ValueError):
@@ -648,8 +652,7 @@ class _Run:
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread: the caller handles signals
         c = self.L.concurrency
-        threads = self.L.check_threads or min(16, max(4, c // 16))  # CPU-bound on local storage: few threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="repro-check")
+        self.pool = CheckPool(loop, self.L.check_threads or default_threads(c))
         prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
         self.check_slots = asyncio.Semaphore(max(64, 4 * c))
         self.checker = FileChecker(self.L.consume, self.L.keep_budget,
@@ -739,7 +742,7 @@ class _Run:
                 await asyncio.gather(self._probe_task, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown()
             prep_pool.shutdown(wait=False, cancel_futures=True)
             self.progress.stop()
             if self.log is not None:

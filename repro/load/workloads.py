@@ -16,11 +16,11 @@ The response is read by :func:`repro.hsfiles.response.read_response` and its fil
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
 from repro.errors import UsageError
+from repro.load import codec
 from repro.load.prompts import CHAT, Prompt
 
 HIDDEN_STATES, CHAT_WL, SPECULATORS = "hidden-states", "chat", "speculators"
@@ -93,5 +93,4 @@ def prepare(seq: int, prompt: Prompt, kind: str, model: str, max_tokens: int) ->
         path = "/v1/chat/completions"
     sent_ids = prompt.tokens if path == "/v1/completions" else None  # chat: the server applies its template
     n = len(sent_ids) if sent_ids is not None else None
-    return PreparedRequest(seq, kind, path, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-                           sent_ids, n)
+    return PreparedRequest(seq, kind, path, codec.dumps(body), sent_ids, n)  # compact, UTF-8, as json.dumps writes it
