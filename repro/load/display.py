@@ -134,7 +134,7 @@ def final_line(summary: dict[str, Any], report: Any = None, run_dir: Any = None)
     if f.get("verified") or f.get("bad") or f.get("not_written_engine_stalled"):
         files = f"; files {f.get('verified', 0)} verified, {f.get('bad', 0)} bad" + (
             f", {f['not_written_engine_stalled']} not written: engine stalled" if f.get("not_written_engine_stalled")
-            else "")
+            else "") + (f", {f['not_checked']} not checked: the run stopped first" if f.get("not_checked") else "")
     where = f"report: {report}" if report else f"run directory: {run_dir}"
     return (f"{head}: {r.get('ok', 0)} ok / {r.get('total', 0)} requests in "
             f"{format_duration(summary.get('load_seconds') or 0.0)}" + (f" at concurrency {c}" if c else "")

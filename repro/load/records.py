@@ -130,6 +130,9 @@ NOT_WRITTEN_ERRORS = frozenset({"file-missing", "lock-timeout"})  # the file nev
 NOT_WRITTEN_STALLED = "engine stalled"
 
 
+NOT_CHECKED = "cancelled"  # a file's check error when the run stopped before the check ran
+
+
 def not_written_after_stall(file: dict[str, Any], stall_since: float | None) -> bool:
     """A failed check of a file the stalled engine never wrote: missing (or still locked) when the check ended,
     and the check ended at or after the stall began (both in seconds since the start of the load)."""
@@ -163,6 +166,7 @@ class RunStats:
         self.files_bad = 0
         self.file_errors: Counter[str] = Counter()
         self.files_not_written = 0  # not written: engine stalled (see the module docstring)
+        self.files_not_checked = 0  # answered, but the run stopped (Ctrl-C, a stall) before its check ran
         self.not_written_errors: Counter[str] = Counter()
         self.stall_since: float | None = None  # seconds since the load began, once a stall is declared
         self._unwritten: deque[tuple[float, str]] = deque(maxlen=10_000)  # (t_end, error) of bad missing files
@@ -210,6 +214,8 @@ class RunStats:
             if f.get("ok"):
                 self.files_ok += 1
                 self.consumed[f.get("consumed") or "?"] += 1
+            elif f.get("error") == NOT_CHECKED:  # nothing is known of this file: neither verified nor bad
+                self.files_not_checked += 1
             elif not_written_after_stall(f, self.stall_since):
                 f["not_written"] = NOT_WRITTEN_STALLED
                 self.files_not_written += 1
@@ -267,7 +273,7 @@ class RunStats:
         return {"verified": self.files_ok, "bad": self.files_bad, "failed_check": failed,
                 "unverifiable": self.files_bad - failed, "errors": dict(self.file_errors),
                 "not_written_engine_stalled": self.files_not_written,
-                "not_written_errors": dict(self.not_written_errors),
+                "not_written_errors": dict(self.not_written_errors), "not_checked": self.files_not_checked,
                 "bytes": self.file_bytes, "consumed": dict(self.consumed), "dtypes": dict(self.file_dtypes),
                 "handles": self.handles, "bad_handles": self.bad_handles}
 
@@ -287,6 +293,8 @@ def count_records(path: Path, stall_since: float | None = None) -> dict[str, int
             if fr is not None:
                 if fr.get("ok"):
                     out["files_ok"] += 1
+                elif fr.get("error") == NOT_CHECKED:
+                    out["files_not_checked"] += 1
                 elif not_written_after_stall(fr, stall_since):
                     out["files_not_written"] += 1
                 else:

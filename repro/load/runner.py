@@ -74,7 +74,7 @@ from repro.load.prompts import PromptSource, load_prompts_file
 from repro.load.server_facts import ServerFacts
 from repro.load.store import StoreAccounting
 from repro.load.storms import StormTracker
-from repro.load.records import LinearHistogram, RequestRecord, RunStats
+from repro.load.records import NOT_CHECKED, LinearHistogram, RequestRecord, RunStats
 from repro.load import speculators
 from repro.hsfiles.checker import CheckResult, FileChecker
 from repro.hsfiles.response import read_response
@@ -310,7 +310,7 @@ class _Run:
         st.in_check -= 1
         self.check_slots.release()
         if isinstance(error, asyncio.CancelledError):
-            rec.file = {"ok": False, "error": "cancelled", "path": path}
+            rec.file = {"ok": False, "error": NOT_CHECKED, "path": path}
         elif error is not None:
             rec.file = {"ok": False, "error": "check-crashed", "detail": f"{type(error).__name__}: {error}"}
         else:

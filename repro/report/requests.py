@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro.load.records import LogHistogram, not_written_after_stall
+from repro.load.records import NOT_CHECKED, LogHistogram, not_written_after_stall
 
 NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
@@ -137,6 +137,8 @@ def bin_requests(path: Path, span_s: float, stall_since: float | None = None,
                 if isinstance(fr, dict):
                     if fr.get("ok"):
                         b.files_ok += 1
+                    elif fr.get("error") == NOT_CHECKED:  # the run stopped before the check ran
+                        pass
                     elif not_written_after_stall(fr, stall_since):
                         b.files_not_written += 1
                     else:

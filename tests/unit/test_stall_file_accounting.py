@@ -82,3 +82,22 @@ def test_recorded_stall_run_counts_the_files_the_stalled_engine_never_wrote_apar
         assert files[k] == summary["files"][k], k
     recount = count_records(DATA / "requests.jsonl", stall_since=since)
     assert recount.get("files_bad", 0) == 0 and recount["files_not_written"] == files["not_written_engine_stalled"]
+
+
+def test_a_check_the_stopping_run_never_ran_is_not_checked_neither_verified_nor_bad(tmp_path: Path) -> None:
+    """GIVEN answers whose file checks were still queued when the run stopped (Ctrl-C) THEN they count as
+    `not_checked`, never as bad files, in the summary's counts, in requests.jsonl recounted and in the
+    final line."""
+    from repro.load.display import final_line
+
+    st = RunStats()
+    path = tmp_path / "requests.jsonl"
+    with open(path, "w") as out:
+        st.finish(rec(1, 10.0, None), out)
+        st.finish(rec(2, 11.0, "cancelled"), out)
+        st.finish(rec(3, 11.0, "cancelled"), out)
+    files = st.files()
+    assert (files["verified"], files["bad"], files["not_checked"]) == (1, 0, 2)
+    assert count_records(path)["files_not_checked"] == 2 and "files_bad" not in count_records(path)
+    line = final_line({"outcome": "interrupted", "requests": {"ok": 3, "total": 3}, "files": files}, run_dir=tmp_path)
+    assert "1 verified, 0 bad, 2 not checked: the run stopped first" in line
