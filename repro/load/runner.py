@@ -27,7 +27,7 @@ The stages live in their own modules; this one wires them to one event loop:
 * :mod:`repro.load.outputs` -- timeline rows, the display snapshot, summary.json; :mod:`repro.load.stall`
   -- detection.json; :mod:`repro.load.server_facts` -- the server's log, command and store
 
-Why this module is still ~850 lines: what is left is the state one run shares between its
+Why this module is still ~900 lines: what is left is the state one run shares between its
 request path (``one`` -> ``handle_ok`` -> the file check's callback, the speculators give-up
 rule) and its monitor loop (observe -> detector -> stop, probe, capture on a stall): the same
 counters, stop event, check-slot semaphore and thread pools, read and written on one event loop
