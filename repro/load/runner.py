@@ -296,8 +296,7 @@ class _Run:
             expected = tuple(info.prompt_ids) if info.prompt_ids is not None else None
         # The check runs in the pool; the concurrency slot is already free when it starts.
         st.in_check += 1
-        check = functools.partial(speculators.check_after_lock, self.checker) if prep.kind == SPECULATORS \
-            else self.checker.check
+        check = self.check_after_lock if prep.kind == SPECULATORS else self.checker.check
         path = info.hs_path
         self.pool.submit(check, (path, expected, prep.kind in (HIDDEN_STATES, SPECULATORS)),
                          functools.partial(self.check_done, rec, path))
@@ -661,6 +660,7 @@ class _Run:
                                    layout=self.connector.output if self.connector is not None else None,
                                    model_dtype=self.facts.model_dtype(),
                                    bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
+        self.check_after_lock = functools.partial(speculators.check_after_lock, self.checker)  # one, not per request
         self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
         mon_connector = aiohttp.TCPConnector(limit=4)
