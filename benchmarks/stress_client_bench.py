@@ -54,6 +54,12 @@ PY = sys.executable
 BIN = Path(sys.executable).parent
 
 
+def tool(name: str) -> str:
+    """The console script ``name`` beside this interpreter (a venv), else the first one on PATH (a --target install)."""
+    here = BIN / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
 def free_port() -> int:
     import socket
 
@@ -141,12 +147,12 @@ REPRO_EXTRA: list[str] = []
 def client_cmd(kind: str, url: str, c: int, prompt_len: int, seconds: float, out: Path, tokenizer: str,
                prompts: int) -> list[str]:
     if kind == "repro":
-        return [str(BIN / "repro"), "stress", "--url", url, "--concurrency", str(c), "--duration", str(seconds),
+        return [tool("repro"), "stress", "--url", url, "--concurrency", str(c), "--duration", str(seconds),
                 "--prompt-len", str(prompt_len), "--vocab-size", "250", "--window", "600", "--out", str(out),
                 *REPRO_EXTRA]
     if kind == "vllm-bench":
         n = prompts
-        return [str(BIN / "vllm"), "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint",
+        return [tool("vllm"), "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint",
                 "/v1/completions", "--model", "fast", "--tokenizer", tokenizer, "--dataset-name", "random",
                 "--random-input-len", str(prompt_len), "--random-output-len", "1", "--num-prompts", str(n),
                 "--max-concurrency", str(c), "--request-rate", "inf", "--disable-tqdm",
