@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from repro.storage.alerts import StorageWatch
 from tests.gpu.harness import REPO, mark, profile_from_env, wait_marker
 from tests.gpu.helpers import (clear_store, died_of_56841, gpu_readings, run_repro, run_repro_guarding_store, store_listing,
                                stress_args, summary, wait_serving, write_control)
@@ -121,8 +122,15 @@ def test_abort_storm_is_a_warning_and_its_orphans_are_counted(ctx, gpu_server, s
     assert s.get("stall") is None, s.get("stall")
     # at c=16 (0.24+, where 64 kills EngineCore) timeouts are too rare for the storm warning: the leak is the point
     assert storm or _storm_concurrency(ctx) < ctx.profile.storm_concurrency, "no abort-storm warning"
-    assert "storage-leak" in (sto.get("warnings") or {}), sto.get("warnings")
-    assert (sto.get("orphan_files") or 0) > 0
+    # a leak is warned of from StorageWatch.min_orphans orphans on (a handful is not a leak); at c=16 on 0.24+ the
+    # 0.2 s storm leaves anywhere from a few to a few dozen (4 and 16 on the H200 with 0.26.0)
+    orphans, least = sto.get("orphan_files") or 0, StorageWatch.min_orphans
+    step.put(leak_warning_expected=orphans >= least)
+    assert orphans > 0
+    if orphans >= least:
+        assert "storage-leak" in (sto.get("warnings") or {}), sto.get("warnings")
+    else:
+        assert "storage-leak" not in (sto.get("warnings") or {}), f"a leak warned of at {orphans} < {least} orphans"
     assert data == sto.get("files") and sto.get("orphan_files") == data - (sto.get("claimed_files") or 0), \
         f"census {sto.get('files')} files ({sto.get('orphan_files')} orphans) vs ls {data}"
     assert cap.rc == 0 and issue.rc == 0, f"capture {cap.rc} / issue {issue.rc}: {cap.tail(5)} {issue.tail(5)}"
