@@ -108,6 +108,36 @@ def cpu_of(proc: psutil.Process) -> float:
     return total
 
 
+def thread_cpu(proc: psutil.Process) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name as the kernel has it, user+sys CPU seconds so far) for the threads of ``proc``."""
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        threads = proc.threads()
+    except psutil.NoSuchProcess:
+        return out
+    for t in threads:
+        try:
+            name = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        out[t.id] = (name, t.user_time + t.system_time)
+    return out
+
+
+def cores_by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], pid: int,
+                    dt: float) -> dict[str, float]:
+    """Cores used in the window by the main thread (the event loop: its tid is the pid) and by all the other
+    threads together (file checks, prompt building, ...; Python does not give the kernel its thread names)."""
+    main = others = 0.0
+    for tid, (name, cpu) in after.items():
+        d = (cpu - before.get(tid, (name, 0.0))[1]) / dt
+        if tid == pid:
+            main += d
+        else:
+            others += d
+    return {"main": round(main, 3), "other_threads": round(others, 3), "threads": len(after)}
+
+
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """pid -> (short command line, user+sys CPU seconds so far) for every process we can read."""
     out: dict[int, tuple[str, float]] = {}
@@ -190,9 +220,9 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
                 raise RuntimeError(f"{kind} sent nothing; see {log.name}")
             time.sleep(0.2)
         time.sleep(warm)
-        s1, cpu1, ecpu1, all1 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process()
+        s1, cpu1, ecpu1, all1, th1 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process(), thread_cpu(ps)
         time.sleep(window)
-        s2, cpu2, ecpu2, all2 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process()
+        s2, cpu2, ecpu2, all2, th2 = get(url + "/stats"), cpu_of(ps), cpu_of(eps), cpu_by_process(), thread_cpu(ps)
         if client.poll() is not None:
             res["note"] = "INVALID: the client ended inside the window"
         dt = s2["t"] - s1["t"]
@@ -203,7 +233,8 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
                    endpoint_cpu_s_per_1000=round(1000 * (ecpu2 - ecpu1) / n, 3) if n else None,
                    mean_in_flight=round((s2["area"] - s1["area"]) / dt, 2),
                    fidelity=round((s2["area"] - s1["area"]) / dt / c, 4),
-                   beside=beside(all1, all2, tree(ps) | {ep.pid, os.getpid()}, dt))
+                   beside=beside(all1, all2, tree(ps) | {ep.pid, os.getpid()}, dt),
+                   client_cores_by_thread=cores_by_thread(th1, th2, ps.pid, dt))
     finally:
         if client.poll() is None:
             os.killpg(client.pid, signal.SIGINT)
@@ -237,7 +268,6 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
 
 def side_by_side(rows: list[dict]) -> str:
     """The capacity rows as one Markdown table, with repro's ratios to the other two."""
-    by = {r["client"]: r for r in rows}
     lines = ["| round | client | requests/s | mean in flight | fidelity | CPU s / 1,000 req: client, endpoint "
              "| load avg (1 min) before, after | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
