@@ -108,33 +108,19 @@ def cpu_of(proc: psutil.Process) -> float:
     return total
 
 
-def thread_cpu(proc: psutil.Process) -> dict[int, tuple[str, float]]:
-    """tid -> (thread name as the kernel has it, user+sys CPU seconds so far) for the threads of ``proc``."""
-    out: dict[int, tuple[str, float]] = {}
+def thread_cpu(proc: psutil.Process) -> dict[int, float]:
+    """tid -> user+sys CPU seconds so far, for the threads of ``proc``."""
     try:
-        threads = proc.threads()
+        return {t.id: t.user_time + t.system_time for t in proc.threads()}
     except psutil.NoSuchProcess:
-        return out
-    for t in threads:
-        try:
-            name = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
-        except OSError:
-            name = "?"
-        out[t.id] = (name, t.user_time + t.system_time)
-    return out
+        return {}
 
 
-def cores_by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], pid: int,
-                    dt: float) -> dict[str, float]:
+def cores_by_thread(before: dict[int, float], after: dict[int, float], pid: int, dt: float) -> dict[str, float]:
     """Cores used in the window by the main thread (the event loop: its tid is the pid) and by all the other
     threads together (file checks, prompt building, ...; Python does not give the kernel its thread names)."""
-    main = others = 0.0
-    for tid, (name, cpu) in after.items():
-        d = (cpu - before.get(tid, (name, 0.0))[1]) / dt
-        if tid == pid:
-            main += d
-        else:
-            others += d
+    main = (after.get(pid, 0.0) - before.get(pid, 0.0)) / dt
+    others = sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid != pid) / dt
     return {"main": round(main, 3), "other_threads": round(others, 3), "threads": len(after)}
 
 
