@@ -4,7 +4,8 @@
 connection pool sized to the concurrency, each worker posting the same pre-built token-id
 completion body (the hidden-states workload's shape: --prompt-len ids, max_tokens 1,
 return_token_ids) and reading the whole answer; nothing is parsed, checked or recorded.
-Runs until --duration or SIGINT, then prints one line with the count.
+Runs until --duration or SIGINT, then prints one line with the count. --procs N runs N such
+processes (forked, each its share of --concurrency): the bound for a client of N processes.
 
     python benchmarks/bare_client.py --url http://127.0.0.1:8201 --concurrency 256 --duration 30
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import time
@@ -70,4 +72,17 @@ if __name__ == "__main__":
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--duration", type=float, default=600.0)
     ap.add_argument("--prompt-len", type=int, default=128)
-    run(ap.parse_args())
+    ap.add_argument("--procs", type=int, default=1, help="processes, each its share of --concurrency")
+    a = ap.parse_args()
+    n, total, kids = a.procs, a.concurrency, []
+    for i in range(n - 1):  # the first n - 1 shares in children, the last one here
+        pid = os.fork()
+        if pid == 0:
+            a.concurrency = total // n + (1 if i < total % n else 0)
+            run(a)
+            os._exit(0)
+        kids.append(pid)
+    a.concurrency = total // n + (1 if n - 1 < total % n else 0)
+    run(a)
+    for k in kids:
+        os.waitpid(k, 0)

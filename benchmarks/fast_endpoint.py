@@ -22,6 +22,10 @@ shape as the file of an N-token-id prompt; --discard-files deletes each file (an
 writing it, for a client that reads no files (the endpoint still does the full write per request, and
 the files do not pile up).
 
+--workers N serves from N processes on one port (SO_REUSEPORT), for clients faster than one Python
+process can answer; /stats and /metrics then sum every process's counters (shared memory), whichever
+process answers.
+
 GET /stats returns the time-integral of in-flight (``area``) at time ``t``: the
 mean in flight between two calls is (area2 - area1) / (t2 - t1).
 
@@ -46,9 +50,14 @@ from safetensors.numpy import save_file
 STATE: web.AppKey["State"] = web.AppKey("state")
 
 
+#: per-process counters in the shared array (--workers): in_flight, area, t_last, requests, prompt and generation tokens
+SLOT = 6
+
+
 class State:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, shared: object = None, slot: int = 0) -> None:
         self.args = args
+        self.shared, self.slot = shared, slot  # --workers: this process's slot in a multiprocessing.RawArray
         self.in_flight = 0
         self.area = 0.0
         self.t_last = time.monotonic()
@@ -64,10 +73,36 @@ class State:
     def enter(self) -> None:
         self._tick()
         self.in_flight += 1
+        self.publish()
 
     def leave(self) -> None:
         self._tick()
         self.in_flight -= 1
+        self.publish()
+
+    def publish(self) -> None:
+        if self.shared is not None:
+            i = self.slot * SLOT
+            self.shared[i:i + SLOT] = [self.in_flight, self.area, self.t_last, self.requests, self.prompt_tokens,
+                                       self.generation_tokens]  # type: ignore[index]
+
+    def totals(self) -> dict[str, float]:
+        """in_flight, area (up to now), requests and tokens: this process's, or (--workers) every process's."""
+        self._tick()
+        if self.shared is None:
+            return {"t": self.t_last, "area": self.area, "in_flight": self.in_flight, "requests": self.requests,
+                    "prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens}
+        self.publish()
+        v, now = list(self.shared), self.t_last  # type: ignore[call-overload]
+        out = {"t": now, "area": 0.0, "in_flight": 0, "requests": 0, "prompt_tokens": 0, "generation_tokens": 0}
+        for k in range(len(v) // SLOT):
+            fl, area, t_last, req, pt, gt = v[k * SLOT:(k + 1) * SLOT]
+            out["area"] += area + fl * max(0.0, now - t_last) if t_last else 0.0
+            out["in_flight"] += int(fl)
+            out["requests"] += int(req)
+            out["prompt_tokens"] += int(pt)
+            out["generation_tokens"] += int(gt)
+        return out
 
 
 def write_hidden_states(path: str, token_ids: list[int], layers: int, hidden: int, bad: str | None = None,
@@ -141,6 +176,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         st.requests += 1
         st.prompt_tokens += len(ids)
         st.generation_tokens += n_out
+        st.publish()
         usage = {"prompt_tokens": len(ids), "completion_tokens": n_out, "total_tokens": len(ids) + n_out}
         chat = request.path.endswith("/chat/completions")
         if body.get("stream"):
@@ -178,29 +214,30 @@ async def models(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
     m = st.args.model
-    running = float(round(st.in_flight * getattr(st.args, "engine_share", 1.0)))
+    tot = st.totals()
+    running = float(round(tot["in_flight"] * getattr(st.args, "engine_share", 1.0)))
     text = (f'vllm:num_requests_running{{engine="0",model_name="{m}"}} {running}\n'
             f'vllm:num_requests_waiting{{engine="0",model_name="{m}"}} 0.0\n'
             f'vllm:kv_cache_usage_perc{{engine="0",model_name="{m}"}} 0.0\n'
-            f'vllm:prompt_tokens_total{{engine="0",model_name="{m}"}} {float(st.prompt_tokens)}\n'
-            f'vllm:generation_tokens_total{{engine="0",model_name="{m}"}} {float(st.generation_tokens)}\n'
-            f'vllm:request_success_total{{engine="0",finished_reason="length",model_name="{m}"}} {float(st.requests)}\n')
+            f'vllm:prompt_tokens_total{{engine="0",model_name="{m}"}} {float(tot["prompt_tokens"])}\n'
+            f'vllm:generation_tokens_total{{engine="0",model_name="{m}"}} {float(tot["generation_tokens"])}\n'
+            f'vllm:request_success_total{{engine="0",finished_reason="length",model_name="{m}"}} {float(tot["requests"])}\n')
     return web.Response(text=text, content_type="text/plain")
 
 
 async def stats(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
-    st._tick()
-    return web.json_response({"t": st.t_last, "area": st.area, "in_flight": st.in_flight, "requests": st.requests})
+    tot = st.totals()
+    return web.json_response({k: tot[k] for k in ("t", "area", "in_flight", "requests")})
 
 
 async def health(request: web.Request) -> web.Response:
     return web.Response(text="")
 
 
-def make_app(args: argparse.Namespace) -> web.Application:
+def make_app(args: argparse.Namespace, shared: object = None, slot: int = 0) -> web.Application:
     app = web.Application(client_max_size=64 << 20)
-    app[STATE] = State(args)
+    app[STATE] = State(args, shared, slot)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/v1/models", models)
@@ -226,16 +263,38 @@ def main() -> None:
     ap.add_argument("--text-tokens", type=int, default=None, help="a text prompt counts as this many tokens")
     ap.add_argument("--discard-files", action="store_true",
                     help="delete each file right after writing it (for a client that reads none)")
+    ap.add_argument("--workers", type=int, default=1, help="serve from this many processes (SO_REUSEPORT)")
     args = ap.parse_args()
     if args.files:
         os.makedirs(args.files, exist_ok=True)
+    shared, slot = None, 0
+    if args.workers > 1:  # fork before any event loop exists; the parent only waits (killpg stops them all)
+        import multiprocessing
+        import signal
+
+        shared = multiprocessing.RawArray("d", SLOT * args.workers)
+        kids = []
+        for slot in range(args.workers):
+            pid = os.fork()
+            if pid == 0:
+                break
+            kids.append(pid)
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: [os.kill(k, signal.SIGTERM) for k in kids])
+            for _ in kids:
+                try:
+                    os.wait()
+                except ChildProcessError:
+                    break
+            return
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(args), host=args.host, port=args.port, access_log=None, backlog=4096, print=None)
+    web.run_app(make_app(args, shared, slot), host=args.host, port=args.port, access_log=None, backlog=4096,
+                print=None, reuse_port=args.workers > 1)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,14 @@ def get(url: str) -> dict:
 READS_FILES = ("repro", "naive")
 
 
+#: endpoint processes (--endpoint-workers) and bare-loop processes (--bare-procs)
+SETUP = {"endpoint_workers": 1, "bare_procs": 1}
+
+
 def start_endpoint(port: int, latency: float, files: str | None, discard: bool = False,
                    text_tokens: int | None = None) -> subprocess.Popen[bytes]:
-    cmd = [PY, str(HERE / "fast_endpoint.py"), "--port", str(port), "--latency", str(latency)]
+    cmd = [PY, str(HERE / "fast_endpoint.py"), "--port", str(port), "--latency", str(latency),
+           "--workers", str(SETUP["endpoint_workers"])]
     if files:
         cmd += ["--files", files]
     if discard:
@@ -160,12 +165,19 @@ def tree(proc: psutil.Process) -> set[int]:
 REPRO_EXTRA: list[str] = []
 
 
+def base_kind(kind: str) -> tuple[str, int | None]:
+    """"repro-p4" -> ("repro", 4): a client of 4 processes (repro --client-procs 4, the bare loop's --procs 4)."""
+    name, _, procs = kind.partition("-p")
+    return (name, int(procs)) if procs.isdigit() and name in ("repro", "bare") else (kind, None)
+
+
 def client_cmd(kind: str, url: str, c: int, prompt_len: int, seconds: float, out: Path, tokenizer: str,
                prompts: int) -> list[str]:
+    kind, procs = base_kind(kind)
     if kind == "repro":
         return [tool("repro"), "stress", "--url", url, "--concurrency", str(c), "--duration", str(seconds),
                 "--prompt-len", str(prompt_len), "--vocab-size", "250", "--window", "600", "--out", str(out),
-                *REPRO_EXTRA]
+                *REPRO_EXTRA, *(["--client-procs", str(procs)] if procs else [])]
     if kind == "vllm-bench":
         n = prompts
         return [tool("vllm"), "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint",
@@ -178,7 +190,7 @@ def client_cmd(kind: str, url: str, c: int, prompt_len: int, seconds: float, out
                 str(seconds), "--prompt-len", str(prompt_len)]
     if kind == "bare":
         return [PY, str(HERE / "bare_client.py"), "--url", url, "--concurrency", str(c), "--duration",
-                str(seconds), "--prompt-len", str(prompt_len)]
+                str(seconds), "--prompt-len", str(prompt_len), "--procs", str(procs or SETUP["bare_procs"])]
     raise ValueError(kind)
 
 
@@ -186,7 +198,7 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
             out: Path, tokenizer: str, prompts: int) -> dict:
     port = free_port()
     store = f"/dev/shm/repro-stress-bench-files-{port}" if files else None
-    ep = start_endpoint(port, latency, store, discard=kind not in READS_FILES, text_tokens=prompt_len)
+    ep = start_endpoint(port, latency, store, discard=base_kind(kind)[0] not in READS_FILES, text_tokens=prompt_len)
     url = f"http://127.0.0.1:{port}"
     run_dir = out / f"{kind}-c{c}-{'files' if files else 'nofiles'}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -197,7 +209,8 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
     log = open(out / f"{run_dir.name}.log", "wb")  # never a pipe: a chatty client would block on a full one
     client = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ps, eps = psutil.Process(client.pid), psutil.Process(ep.pid)
-    res: dict = {"client": kind, "concurrency": c, "latency_s": latency, "files": files, "prompt_len": prompt_len,
+    res: dict = {"client": kind, "concurrency": c, "endpoint_workers": SETUP["endpoint_workers"],
+                 "processes": base_kind(kind)[1] or (SETUP["bare_procs"] if kind == "bare" else 1), "latency_s": latency, "files": files, "prompt_len": prompt_len,
                  "command": " ".join(cmd)}
     try:
         deadline = time.monotonic() + 300
@@ -240,7 +253,7 @@ def measure(kind: str, c: int, latency: float, files: bool, prompt_len: int, war
             res["files_left_in_storage"] = len([f for f in os.listdir(store) if f.endswith(".safetensors")])
             shutil.rmtree(store, ignore_errors=True)
     res["load_avg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
-    if kind == "repro" and (run_dir / "summary.json").exists():
+    if base_kind(kind)[0] == "repro" and (run_dir / "summary.json").exists():
         s = json.loads((run_dir / "summary.json").read_text())
         res["repro_reported_fidelity"] = s["fidelity"]["mean"]
         res["repro_files_verified"] = s["files"]["verified"]
@@ -267,9 +280,10 @@ def side_by_side(rows: list[dict]) -> str:
     med = {k: statistics.median(v) for k, v in rate.items()}
     lines.append("")
     lines.append("median requests/s: " + ", ".join(f"{k} {v:g}" for k, v in med.items()))
-    for other in ("vllm-bench", "bare"):
-        if med.get("repro") and med.get(other):
-            lines.append(f"repro / {other}: {med['repro'] / med[other]:.2f}x")
+    for mine in [k for k in med if base_kind(k)[0] == "repro"]:
+        for other in [k for k in med if k == "vllm-bench" or base_kind(k)[0] == "bare"]:
+            if med[mine] and med[other]:
+                lines.append(f"{mine} / {other}: {med[mine] / med[other]:.2f}x")
     return "\n".join(lines)
 
 
@@ -282,7 +296,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/repro/tiny-llama-v1"))
     ap.add_argument("--only", choices=["capacity", "fidelity"], default=None)
     ap.add_argument("--clients", default=None,
-                    help="comma list of repro, vllm-bench, bare, naive (default: capacity repro,vllm-bench,bare; "
+                    help="comma list of repro, vllm-bench, bare, naive; repro-pN and bare-pN: of N processes "
+                         "(repro --client-procs N, the bare loop's --procs N) (default: capacity repro,vllm-bench,bare; "
                          "fidelity all four)")
     ap.add_argument("--capacity-concurrency", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=1,
@@ -291,9 +306,13 @@ def main() -> None:
     ap.add_argument("--vllm-bench-prompts", type=int, default=60000,
                     help="prompts for vllm bench serve: more than it can send in --warm + --window (30,000 ran "
                          "out inside a 5 + 20 s window on a quiet 2-core VM)")
+    ap.add_argument("--endpoint-workers", type=int, default=1,
+                    help="fast_endpoint.py processes (SO_REUSEPORT): more for clients of several processes")
+    ap.add_argument("--bare-procs", type=int, default=1, help="processes of the bare loop (its bound for N processes)")
     ap.add_argument("--repro-args", default="", help="extra arguments for repro stress (one string, split on spaces)")
     args = ap.parse_args()
     REPRO_EXTRA[:] = args.repro_args.split()
+    SETUP.update(endpoint_workers=args.endpoint_workers, bare_procs=args.bare_procs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

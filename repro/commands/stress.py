@@ -22,7 +22,7 @@ from repro.scenario import CaptureSettings, DetectSettings, LoadSettings, Scenar
 from repro.units import parse_duration
 
 LOAD_OPTIONS = ("requests", "request_timeout", "retries", "seed", "prompt_len", "prompts_file", "vocab_size",
-                "check_threads", "max_tokens", "consume", "keep_budget", "keep_bad_budget")
+                "check_threads", "client_procs", "max_tokens", "consume", "keep_budget", "keep_bad_budget")
 SCENARIO_OPTIONS = ("api_key", "storage_horizon", "orphan_grace", "on_stall")
 CAPTURE_OPTIONS = ("samples", "interval", "size_budget", "env_allow")
 DETECT_OPTIONS = ("poll_interval", "window", "min_bad_evaluations", "slow_floor", "startup_grace")

@@ -20,7 +20,8 @@ from repro.load.workloads import PreparedRequest, Workload, prepare
 
 class PromptFeed:
     def __init__(self, source: PromptSource, workload: Workload, model: str, max_tokens: int, seed: int,
-                 buffer: int, executor: Executor | None = None, batch: int | None = None) -> None:
+                 buffer: int, executor: Executor | None = None, batch: int | None = None,
+                 seq_offset: int = 0, seq_stride: int = 1) -> None:
         self.source = source
         self.workload = workload
         self.model = model
@@ -32,6 +33,7 @@ class PromptFeed:
         self._ready: deque[PreparedRequest] = deque()
         self._pending: asyncio.Future[list[PreparedRequest]] | None = None
         self._seq = 0
+        self.seq_offset, self.seq_stride = seq_offset, seq_stride  # one of N client processes: seq = i + k * N
         self.prep_seconds = 0.0  # thread time spent preparing (client-side work)
         self.prepared = 0
 
@@ -40,7 +42,8 @@ class PromptFeed:
         out = []
         for i in range(n):
             kind = self.workload.pick(self.rng)
-            out.append(prepare(start + i, self.source.next(), kind, self.model, self.max_tokens))
+            out.append(prepare(self.seq_offset + (start + i) * self.seq_stride, self.source.next(), kind, self.model,
+                               self.max_tokens))
         return out, time.perf_counter() - t0
 
     def _refill(self) -> None:

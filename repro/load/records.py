@@ -67,6 +67,18 @@ class _Histogram:
     def mean(self) -> float | None:
         return self.total / self.n if self.n else None
 
+    def merge(self, other: "_Histogram") -> None:
+        """Add ``other``'s samples (same bins: the same class built with the same arguments)."""
+        if len(other.counts) != len(self.counts):
+            raise ValueError("histograms with different bins cannot be merged")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        self.n += other.n
+        self.total += other.total
+        if other.max is not None:
+            self.max = other.max if self.max is None else max(self.max, other.max)
+        if other.min is not None:
+            self.min = other.min if self.min is None else min(self.min, other.min)
+
 
 class LogHistogram(_Histogram):
     """Log-spaced bins (latencies, client work): quantiles to about 2% relative error."""
@@ -238,6 +250,42 @@ class RunStats:
         self.bookkeeping_s.add(time.perf_counter() - t0)
         if self.observer is not None:
             self.observer(rec)
+
+    #: counters summed over client processes by :meth:`merged` (the rest: histograms, Counters, first/last values)
+    _SUMMED = ("in_flight", "in_check", "started", "finished", "ok", "failed", "rejected", "timeouts", "cancelled",
+               "attempt_timeouts", "retries", "completions", "files_ok", "files_bad", "files_not_written",
+               "files_not_checked", "file_bytes", "prompt_tokens", "completion_tokens", "prep_s_total", "prep_n",
+               "handles", "bad_handles")
+    _COUNTERS = ("errors", "file_errors", "not_written_errors", "file_dtypes", "consumed", "kinds")
+    _HISTOGRAMS = ("latency", "check_s", "prompt_wait_s", "bookkeeping_s")
+
+    @classmethod
+    def merged(cls, parts: "list[RunStats]") -> "RunStats":
+        """One run's counters from those of its client processes (``--client-procs``): sums, merged
+        histograms, the earliest start and the latest completion."""
+        out = cls()
+        if not parts:
+            return out
+        out.t0 = min(p.t0 for p in parts)
+        for name in cls._SUMMED:
+            setattr(out, name, sum(getattr(p, name) for p in parts))
+        for name in cls._COUNTERS:
+            total: Counter[str] = Counter()
+            for p in parts:
+                total.update(getattr(p, name))
+            setattr(out, name, +total)
+        for name in cls._HISTOGRAMS:
+            h = getattr(out, name)
+            for p in parts:
+                h.merge(getattr(p, name))
+        lasts = [p.last_completion for p in parts if p.last_completion is not None]
+        out.last_completion = max(lasts) if lasts else None
+        out.rejected_detail = next((p.rejected_detail for p in parts if p.rejected_detail is not None), None)
+        sinces = [p.stall_since for p in parts if p.stall_since is not None]
+        out.stall_since = min(sinces) if sinces else None
+        for p in parts:
+            out._unwritten.extend(p._unwritten)
+        return out
 
     def stall_began(self, since: float) -> None:
         """The run's stall began at ``since`` (seconds since the load began): files missing at or after it

@@ -75,7 +75,8 @@ from repro.load.server_facts import ServerFacts
 from repro.load.store import StoreAccounting
 from repro.load.storms import StormTracker
 from repro.load.records import NOT_CHECKED, LinearHistogram, RequestRecord, RunStats
-from repro.load import speculators
+from repro.load import shards, speculators
+from repro.load.shards import STALL
 from repro.hsfiles.checker import CheckResult, FileChecker
 from repro.hsfiles.response import read_response
 from repro.load.workloads import HIDDEN_STATES, SPECULATORS, PreparedRequest, Workload
@@ -170,6 +171,8 @@ class _Run:
         self.handles = 0  # answers naming an object in a store (Mooncake handle), not a file
         self.facts = ServerFacts(scn, server, self.connector)
         self._model_root: str | None = None  # the served model's root (/v1/models), for its vocabulary size
+        self.shards: Any = None  # --client-procs > 1: the client processes (repro.load.shards.ShardSet)
+        self.stall_began_s: float | None = None  # the declared stall's onset, seconds since the load start
 
     # -- files -------------------------------------------------------------------
     def open_files(self) -> None:
@@ -500,7 +503,10 @@ class _Run:
             if a.state == STALLED and self.stall is None:
                 self.stall = a
                 began = round(self.rel(a.began or a.since or a.t), 3)
+                self.stall_began_s = began
                 self.stats.stall_began(began)  # files it never wrote are not bad
+                if self.shards is not None:
+                    self.shards.tell(STALL, began)
                 self.event("stall", **{"class": a.stall_class}, since=round(self.rel(a.since or a.t), 3),
                            began=began, detected=round(self.rel(a.t), 3), evidence=a.evidence)
                 self.request_stop("stall")
@@ -532,7 +538,7 @@ class _Run:
     def client_summary(self) -> dict[str, Any]:
         """Whose request shape the load had, and (speculators) whether its give-up rule ended the run."""
         if not self.speculators:
-            return {"shape": "repro", "workload": self.L.workload}
+            return {"shape": "repro", "workload": self.L.workload, "processes": self.L.client_procs}
         assert self.tracker is not None
         return {"shape": "speculators", "speculators_version": speculators.SPECULATORS_VERSION,
                 "request_timeout_s": self.L.request_timeout, "retries": self.L.retries,
@@ -565,6 +571,7 @@ class _Run:
         conn, handles = getattr(self, "connector", None), getattr(self, "handles", 0)
         if conn is not None and not conn.writes_files:
             return True
+        handles = max(handles, self.stats.handles)  # counted in the client processes with --client-procs
         return handles > 0 and self.stats.files_ok + self.stats.files_bad == 0
 
     def no_census(self) -> dict[str, Any]:
@@ -651,7 +658,8 @@ class _Run:
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread: the caller handles signals
         c = self.L.concurrency
-        self.pool = CheckPool(loop, self.L.check_threads or default_threads(c))
+        sharded = self.L.client_procs > 1
+        self.pool = CheckPool(loop, 1 if sharded else self.L.check_threads or default_threads(c))
         prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
         self.check_slots = asyncio.Semaphore(max(64, 4 * c))
         self.checker = FileChecker(self.L.consume, self.L.keep_budget,
@@ -677,8 +685,9 @@ class _Run:
                 self.source = source
                 feed = PromptFeed(source, Workload.parse(self.L.workload), self.model, self.L.max_tokens,
                                   self.L.seed, buffer=2 * c, executor=prep_pool)
-                self.feed = feed
-                await feed.start()
+                if not sharded:  # else each client process has a feed of its own
+                    self.feed = feed
+                    await feed.start()
                 self.open_files()
                 self.open_log()
                 self.progress.start()
@@ -694,11 +703,17 @@ class _Run:
                 mon_task = asyncio.ensure_future(self.monitor(mon_session))
                 issue = functools.partial(self.issue, feed)
                 one = functools.partial(self.one, session)
-                if self.L.rate:
+                if sharded:
+                    self.shards = shards.ShardSet(self, shards.specs(self, self.facts.vocab_size(self._model_root),
+                                                                     self.facts.model_dtype()))
+                    self.shards.start()
+                    load = asyncio.ensure_future(self.shards.wait())
+                elif self.L.rate:
                     tasks = [asyncio.ensure_future(arrivals.poisson(issue, one, self.L.rate, c, self.L.seed))]
                 else:
                     tasks = [asyncio.ensure_future(arrivals.closed_loop(issue, one)) for _ in range(c)]
-                load = asyncio.ensure_future(asyncio.gather(*tasks))
+                if not sharded:
+                    load = asyncio.ensure_future(asyncio.gather(*tasks))
                 stopper = asyncio.ensure_future(self.stop_event.wait())
                 sibling = asyncio.ensure_future(self.watch_group()) if self.group_stop is not None else None
                 dur = self.L.duration
@@ -717,13 +732,21 @@ class _Run:
                     self.checker.abandon.set()  # files a stalled engine never wrote: report them missing now
                     for t in tasks:
                         t.cancel()
+                    if self.shards is not None:
+                        self.shards.tell(shards.STOP_ABORT)
                 else:  # drain: let in-flight requests finish (bounded)
                     drain = min(self.L.request_timeout, 60.0)
+                    if self.shards is not None:
+                        self.shards.tell(shards.STOP_DRAIN)
                     _, pending = await asyncio.wait({load}, timeout=drain)
                     if pending:
                         self.event("drain-timeout", in_flight=self.stats.in_flight, seconds=drain)
                         for t in tasks:
                             t.cancel()
+                        if self.shards is not None:
+                            self.shards.tell(shards.STOP_ABORT)
+                if self.shards is not None:
+                    await load  # every client process's final batch (a process that died: its error, here)
                 await asyncio.gather(load, return_exceptions=True)
                 stopper.cancel()
                 if sibling is not None:
@@ -742,6 +765,8 @@ class _Run:
                 await asyncio.gather(self._probe_task, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            if self.shards is not None:
+                self.shards.close()
             self.pool.shutdown()
             prep_pool.shutdown(wait=False, cancel_futures=True)
             self.progress.stop()
@@ -752,7 +777,7 @@ class _Run:
         """The one line that says why a run whose files failed is not clean."""
         st = self.stats
         kinds = ", ".join(f"{k} {n}" for k, n in st.file_errors.most_common(4))
-        kept = self.checker.kept_bad() if getattr(self, "checker", None) is not None else {}
+        kept = self.kept_bad()
         where = (f"; {kept['files']} kept for inspection in {kept['dir']}" if kept.get("files") else "")
         return (f"{st.files_bad} of {st.files_bad + st.files_ok} hidden-state files failed their check or could not "
                 f"be verified ({kinds}){where}: the load ran, but its output was not verified")
@@ -777,7 +802,14 @@ class _Run:
 
     @property
     def prep_seconds(self) -> float:
-        return self.feed.prep_seconds if self.feed is not None else 0.0
+        return (self.feed.prep_seconds if self.feed is not None else 0.0) + (
+            self.shards.prep_seconds if self.shards is not None else 0.0)
+
+    def kept_bad(self) -> dict[str, Any]:
+        """Failing files kept for inspection: by this process's checker, or the client processes' together."""
+        if self.shards is not None:
+            return self.shards.kept_bad() or {}
+        return self.checker.kept_bad() if getattr(self, "checker", None) is not None else {}
 
     def open_log(self) -> None:
         if self.scn.docker and self.server is None and not self.scn.log_file:
@@ -878,7 +910,7 @@ def run_stress(scenario: Scenario, run_dir: Path, server: VllmServer | None = No
     result.counts = run.stats.counts()
     result.files = run.stats.files()
     if getattr(run, "checker", None) is not None:
-        result.files["kept_for_inspection"] = run.checker.kept_bad()
+        result.files["kept_for_inspection"] = run.kept_bad()
     result.summary = outputs.summary(run, result, scenario)
     paths["summary.json"].write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
     return result
