@@ -52,11 +52,18 @@ def test_a_request_budget_over_three_client_processes_is_sent_once_verified_and_
 
 def test_a_poisson_rate_is_split_over_the_processes_not_multiplied(endpoint_factory, tmp_path: Path) -> None:
     ep = endpoint_factory(latency=0.0)
-    scn = scenario(ep.url, requests=None, duration=6.0, rate=50.0, concurrency=8, client_procs=4)
+    scn = scenario(ep.url, requests=None, duration=8.0, rate=50.0, concurrency=8, client_procs=4)
     res = run_stress(scn, tmp_path / "run")
     assert res.outcome == "clean", res.error
-    starts = sorted(json.loads(ln)["t_start"] for ln in (tmp_path / "run" / "requests.jsonl").read_text().splitlines())
-    rate = (len(starts) - 1) / (starts[-1] - starts[0])  # from the first request sent (the processes start first)
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    by_proc: dict[int, list[float]] = {}
+    for r in recs:
+        by_proc.setdefault(r["seq"] % 4, []).append(r["t_start"])
+    assert len(by_proc) == 4
+    # while all four were sending (each process starts when it has been spawned)
+    t0, t1 = max(min(v) for v in by_proc.values()), min(max(v) for v in by_proc.values())
+    assert t1 - t0 > 1.0
+    rate = sum(1 for r in recs if t0 <= r["t_start"] <= t1) / (t1 - t0)
     assert 25 < rate < 80  # 4 x 50/s would be ~200/s
 
 
