@@ -426,6 +426,8 @@ class _Run:
             return None, REFUSED if isinstance(exc, aiohttp.ServerDisconnectedError) else type(exc).__name__
 
     async def observe(self, session: aiohttp.ClientSession) -> Observation:
+        if self.shards is not None:
+            self.shards.merge_stats()  # the client processes' latest counters, once per poll
         text, err = await self.scrape(session)
         lines: list[str] = await asyncio.to_thread(self.log.read_lines) if self.log is not None else []
         alive = self.server.alive() if self.server is not None else None
@@ -647,6 +649,28 @@ class _Run:
         return stall.detection(self.stall, self.rel, self.D.window, seen, stall.read_injected(inject))
 
     # -- the run ---------------------------------------------------------------------
+    def set_up_checks(self, loop: asyncio.AbstractEventLoop, model_dtype: str | None, threads: int | None = None) -> None:
+        """The file-check side of the request path (this run's, or one client process's): the pool, the backlog
+        bound, the checker."""
+        c = self.L.concurrency
+        self.pool = CheckPool(loop, threads or self.L.check_threads or default_threads(c))
+        self.check_slots = asyncio.Semaphore(max(64, 4 * c))
+        self.checker = FileChecker(self.L.consume, self.L.keep_budget,
+                                   lock_timeout=min(30.0, self.L.request_timeout),
+                                   file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
+                                   layout=self.connector.output if self.connector is not None else None,
+                                   model_dtype=model_dtype,
+                                   bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
+        self.check_after_lock = functools.partial(speculators.check_after_lock, self.checker)  # one, not per request
+
+    def load_tasks(self, feed: PromptFeed, session: aiohttp.ClientSession, seed: int) -> list[asyncio.Task[Any]]:
+        """The tasks that send the load: Poisson arrivals at --rate, else --concurrency closed-loop workers."""
+        issue = functools.partial(self.issue, feed)
+        one = functools.partial(self.one, session)
+        if self.L.rate:
+            return [asyncio.ensure_future(arrivals.poisson(issue, one, self.L.rate, self.L.concurrency, seed))]
+        return [asyncio.ensure_future(arrivals.closed_loop(issue, one)) for _ in range(self.L.concurrency)]
+
     async def main(self) -> None:
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -659,16 +683,9 @@ class _Run:
                 pass  # not the main thread: the caller handles signals
         c = self.L.concurrency
         sharded = self.L.client_procs > 1
-        self.pool = CheckPool(loop, 1 if sharded else self.L.check_threads or default_threads(c))
+        # with client processes this one checks only the probe's file: one thread
+        self.set_up_checks(loop, self.facts.model_dtype(), threads=1 if sharded else None)
         prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
-        self.check_slots = asyncio.Semaphore(max(64, 4 * c))
-        self.checker = FileChecker(self.L.consume, self.L.keep_budget,
-                                   lock_timeout=min(30.0, self.L.request_timeout),
-                                   file_wait=0.0 if self.speculators else 10.0,  # speculators moves the file at once
-                                   layout=self.connector.output if self.connector is not None else None,
-                                   model_dtype=self.facts.model_dtype(),
-                                   bad_dir=self.run_dir / BAD_FILES_DIR, bad_budget=self.L.keep_bad_budget)
-        self.check_after_lock = functools.partial(speculators.check_after_lock, self.checker)  # one, not per request
         self.stats.observer = self.sample_done
         connector = aiohttp.TCPConnector(limit=c, limit_per_host=c, ttl_dns_cache=300)
         mon_connector = aiohttp.TCPConnector(limit=4)
@@ -701,18 +718,13 @@ class _Run:
                     self.event("prompt-clip", message=clip_line, **self.clip.to_dict())
                     self.progress.message(clip_line)
                 mon_task = asyncio.ensure_future(self.monitor(mon_session))
-                issue = functools.partial(self.issue, feed)
-                one = functools.partial(self.one, session)
                 if sharded:
                     self.shards = shards.ShardSet(self, shards.specs(self, self.facts.vocab_size(self._model_root),
                                                                      self.facts.model_dtype()))
                     self.shards.start()
                     load = asyncio.ensure_future(self.shards.wait())
-                elif self.L.rate:
-                    tasks = [asyncio.ensure_future(arrivals.poisson(issue, one, self.L.rate, c, self.L.seed))]
                 else:
-                    tasks = [asyncio.ensure_future(arrivals.closed_loop(issue, one)) for _ in range(c)]
-                if not sharded:
+                    tasks = self.load_tasks(feed, session, self.L.seed)
                     load = asyncio.ensure_future(asyncio.gather(*tasks))
                 stopper = asyncio.ensure_future(self.stop_event.wait())
                 sibling = asyncio.ensure_future(self.watch_group()) if self.group_stop is not None else None

@@ -11,8 +11,8 @@ of ``--concurrency`` (C // N, the first C % N one more), of ``--requests`` and o
 Poisson streams of rate/N are one of rate), its aiohttp pool, prompt feed (seed + i; record
 ``seq`` = i + k * N, so seqs stay unique), file-check threads and a share of the keep budgets. It
 sends back in batches (every 50 ms): the finished records' lines, the store claims in the order it
-made them, the first bad file of each kind, a snapshot of its counters (merged with
-:meth:`~repro.load.records.RunStats.merged`) and a stop it asks for (every request refused); at the
+made them, the first bad file of each kind, every 0.25 s a snapshot of its counters (merged with
+:meth:`~repro.load.records.RunStats.merged` when the monitor polls, and at the end) and a stop it asks for (every request refused); at the
 end its final counters, the bad files it kept and its prompt-building seconds.
 
 The run's process tells the client processes when a stall began (their counts of files the stalled
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import multiprocessing
 import signal
 import threading
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from repro.server.connectors import Connector
 
 BATCH_S = 0.05  # seconds between a client process's batches
+STATS_S = 0.25  # seconds between the counters it puts in a batch (the monitor reads them once per poll)
 STOP_DRAIN, STOP_ABORT, STALL = "drain", "abort", "stall"  # messages to a client process
 
 
@@ -137,6 +137,7 @@ class _Worker:
         self.bad_seen: set[str] = set()
         self.stop_asked: tuple[str, str | None] | None = None
         self.command: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.stats_sent = 0.0  # monotonic
 
     # -- what the request path calls (in place of the run's own) ------------------------
     def bad_file(self, f: dict[str, Any]) -> None:
@@ -154,9 +155,11 @@ class _Worker:
 
     # -- batches ------------------------------------------------------------------------
     def send(self, final: bool = False) -> None:
-        msg: dict[str, Any] = {"lines": self.lines.lines, "claims": self.claims.items, "bad": self.bad,
-                               "stats": self.run.stats}
+        msg: dict[str, Any] = {"lines": self.lines.lines, "claims": self.claims.items, "bad": self.bad}
         self.lines.lines, self.claims.items, self.bad = [], [], []
+        now = time.monotonic()
+        if final or now - self.stats_sent >= STATS_S:
+            msg["stats"], self.stats_sent = self.run.stats, now
         if self.stop_asked is not None:
             msg["stop"], self.stop_asked = self.stop_asked, None
         if final:
@@ -184,12 +187,8 @@ class _Worker:
                 return
 
     async def main(self) -> None:
-        from repro.hsfiles.checker import FileChecker
-        from repro.load import arrivals, speculators
-        from repro.load.checks import CheckPool, default_threads
         from repro.load.feed import PromptFeed
         from repro.load.prompts import PromptSource, load_prompts_file
-        from repro.load.runner import BAD_FILES_DIR
         from repro.load.workloads import Workload
 
         import aiohttp
@@ -198,14 +197,8 @@ class _Worker:
         loop = asyncio.get_running_loop()
         run.stop_event = asyncio.Event()
         c = L.concurrency
-        run.pool = CheckPool(loop, L.check_threads or default_threads(c))
+        run.set_up_checks(loop, spec.model_dtype)
         prep_pool = ThreadPoolExecutor(1, thread_name_prefix="repro-prompts")
-        run.check_slots = asyncio.Semaphore(max(64, 4 * c))
-        run.checker = FileChecker(L.consume, L.keep_budget, lock_timeout=min(30.0, L.request_timeout),
-                                  file_wait=10.0, layout=spec.connector.output if spec.connector is not None else None,
-                                  model_dtype=spec.model_dtype, bad_dir=spec.run_dir / BAD_FILES_DIR,
-                                  bad_budget=L.keep_bad_budget)
-        run.check_after_lock = functools.partial(speculators.check_after_lock, run.checker)
         threading.Thread(target=self.read_commands, args=(loop,), name="repro-commands", daemon=True).start()
         seed = L.seed + spec.index
         tasks: list[asyncio.Task[Any]] = []
@@ -220,12 +213,7 @@ class _Worker:
                                   executor=prep_pool, seq_offset=spec.index, seq_stride=spec.count)
                 run.feed = feed
                 await feed.start()
-                issue = functools.partial(run.issue, feed)
-                one = functools.partial(run.one, session)
-                if L.rate:
-                    tasks = [asyncio.ensure_future(arrivals.poisson(issue, one, L.rate, c, seed))]
-                else:
-                    tasks = [asyncio.ensure_future(arrivals.closed_loop(issue, one)) for _ in range(c)]
+                tasks = run.load_tasks(feed, session, seed)
                 load = asyncio.ensure_future(asyncio.gather(*tasks))
                 how = await self.until_stop(load)
                 if how == STOP_DRAIN:
@@ -258,19 +246,22 @@ class _Worker:
 
     async def until_stop(self, load: asyncio.Future[Any]) -> str:
         """Serve commands until one says stop; the load running out of requests is a drain (it is done)."""
-        while True:
-            getter = asyncio.ensure_future(self.command.get())
-            done, _ = await asyncio.wait({load, getter, asyncio.ensure_future(self.run.stop_event.wait())},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                return STOP_DRAIN  # our budget is spent, or every request was refused (asked the run to stop)
-            what, arg = getter.result()
-            if what == STALL:
-                self.run.stats.stall_began(arg)
-                continue
-            self.run.stopping = True
-            return str(what)
+        stopped = asyncio.ensure_future(self.run.stop_event.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(self.command.get())
+                done, _ = await asyncio.wait({load, getter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return STOP_DRAIN  # our budget is spent, or every request was refused (asked the run to stop)
+                what, arg = getter.result()
+                if what == STALL:
+                    self.run.stats.stall_began(arg)
+                    continue
+                self.run.stopping = True
+                return str(what)
+        finally:
+            stopped.cancel()
 
     async def until_abort(self) -> None:
         while True:
@@ -332,10 +323,8 @@ class ShardSet:
             run.store.claim(path, forget=forget, count=count)
         for f in msg["bad"]:
             run.announce_bad_file(f)
-        self.parts[i] = msg["stats"]
-        run.stats = RunStats.merged(self.parts)
-        if run.stats.stall_since is None and run.stall_began_s is not None:
-            run.stats.stall_since = run.stall_began_s  # the processes count it from the stall message on
+        if "stats" in msg:
+            self.parts[i] = msg["stats"]
         if "stop" in msg:
             reason, error = msg["stop"]
             if run.abort_error is None:
@@ -356,7 +345,15 @@ class ShardSet:
                             f"{p.exitcode}); its records since its last batch are lost: run again with "
                             f"--client-procs 1 to see what it hit")
         if all(self.ended) and not self.finished.done():
+            self.merge_stats()  # the final counters: what the summary and the end of the run read
             self.finished.set_result(None)
+
+    def merge_stats(self) -> None:
+        """The run's counters from the processes' latest (the monitor calls this once per poll)."""
+        run = self.run
+        run.stats = RunStats.merged(self.parts)
+        if run.stats.stall_since is None and run.stall_began_s is not None:
+            run.stats.stall_since = run.stall_began_s  # the processes count it from the stall message on
 
     async def wait(self) -> None:
         """Until every client process has sent its final batch (or ended)."""
