@@ -62,7 +62,7 @@ class Injector:
         self.first_write: float | None = None
         self.last_step: float | None = None
         self.fired: set[int] = set()
-        self.onset_reached: set[int] = set()  # hazards whose onset (in steps) has been logged
+        self.onset_reached: set[int] = set()  # hazards whose onset (in steps or seconds) has been logged
         seed = None
         if self.spec:
             hz = self.spec.of_kind("hazard")
@@ -144,11 +144,12 @@ class Injector:
                     repro_injected_slow_scheduler(self, fault.seconds or 0.0)
                     self.record("slow-end", kind="stall-for")
             elif fault.kind == "hazard":
-                if self.steps_with_work < fault.onset_steps:
+                if self.steps_with_work < fault.onset_steps or elapsed < fault.onset_s:
                     continue
-                if fault.onset_steps and i not in self.onset_reached:
+                if (fault.onset_steps or fault.onset_s) and i not in self.onset_reached:
                     self.onset_reached.add(i)
-                    self.record("onset", kind="hazard", steps=self.steps_with_work, spec=spec.text)
+                    self.record("onset", kind="hazard", steps=self.steps_with_work, engine_s=round(elapsed, 3),
+                                spec=spec.text)
                 if running >= fault.min_running and dt > 0 and fault.rate_per_hour:
                     p = 1.0 - math.exp(-fault.rate_per_hour * dt / 3600.0)
                     if self.rng.random() < p:

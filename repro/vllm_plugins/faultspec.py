@@ -25,13 +25,16 @@ Kinds (times in seconds, or with a unit: 30s, 5m, 1h):
                            real error (`EngineCore encountered a fatal error` + the traceback,
                            `ReproInjectedEngineError` from frame `repro_injected_engine_error`)
     raise-after=Nsteps     the same after N scheduler steps with work
-    hazard=R,min_running=N[,seed=S][,onset=STEPS]
+    hazard=R,min_running=N[,seed=S][,onset=STEPS|onset=Ts]
                            a permanent scheduler stall that strikes at random, at R per hour
                            of engine time while at least N requests are running (and never
                            otherwise): a real engine with a known ground truth for bisect.
                            With onset: never before the engine has run STEPS scheduler steps
                            with work, then at R per hour -- an engine that ages (its rate grows
-                           with its step count), logged as `repro fault: onset` when reached
+                           with its step count), logged as `repro fault: onset` when reached.
+                           onset=Ts (a time: 20s, 2m, 1h): never before T seconds of engine
+                           time after the engine first had work -- an engine that ages by the
+                           clock, whose onset does not move with the step rate
     release                (control file only) unblock every stall and disarm
 
 Stalls poll a release flag every 0.2 s: writing ``release`` to the control file
@@ -60,6 +63,7 @@ class Fault:
     min_running: int = 1  # hazard
     seed: int | None = None  # hazard
     onset_steps: int = 0  # hazard: no stall before this many scheduler steps with work
+    onset_s: float = 0.0  # hazard: no stall before this many seconds after the engine first had work
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,17 @@ def _int(value: str, what: str) -> int:
     if n < 0:
         raise FaultSpecError(f"{what}: must not be negative")
     return n
+
+
+def _onset(value: str) -> tuple[int, float]:
+    """A hazard's onset: (steps, seconds). A bare number or Nsteps counts scheduler steps; a time with a
+    unit (20s, 2m, 1h) counts engine seconds."""
+    v = value.strip().lower()
+    if v.lstrip("-").isdigit() or (v.endswith("steps") and v[:-5].lstrip("-").isdigit()):
+        return _int(v.removesuffix("steps"), "hazard onset"), 0.0
+    if _TIME.match(v):
+        return 0, _seconds(v, "hazard onset")
+    raise FaultSpecError(f"hazard onset: {value!r} is neither a step count (500, 500steps) nor a time (20s, 2m)")
 
 
 def parse(text: str) -> FaultSpec:
@@ -147,11 +162,11 @@ def parse(text: str) -> FaultSpec:
                 raise FaultSpecError(f"hazard: {value!r} is not a rate per hour") from None
             if rate < 0:
                 raise FaultSpecError("hazard: the rate must not be negative")
-            onset = kw.get("onset", "0").strip().lower()
+            onset_steps, onset_s = _onset(kw.get("onset", "0"))
             faults.append(Fault(kind, rate_per_hour=rate,
                                 min_running=_int(kw.get("min_running", "1"), "hazard min_running"),
                                 seed=_int(kw["seed"], "hazard seed") if "seed" in kw else None,
-                                onset_steps=_int(onset[:-5] if onset.endswith("steps") else onset, "hazard onset")))
+                                onset_steps=onset_steps, onset_s=onset_s))
         else:
             if value:
                 raise FaultSpecError("release takes no value")

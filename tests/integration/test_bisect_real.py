@@ -2,8 +2,9 @@
 
 The fault plugin's `hazard=R,min_running=N` stalls the real scheduler at random, at R per
 hour while at least N requests run and never otherwise: a real engine with a known threshold.
-With `onset=STEPS` it never stalls before the engine has run that many scheduler steps with
-work: an engine that ages, with a known onset.
+With `onset=Ts` it never stalls before T seconds of engine time after its first work: an engine
+that ages, with a known onset (in seconds, so that it does not move with the step rate of a
+shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 
+from repro.bisect.hazard import onset_of
 from repro.bisect.journal import Journal, read_steps
 from repro.bisect.output import write_outputs
 from repro.bisect.search import Result, Settings
@@ -27,7 +29,8 @@ from tests.conftest import free_port
 from tests.integration.conftest import SharedServer, require_vllm
 
 THRESHOLD = 4
-FAST_DETECTION = ["--window", "3", "--poll-interval", "0.5", "--min-bad", "3", "--startup-grace", "5",
+FAST_POLL_S = 0.5
+FAST_DETECTION = ["--window", "3", "--poll-interval", str(FAST_POLL_S), "--min-bad", "3", "--startup-grace", "5",
                   "--on-stall", "exit", "--workload-prompt-len", "16-64", "--heartbeat", "2"]
 
 
@@ -70,7 +73,8 @@ def test_bisect_over_concurrency_finds_the_injected_threshold_within_one_step(tm
     print(f"bisect took {elapsed:.0f} s: {r.stdout}")
 
 
-ONSET_STEPS = 800  # about 20-35 s of load at concurrency 4 on the tiny model (2 CPU cores)
+ONSET_S = 12  # seconds of engine time before the hazard can strike
+AFTER_ONSET_PER_H = 2400  # then at 2400/h (a mean of 1.5 s): the hangs spread past the detector's resolution
 
 
 def _onset_uptime(trial_dir: Path) -> float | None:
@@ -87,14 +91,17 @@ def _onset_uptime(trial_dir: Path) -> float | None:
 
 def test_bisect_calls_an_engine_that_ages_aging_and_its_onset_bound_contains_the_injected_onset(
         tmp_path: Path) -> None:
-    """GIVEN a real vLLM whose stall can only strike after ONSET_STEPS scheduler steps (then at once)
+    """GIVEN a real vLLM whose stall can only strike after ONSET_S seconds of work (then at a mean of 1.5 s)
     WHEN bisect reproduces the baseline five times THEN it rejects memorylessness, counts under the
-    aging model, and its onset interval [95% lower bound, earliest hang] contains the uptime at which
-    each server reached the injected onset; the journal has each hang's uptime and work, --log and the
-    reproducer say what the hang needs."""
+    aging model, its earliest hang is after the earliest injected onset (each at least ONSET_S into
+    the load), and its onset bound
+    computed from the same hang uptimes at 99.9% (the reported one is at 95%: it misses one sample in 20
+    by design) is below them; the journal has each hang's uptime and work, --log and the reproducer say
+    what the hang needs."""
     require_vllm()
     run = tmp_path / "bisect"
-    r, elapsed = run_bisect(["--concurrency", "4-4", "--inject", f"hazard=360000,min_running=2,onset={ONSET_STEPS}",
+    r, elapsed = run_bisect(["--concurrency", "4-4", "--inject",
+                             f"hazard={AFTER_ONSET_PER_H},min_running=2,onset={ONSET_S}s",
                              "--baseline-hangs", "5", "--min-trial", "10s", "--budget", "20m"],
                             run, f"/dev/shm/repro-bisect-aging-{os.getpid()}", 1300)
     out = r.stdout
@@ -108,7 +115,10 @@ def test_bisect_calls_an_engine_that_ages_aging_and_its_onset_bound_contains_the
     assert hz["model"] == "aging" and hz["test"]["verdict"] == "aging", seen
     onset = hz["onset"]
     assert len(truth) == 5, seen
-    assert onset["lower95_s"] <= min(truth) <= onset["upper_s"], (onset, seen)
+    assert min(truth) <= onset["upper_s"] and all(t >= ONSET_S for t in truth), (onset, seen)
+    ups = doc["hang_uptimes_s"]["c=4;"]
+    wide = onset_of(ups, conf=0.999, resolution=FAST_POLL_S).lower  # from uptimes rounded to 0.1 s
+    assert wide <= onset["lower95_s"] + 0.1 and wide <= min(truth), (onset, wide, seen)
     ends = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
     hangs = [r for r in ends if r["type"] == "trial-end" and r["hung"]]
     assert all(r["uptime"] > 0 and r["work"]["requests"] > 0 and r["work"]["tokens"] > 0 for r in hangs)

@@ -101,6 +101,33 @@ def test_hazard_with_an_onset_never_fires_before_that_many_steps_then_fires_and_
     assert not t.is_alive()
 
 
+def test_hazard_with_an_onset_in_seconds_never_fires_before_that_much_engine_time(control, tmp_path):
+    """GIVEN hazard=R,onset=0.4s with a rate that fires at once WHEN the engine steps with work THEN no stall
+    for the first 0.4 s however many steps run, the onset is recorded with its engine time, then it stalls."""
+    events = tmp_path / "events.jsonl"
+    inj = fault.Injector(faultspec.parse("hazard=100000000,min_running=1,seed=2,onset=0.4s"), str(control), str(events))
+    t0 = time.monotonic()
+    steps = 0
+    while time.monotonic() - t0 < 0.3:
+        inj.on_schedule(sched(2))
+        steps += 1
+        time.sleep(0.002)
+    assert steps > 50 and not inj.fired and not events.exists()
+    time.sleep(0.15)
+    t = run_in_thread(inj.on_schedule, sched(2))
+    time.sleep(0.2)
+    if not t.is_alive():
+        t = run_in_thread(inj.on_schedule, sched(2))
+        time.sleep(0.5)
+    assert t.is_alive() and inj.fired
+    recs = [json.loads(line) for line in events.read_text().splitlines()]
+    assert recs[0]["event"] == "onset" and recs[0]["engine_s"] >= 0.4
+    assert recs[1]["event"] == "stall"
+    control.write_text("release")
+    t.join(5)
+    assert not t.is_alive()
+
+
 def test_control_file_arms_a_spec_at_run_time(control):
     inj = fault.Injector(None, str(control), None)
     inj.on_schedule(sched(5))

@@ -29,6 +29,14 @@ def test_hazard_takes_an_onset_in_engine_steps():
     assert parse("hazard=120,onset=500steps").faults[0].onset_steps == 500
 
 
+def test_hazard_takes_an_onset_in_engine_seconds_when_it_has_a_time_unit():
+    """onset=20s / 2m: no stall before that much engine time after the first work; no step onset then."""
+    f = parse("hazard=120,min_running=2,onset=20s").faults[0]
+    assert (f.onset_s, f.onset_steps) == (20.0, 0)
+    assert parse("hazard=120,onset=2m").faults[0].onset_s == 120.0
+    assert parse("hazard=120,onset=500").faults[0].onset_s == 0.0
+
+
 def test_several_faults_join_with_semicolons():
     spec = parse("stall-for=2 ; write-stall=30")
     assert [f.kind for f in spec.faults] == ["stall-for", "write-stall"]
@@ -53,7 +61,8 @@ def test_release_is_a_spec_of_its_own():
     ("stall-for=3,until=4", "unknown option"),
     ("hazard=fast", "not a rate"),
     ("hazard=3,min_running=-1", "must not be negative"),
-    ("hazard=3,onset=soon", "hazard onset: 'soon' is not a whole number"),
+    ("hazard=3,onset=soon", "hazard onset: 'soon' is neither a step count .500, 500steps. nor a time"),
+    ("hazard=3,onset=20x", "hazard onset: '20x' is neither"),
     ("hazard=3,onset=-5", "must not be negative"),
     ("", "empty"),
     ("release=1", "takes no value"),
