@@ -23,3 +23,36 @@ def events(run: Path) -> list[dict]:
     from repro.monitor.events import read_events
 
     return read_events(run / "events.jsonl")
+
+
+# An abort-heavy client: concurrency 32, no retries, prompts long enough that a short timeout lands after the
+# engine has written the request's file (an orphan) for some requests and before the answer for most.
+ABORT_SHAPE = ["--concurrency", "32", "--retries", "0", "--prompt-len", "200-250"]
+_QUIET = ["--window", "4", "--min-bad", "2", "--startup-grace", "2", "--on-stall", "exit"]
+
+
+def abort_timeout(url: str, out: Path, lo: float = 0.03, hi: float = 0.4, tries: int = 8) -> float:
+    """A --request-timeout under which this server, on this machine now, answers some of ABORT_SHAPE's requests
+    but at most `hi` of them (and at least `lo`).
+
+    A fixed timeout cannot do it: 0.08 s answered a share of them in one CI run on a 2-core VM and none of
+    24,687 in the next, and a run that answers none has tested nothing (exit 4). 4-s runs from 0.08 s,
+    x1.5 up while fewer than `lo` are answered, /1.5 down while more than `hi` are; the hidden-state files
+    they leave are the caller's to clear.
+    """
+    t = 0.08
+    seen = []
+    for i in range(tries):
+        run = out / f"calibrate-{i}"
+        stress(["--url", url, *ABORT_SHAPE, "--request-timeout", f"{t:.4f}", "--duration", "4", *_QUIET,
+                "--out", str(run)], timeout=120)
+        req = summary(run)["requests"]
+        share = req["ok"] / max(1, req["total"])
+        seen.append(f"{t:.3f} s: {req['ok']}/{req['total']}")
+        if share < lo:
+            t *= 1.5
+        elif share > hi:
+            t /= 1.5
+        else:
+            return round(t, 4)
+    raise AssertionError(f"no --request-timeout answers {lo:.0%}-{hi:.0%} of the requests: {'; '.join(seen)}")
