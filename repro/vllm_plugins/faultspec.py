@@ -104,7 +104,7 @@ def _onset(value: str) -> tuple[int, float]:
     """A hazard's onset: (steps, seconds). A bare number or Nsteps counts scheduler steps; a time with a
     unit (20s, 2m, 1h) counts engine seconds."""
     v = value.strip().lower()
-    if v.lstrip("-").isdigit() or (v.endswith("steps") and v[:-5].lstrip("-").isdigit()):
+    if re.fullmatch(r"-?\d+(steps)?", v):
         return _int(v.removesuffix("steps"), "hazard onset"), 0.0
     if _TIME.match(v):
         return 0, _seconds(v, "hazard onset")
