@@ -14,25 +14,18 @@ Every report passes the Markdown checks of tests/helpers_issue.py.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from repro.units import format_bytes
 from tests.helpers_issue import check_report
-from tests.helpers_stress_real import ABORT_SHAPE, abort_timeout
+from tests.helpers_stress_real import (ABORT_DETECTION, ABORT_SHAPE, REPRO, abort_timeout, clear_store, stress,
+                                       summary)
 from tests.integration.conftest import SharedServer, start_server
 
-REPRO = str(Path(sys.executable).with_name("repro"))
 PLANTED_KEY = "sk-issueRealPlantedKey0123456789abcd"
-
-
-def stress(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([REPRO, "stress", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def issue(path: Path, out: Path) -> str:
@@ -41,10 +34,6 @@ def issue(path: Path, out: Path) -> str:
     md = out.read_text()
     check_report(md)
     return md
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
 
 
 def test_a_stall_under_stress_reports_the_stress_command_as_its_reproducer(vllm_server: SharedServer,
@@ -110,27 +99,20 @@ def test_an_engine_that_raises_is_a_death_report_titled_with_the_exception(tmp_p
         assert "Last `/metrics` read: `running`=" in md
 
 
-def _clear(storage: Path) -> None:
-    for n in os.listdir(storage):
-        if n.endswith((".safetensors", ".lock")):
-            (storage / n).unlink(missing_ok=True)
-
-
 def test_a_leak_found_by_a_clean_run_is_reported_from_its_run_directory_with_the_final_census(
         vllm_server: SharedServer, tmp_path: Path) -> None:
     """Client timeouts shorter than most requests orphan files for 65 s (the leak warning needs 60 s of
     history); no bundle is written (the run stays clean), and the report's figures are the final census."""
     storage = vllm_server.storage
     timeout = abort_timeout(vllm_server.url, tmp_path)  # some requests answered (else nothing was tested), most not
-    time.sleep(1.0)  # the calibration's late writes
-    _clear(storage)
+    clear_store(storage)
     run = tmp_path / "run"
     try:
         p = stress(["--url", vllm_server.url, "--storage-path", str(storage), "--duration", "65",
-                    *ABORT_SHAPE, "--request-timeout", f"{timeout:g}", "--orphan-grace", "3s", "--window", "4", "--min-bad", "2", "--startup-grace", "2",
-                    "--on-stall", "exit", "--out", str(run)], timeout=240)
+                    *ABORT_SHAPE, "--request-timeout", f"{timeout:g}", "--orphan-grace", "3s", *ABORT_DETECTION,
+                    "--out", str(run)], timeout=240)
     finally:
-        _clear(storage)
+        clear_store(storage)
     assert p.returncode == 0, p.stderr[-3000:]
     st = summary(run)["storage"]
     assert "storage-leak" in st["warnings"], st["warnings"]

@@ -20,15 +20,10 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.conftest import SharedServer, require_vllm
-from tests.helpers_stress_real import ABORT_SHAPE, REPRO, abort_timeout, events, stress, summary
+from tests.helpers_stress_real import (ABORT_DETECTION, ABORT_SHAPE, REPRO, abort_timeout, clear_store, events,
+                                       stress, summary)
 
 GRACE_S = 3.0
-
-
-def _clear(storage: Path) -> None:
-    for n in os.listdir(storage):
-        if n.endswith((".safetensors", ".lock")):
-            (storage / n).unlink(missing_ok=True)
 
 
 def _claimed_names(run: Path) -> set[str]:
@@ -45,15 +40,12 @@ def test_abort_heavy_client_orphans_counted_exactly_and_reported_as_abort_storm(
         vllm_server: SharedServer, tmp_path: Path) -> None:
     storage = vllm_server.storage
     timeout = abort_timeout(vllm_server.url, tmp_path)
-    time.sleep(1.0)  # the calibration's late writes
-    _clear(storage)  # the shared store: start from nothing so every file left is this run's
+    clear_store(storage)  # the shared store: start from nothing so every file left is this run's
     run = tmp_path / "run"
     try:
         p = stress(["--url", vllm_server.url, "--storage-path", str(storage), "--duration", "40",
                     *ABORT_SHAPE, "--request-timeout", f"{timeout:g}", "--orphan-grace", f"{GRACE_S:g}s",
-                    # a short window: a zero-throughput poll counted as an engine stall would end the run
-                    "--window", "4", "--min-bad", "2", "--startup-grace", "2",
-                    "--on-stall", "exit", "--out", str(run)], timeout=150)
+                    *ABORT_DETECTION, "--out", str(run)], timeout=150)
         s = summary(run)
         assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
         assert s["stall"] is None
@@ -80,7 +72,7 @@ def test_abort_heavy_client_orphans_counted_exactly_and_reported_as_abort_storm(
         print(f"orphans reported {st['orphan_files']}, unclaimed files listed {len(unclaimed)}, "
               f"present {len(present)}; ok {s['requests']['ok']}, timeouts {s['requests']['timeouts']}; storm {storm}")
     finally:
-        _clear(storage)
+        clear_store(storage)
 
 
 def _mount_tmpfs(d: Path, size: str) -> bool:
