@@ -94,10 +94,9 @@ def test_bisect_calls_an_engine_that_ages_aging_and_its_onset_bound_contains_the
     """GIVEN a real vLLM whose stall can only strike after ONSET_S seconds of work (then at a mean of 1.5 s)
     WHEN bisect reproduces the baseline five times THEN it rejects memorylessness, counts under the
     aging model, its earliest hang is after the earliest injected onset (each at least ONSET_S into
-    the load), and its onset bound
-    computed from the same hang uptimes at 99.9% (the reported one is at 95%: it misses one sample in 20
-    by design) is below them; the journal has each hang's uptime and work, --log and the reproducer say
-    what the hang needs."""
+    the load), and its onset bound computed from the same hang uptimes at 99.9% (the reported one is at
+    95%: it misses one sample in 20 by design) is below them; the journal has each hang's uptime and
+    work, --log and the reproducer say what the hang needs."""
     require_vllm()
     run = tmp_path / "bisect"
     r, elapsed = run_bisect(["--concurrency", "4-4", "--inject",

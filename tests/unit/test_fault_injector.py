@@ -78,6 +78,17 @@ def test_hazard_fires_at_or_above_min_running(control):
     assert not t.is_alive()
 
 
+def _stall_within_two_steps(inj: fault.Injector) -> threading.Thread:
+    """The next step on a thread; if it returned (the first step after an onset may have no elapsed engine time
+    yet), one more: the thread of the step that is stalled, or of the one that returned."""
+    t = run_in_thread(inj.on_schedule, sched(2))
+    time.sleep(0.2)
+    if not t.is_alive():
+        t = run_in_thread(inj.on_schedule, sched(2))
+        time.sleep(0.5)
+    return t
+
+
 def test_hazard_with_an_onset_never_fires_before_that_many_steps_then_fires_and_logs_the_onset(control, tmp_path):
     """GIVEN hazard=R,onset=50 with a rate that fires at once WHEN the engine steps with work THEN no stall
     in the first 49 steps (an engine that has not aged), the onset is recorded at step 50, then it stalls."""
@@ -87,11 +98,7 @@ def test_hazard_with_an_onset_never_fires_before_that_many_steps_then_fires_and_
         inj.on_schedule(sched(2))
         time.sleep(0.002)
     assert not inj.fired and not events.exists()
-    t = run_in_thread(inj.on_schedule, sched(2))  # step 50: the onset
-    time.sleep(0.2)
-    if not t.is_alive():  # the first step after the onset has no elapsed engine time yet: the next one fires
-        t = run_in_thread(inj.on_schedule, sched(2))
-        time.sleep(0.5)
+    t = _stall_within_two_steps(inj)  # step 50: the onset
     assert t.is_alive() and inj.fired
     recs = [line for line in events.read_text().splitlines()]
     assert '"event": "onset"' in recs[0] and '"steps": 50' in recs[0]
@@ -114,11 +121,7 @@ def test_hazard_with_an_onset_in_seconds_never_fires_before_that_much_engine_tim
         time.sleep(0.002)
     assert steps > 50 and not inj.fired and not events.exists()
     time.sleep(0.15)
-    t = run_in_thread(inj.on_schedule, sched(2))
-    time.sleep(0.2)
-    if not t.is_alive():
-        t = run_in_thread(inj.on_schedule, sched(2))
-        time.sleep(0.5)
+    t = _stall_within_two_steps(inj)
     assert t.is_alive() and inj.fired
     recs = [json.loads(line) for line in events.read_text().splitlines()]
     assert recs[0]["event"] == "onset" and recs[0]["engine_s"] >= 0.4
